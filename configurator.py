@@ -1,0 +1,67 @@
+"""
+Poor man's configurator (nanoGPT's), exec'd by train.py / sample.py / eval.py / mfu.py over their own globals:
+
+    python train.py config/h800.py --batch_size=8 --compile False
+
+Positional arguments are Python files executed over the caller's globals (so a config file may compute values
+from others). `--key=value` and `--key value` override a global that already exists; the value is parsed with
+ast.literal_eval (falling back to a plain string) and must have the type of the default (an int is accepted
+where a float is expected; a default of None accepts anything). An unknown key or a wrong type stops with a
+message naming the key -- a typo must never silently train with the default.
+"""
+import sys
+from ast import literal_eval
+
+
+def _parse_value(key, raw, current):
+    try:
+        value = literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word such as --device=cuda is a string
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool) or isinstance(value, bool):  # bool is an int subclass: check it first
+        if isinstance(current, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    elif isinstance(current, str):
+        return raw  # strings keep their raw text ('1e-3' stays '1e-3' for a string-typed key)
+    elif type(value) is type(current):
+        return value
+    sys.exit(f"config error: --{key} expects {type(current).__name__} (default {current!r}), got {raw!r}")
+
+
+def _apply_args(argv, g):
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            try:
+                with open(arg) as f:
+                    source = f.read()
+            except OSError as e:
+                sys.exit(f"config error: cannot read config file {arg!r}: {e.strerror}")
+            print(f"Overriding config with {arg}", file=sys.stderr)
+            before = set(g)
+            exec(source, g)
+            new = {k for k in set(g) - before if not k.startswith("_") and type(g[k]).__name__ != "module"}
+            if new:  # a config file may only set known keys, like the command line
+                sys.exit(f"config error: {arg} sets unknown key(s): {', '.join(sorted(new))}")
+            i += 1
+            continue
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                sys.exit(f"config error: --{arg[2:]} needs a value")
+            key, raw = arg[2:], argv[i + 1]
+            i += 2
+        if key not in g or key.startswith("_"):
+            sys.exit(f"config error: unknown config key --{key}")
+        g[key] = _parse_value(key, raw, g[key])
+        print(f"Overriding: {key} = {g[key]!r}", file=sys.stderr)
+
+
+_apply_args(sys.argv[1:], globals())

@@ -1,0 +1,398 @@
+"""
+Qwen3 written from scratch in plain PyTorch, readable top to bottom.
+
+The parameter names are exactly those of Hugging Face `Qwen3ForCausalLM` (model.embed_tokens.weight,
+model.layers.{i}.self_attn.q_proj.weight, ...), so exporting and importing is a plain safetensors write/read
+and the exported directory loads in transformers with no custom code.
+
+One function, two speeds. The plain path (CPU or GPU, any PyTorch) is the definition. The CUDA fast path
+(`model.fast_path(...)`) changes *how* it is computed, never *what*: blocks compiled by torch.compile (which
+fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend with native GQA,
+and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936] logits never
+exist. test_all.py proves the two agree.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint, noop_context_fn
+
+
+@dataclass
+class Qwen3Config:
+    # Hugging Face field names. Defaults are the project's model: Qwen3-0.6B with rope_theta 1e4 and 4k context.
+    vocab_size: int = 151936
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    head_dim: int = 128  # decoupled from hidden_size: 16 heads x 128 = 2048 != 1024
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+
+class RMSNorm(nn.Module):
+    """HF numerics: normalise in float32, cast back to the input dtype, then multiply by the weight."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions, head_dim, theta):
+    """cos/sin tables for `positions` (1-D long tensor), always computed in float32 (a bf16 table loses the
+    low bits of large angles). Half-split layout: frequencies repeated twice, matching rotate_half."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x: [B, heads, T, head_dim]. Rotates pairs (i, i + head_dim/2) -- the 'rotate_half' convention of HF."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]."""
+
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, start, k, v):
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        # Qwen3's QK-norm: one RMSNorm over head_dim shared by all heads, applied BEFORE RoPE.
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(start, k, v)
+        if start == 0:  # training and prefill: plain causal
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        else:  # decoding after a prefix: query i sits at position start+i and sees keys 0..start+i
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+        self.checkpointing = "none"  # "none" | "block" | "selective" (see Qwen3.fast_path)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        # The checkpoint sits inside forward so that a compiled block compiles it too (torch.compile traces
+        # non-reentrant checkpoints and selective-checkpoint policies into its graph).
+        if self.checkpointing != "none" and torch.is_grad_enabled():
+            ctx = _save_matmuls_policy() if self.checkpointing == "selective" else noop_context_fn
+            return checkpoint(self._forward, x, cos, sin, use_reentrant=False, context_fn=ctx)
+        return self._forward(x, cos, sin, cache, start)
+
+    def _forward(self, x, cos, sin, cache=None, start=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _save_matmuls_policy():
+    """Selective activation checkpointing: keep the outputs of matmuls and attention (expensive to redo),
+    recompute everything elementwise (norms, RoPE, SiLU*up -- cheap, but they are most of the saved bytes)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    keep = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten._scaled_dot_product_flash_attention.default,
+            torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+            torch.ops.aten._scaled_dot_product_efficient_attention.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+    return lambda: create_selective_checkpoint_contexts(policy)
+
+
+def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
+    """Mean cross-entropy of (h @ weight.T) against targets (ignore_index -100) without ever holding the full
+    [N, vocab] logits: rows are processed in chunks, each under activation checkpointing, so backward recomputes
+    one chunk of logits at a time. Peak extra memory is one [chunk_rows, vocab] float32 block (~512 MB default)."""
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    chunk_rows = chunk_rows or max(64, (1 << 27) // weight.shape[0])
+
+    def chunk_loss_sum(h_c, t_c):
+        logits = F.linear(h_c, weight).float()
+        return F.cross_entropy(logits, t_c, ignore_index=-100, reduction="sum")
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk_rows):
+        h_c, t_c = h[i:i + chunk_rows], targets[i:i + chunk_rows]
+        total = total + (checkpoint(chunk_loss_sum, h_c, t_c, use_reentrant=False) if h.requires_grad
+                         else chunk_loss_sum(h_c, t_c))
+    return total / (targets != -100).sum()  # all-ignored -> nan, as F.cross_entropy
+
+
+@torch.compiler.disable
+def liger_cross_entropy(h, weight, targets):
+    """liger-kernel's fused linear + cross-entropy (CUDA). Kept outside any compiled graph on purpose: on
+    torch 2.11 it fails inside torch.compile and has a wrong-loss-under-compile report with ignore_index."""
+    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32
+        weight = weight.to(h.dtype)
+    out = LigerFusedLinearCrossEntropyFunction.apply(h, weight, targets, None, None, -100)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class Qwen3(nn.Module):
+    def __init__(self, config: Qwen3Config):
+        super().__init__()
+        self.config = cfg = config
+        # a ModuleDict named `model` gives the state-dict prefix 'model.' of HF's Qwen3ForCausalLM
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList([Block(cfg) for _ in range(cfg.num_hidden_layers)]),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+        ))
+        # tied: the lm_head *is* the embedding matrix, so there is no separate parameter (and no state-dict key)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.loss_impl = "chunked"   # "chunked" (any device) | "liger" (CUDA fused linear+CE)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Init for pretraining from scratch: N(0, 0.02) for every matrix and the embedding (GPT-2 / HF
+        initializer_range), norm gains 1. The two projections that write into the residual stream (o_proj,
+        down_proj) get std / sqrt(2 * layers), so the residual's variance does not grow with depth (GPT-2).
+        With tied embeddings the same 0.02 matrix serves as lm_head, giving near-uniform initial logits
+        (initial loss ~ ln(vocab))."""
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.num_hidden_layers))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    @property
+    def lm_head_weight(self):
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def fast_path(self, compile=True, loss="liger", checkpointing="none"):
+        """Switch to the CUDA fast path in place (same function, faster): compile each block (inductor fuses
+        RMSNorm / RoPE / SwiGLU and the residual adds into the matmul epilogues), fused lm_head+CE by liger."""
+        if checkpointing not in ("none", "block", "selective"):
+            raise ValueError(f"checkpointing must be none|block|selective, got {checkpointing!r}")
+        for block in self.model.layers:
+            block.checkpointing = checkpointing
+        if loss not in ("chunked", "liger"):
+            raise ValueError(f"loss must be chunked|liger, got {loss!r}")
+        self.loss_impl = loss
+        if compile:
+            for block in self.model.layers:
+                block.compile()
+            self.model.norm.compile()
+        return self
+
+    def hidden_states(self, idx, caches=None, start=0):
+        """Token ids [B, T] -> final-normed hidden states [B, T, hidden]."""
+        x = self.model.embed_tokens(idx)
+        cos, sin = rope_cos_sin(torch.arange(start, start + idx.shape[1], device=idx.device),
+                                self.config.head_dim, self.config.rope_theta)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, None if caches is None else caches[i], start)
+        return self.model.norm(x)
+
+    def forward(self, idx, targets=None):
+        """nanoGPT convention: returns (logits, loss). Without targets: full logits [B, T, vocab], loss None.
+        With targets ([B, T] next-token ids, -100 = ignore): logits None -- the loss is computed without
+        materialising them -- and the mean cross-entropy."""
+        h = self.hidden_states(idx)
+        if targets is None:
+            return F.linear(h, self.lm_head_weight), None
+        if self.loss_impl == "liger" and h.is_cuda:
+            return None, liger_cross_entropy(h, self.lm_head_weight, targets)
+        return None, chunked_cross_entropy(h, self.lm_head_weight, targets)
+
+    # ------------------------------------------------------------------------------------------ generation
+    def new_caches(self, batch, max_len, device, dtype):
+        c = self.config
+        return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype) for _ in range(c.num_hidden_layers)]
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, use_cache=True):
+        """Yields the next token column [B, 1] at each step. temperature 0 means greedy. Stops early once every
+        row has produced `eos` (an id or a list of ids)."""
+        eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        total = idx.shape[1] + max_new_tokens
+        if total > self.config.max_position_embeddings:
+            raise ValueError(f"prompt + max_new_tokens = {total} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        caches = self.new_caches(idx.shape[0], total, idx.device, self.model.embed_tokens.weight.dtype) if use_cache else None
+        seq, pos = idx, 0
+        for _ in range(max_new_tokens):
+            inp = seq[:, pos:] if use_cache else seq
+            h = self.hidden_states(inp, caches, pos if use_cache else 0)
+            logits = F.linear(h[:, -1], self.lm_head_weight).float()
+            if use_cache:
+                pos = seq.shape[1]
+            nxt = sample_next(logits, temperature, top_k, top_p)
+            if eos.numel():
+                nxt = torch.where(done[:, None], eos[0], nxt)  # finished rows keep emitting eos
+                done |= torch.isin(nxt[:, 0], eos)
+            seq = torch.cat([seq, nxt], dim=1)
+            yield nxt
+            if eos.numel() and done.all():
+                return
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, use_cache=True):
+        """Autoregressive sampling with a KV cache; returns idx with the new tokens appended."""
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, eos, use_cache))
+        return torch.cat([idx] + new, dim=1)
+
+    # ------------------------------------------------------------------------------ Hugging Face interop
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
+        """Load a Hugging Face Qwen3 directory (config.json + model.safetensors or a sharded index).
+        Weights are read only through safetensors: no pickle is ever unpickled."""
+        from safetensors.torch import load_file
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
+        with open(cfg_path) as f:
+            hf = json.load(f)
+        if hf.get("model_type") != "qwen3":
+            raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
+                             f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
+        if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+            raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
+        known = {f.name for f in fields(Qwen3Config)}
+        kw = {k: v for k, v in hf.items() if k in known}
+        if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
+            kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
+        kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+        config = Qwen3Config(**kw)
+
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.isfile(os.path.join(path, "model.safetensors")):
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
+                                    "(.bin / pickle checkpoints are not loaded, on purpose)")
+        sd = {}
+        for fn in files:
+            sd.update(load_file(os.path.join(path, fn)))
+        if config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+        return model.to(device)
+
+    def hf_config(self, dtype="bfloat16"):
+        c = self.config
+        return {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "hidden_act": "silu",
+            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": c.tie_word_embeddings,
+            "attention_bias": False, "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None,
+            "max_window_layers": c.num_hidden_layers, "initializer_range": c.initializer_range, "use_cache": True,
+            "torch_dtype": dtype,
+            # Qwen's <|endoftext|> (151643) ends documents; only meaningful when the vocabulary holds it
+            **({"bos_token_id": 151643, "eos_token_id": 151643} if c.vocab_size > 151643 else {}),
+        }
+
+    def save_pretrained(self, out_dir, dtype=torch.bfloat16, tokenizer=None):
+        """Write a Hugging Face directory: config.json, model.safetensors, generation_config.json and -- when the
+        vocabulary is the Qwen one (tokenizer=None means 'if it fits') -- the tokenizer files from data.py,
+        so `AutoModelForCausalLM/AutoTokenizer.from_pretrained(out_dir)` work with no custom code."""
+        from safetensors.torch import save_file
+        os.makedirs(out_dir, exist_ok=True)
+        sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(self.hf_config(str(dtype).removeprefix("torch.")), f, indent=2)
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            eos = {"bos_token_id": 151643, "eos_token_id": 151643} if self.config.vocab_size > 151643 else {}
+            json.dump({**eos, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}, f, indent=2)
+        if tokenizer is None:
+            tokenizer = self.config.vocab_size >= 151669  # every Qwen3 token id fits in the embedding
+        if tokenizer:
+            from data import save_tokenizer  # the tokenizer hook: data.py owns the tokenizer
+            save_tokenizer(out_dir)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1)

@@ -1,0 +1,169 @@
+"""
+Muon for the hidden matrices, AdamW for everything else, in one optimizer object.
+
+Muon (Keller Jordan, 2024) = SGD with Nesterov momentum, where each 2-D update is replaced by the nearest
+semi-orthogonal matrix before it is applied. For an update G = U S V^T (SVD), the "orthogonalised" update is
+U V^T: every direction the gradient proposes moves at the same rate, so the rare-but-important directions
+(small singular values) are not drowned out by the dominant ones. An SVD per step would be far too slow; the
+Newton-Schulz iteration gets there with matmuls only:
+
+    X_0 = G / ||G||_F                    (all singular values now <= 1)
+    X_{k+1} = a X + b (X X^T) X + c (X X^T)^2 X      applied 5 times
+
+Each step maps every singular value s to p(s) = a s + b s^3 + c s^5 and leaves U, V untouched. With the quintic
+coefficients (a, b, c) = (3.4445, -4.7750, 2.0315) p has a steep slope at 0, so 5 steps push all singular values
+from (0, 1] into roughly [0.7, 1.2] -- not exactly 1, which empirically does not hurt. It is run in bf16 because
+it is matmul-bound and insensitive to precision. The matrix is transposed so X X^T is the smaller Gram matrix.
+
+Learning-rate scaling by shape: "original" multiplies lr by sqrt(max(1, rows/cols)) (Keller's rule: tall matrices
+get larger steps so the per-element RMS of the update is shape-independent); "match_rms_adamw" uses
+0.2 * sqrt(max(rows, cols)) (Moonlight), making the update RMS match AdamW's so AdamW's lr and weight decay carry
+over. Weight decay is decoupled: p <- p * (1 - lr * wd), with the unscaled lr (as torch.optim.Muon).
+
+Distributed: gradients are already all-reduced by DDP, so every rank updates every momentum buffer (cheap,
+elementwise) and keeps a full, identical optimizer state -- a checkpoint from rank 0 is complete and can resume
+on any number of GPUs. Only the Newton-Schulz work (the expensive part) is split: parameter i is orthogonalised
+by rank i % world_size, and the bf16 updates are all-gathered, so each rank does 1/world_size of the matmuls and
+every rank applies bit-identical updates.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7):
+    """Approximately orthogonalise the 2-D matrix G (see the module docstring). Returns bf16."""
+    a, b, c = coeffs
+    X = G.bfloat16()
+    transposed = G.size(0) > G.size(1)
+    if transposed:
+        X = X.T
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
+        X = torch.addmm(X, B, X, beta=a)           # a*X + B@X
+    return X.T if transposed else X
+
+
+def muon_lr_scale(shape, rule):
+    rows, cols = shape[0], shape[1]
+    if rule == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if rule == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"unknown Muon lr rule {rule!r} (original | match_rms_adamw)")
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """param_groups each carry `use_muon` (bool). Muon groups: lr, momentum, nesterov, weight_decay, ns_steps,
+    lr_rule. AdamW groups: lr, betas, eps, weight_decay. `initial_lr` is kept for the schedule."""
+
+    def __init__(self, param_groups):
+        defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
+                        lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
+        super().__init__(param_groups, defaults)
+        for g in self.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+            if g["use_muon"]:
+                muon_lr_scale((1, 1), g["lr_rule"])  # validate early
+                for p in g["params"]:
+                    if p.ndim != 2:
+                        raise ValueError(f"Muon needs 2-D parameters, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            (self._muon_group if g["use_muon"] else self._adamw_group)(g)
+
+    def _muon_group(self, g):
+        params = [p for p in g["params"] if p.grad is not None]
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        updates = []
+        for p in params:  # momentum on every rank (keeps the state complete and identical everywhere)
+            st = self.state[p]
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = torch.zeros_like(p)
+            buf = st["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - g["momentum"])
+            updates.append(p.grad.lerp(buf, g["momentum"]) if g["nesterov"] else buf)
+        # Newton-Schulz: rank r does parameters r, r+world, ...; the results are all-gathered in rounds of
+        # `world` parameters (same-shape rounds thanks to the sort, so one all_gather each)
+        order = sorted(range(len(params)), key=lambda i: tuple(params[i].shape))
+        for start in range(0, len(order), world):
+            chunk = order[start:start + world]
+            if world == 1:
+                orth = [newton_schulz(updates[chunk[0]], g["ns_steps"])]
+            else:
+                shapes = {tuple(params[i].shape) for i in chunk}
+                if len(shapes) > 1:  # mixed shapes in one round: fall back to per-parameter broadcasts
+                    orth = []
+                    for j, i in enumerate(chunk):
+                        o = newton_schulz(updates[i], g["ns_steps"]) if j == rank else torch.empty_like(params[i], dtype=torch.bfloat16)
+                        dist.broadcast(o, src=j)
+                        orth.append(o)
+                else:
+                    mine = (newton_schulz(updates[chunk[rank]], g["ns_steps"]) if rank < len(chunk)
+                            else torch.zeros_like(params[chunk[0]], dtype=torch.bfloat16)).contiguous()
+                    gathered = [torch.empty_like(mine) for _ in range(world)]
+                    dist.all_gather(gathered, mine)
+                    orth = gathered[:len(chunk)]
+            for i, o in zip(chunk, orth):
+                p = params[i]
+                p.mul_(1 - g["lr"] * g["weight_decay"])
+                p.add_(o.to(p.dtype), alpha=-g["lr"] * muon_lr_scale(p.shape, g["lr_rule"]))
+
+    def _adamw_group(self, g):
+        """Exactly torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments), with foreach ops."""
+        params = [p for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = 0  # a Python int: no device sync to read it
+                st["exp_avg"] = torch.zeros_like(p)
+                st["exp_avg_sq"] = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        b1, b2 = g["betas"]
+        for p in params:
+            self.state[p]["step"] += 1
+        step = self.state[params[0]]["step"]
+        torch._foreach_mul_(params, 1 - g["lr"] * g["weight_decay"])
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, 1 - b2)
+        bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, g["eps"])
+        torch._foreach_addcdiv_(params, m, denom, -g["lr"] / bc1)
+
+
+def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, momentum=0.95,
+                    lr_rule="original", adamw_weight_decay=None):
+    """Muon for the 2-D matrices inside the transformer blocks; AdamW for the embedding / lm_head (a lookup
+    table and a classifier: orthogonalising them is wrong) and for the norm gains (1-D). No weight decay on
+    norm gains."""
+    muon, embed, gains = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim == 2 and ".layers." in f".{name}":
+            muon.append(p)
+        elif p.ndim == 2:
+            embed.append(p)
+        else:
+            gains.append(p)
+    wd_adam = weight_decay if adamw_weight_decay is None else adamw_weight_decay
+    return MuonAdamW([
+        dict(params=muon, use_muon=True, lr=muon_lr, momentum=momentum, weight_decay=weight_decay, lr_rule=lr_rule),
+        dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=wd_adam),
+        dict(params=gains, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=0.0),
+    ])
