@@ -52,7 +52,7 @@ def peak_tflops(device_name, override=None):
     for key, tf in PEAK_BF16_TFLOPS:
         if key.lower() in device_name.lower():
             return float(tf), key
-    return None, f"unknown device {device_name!r}: pass --peak_tflops=... to get MFU"
+    return None, f"unknown device {device_name!r}: pass --peak_tflops_override=TFLOPS to get MFU"
 
 
 if __name__ == "__main__":

@@ -186,14 +186,23 @@ def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
 
 
 @torch.compiler.disable
-def liger_cross_entropy(h, weight, targets):
-    """liger-kernel's fused linear + cross-entropy (CUDA). Kept outside any compiled graph on purpose: on
-    torch 2.11 it fails inside torch.compile and has a wrong-loss-under-compile report with ignore_index."""
-    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
+    """liger-kernel's fused linear + cross-entropy (CUDA): logits are produced chunk by chunk and the gradients
+    of h and weight are computed in the same pass, so [tokens x vocab] never exists. Kept outside any compiled
+    graph on purpose: on torch 2.11 it fails inside torch.compile and has a wrong-loss-under-compile report with
+    ignore_index. chunk_mem_const=8 makes chunks 8x larger than liger's default (~2k rows instead of 256 at
+    24k tokens), so the chunk matmuls are big enough to run near the card's peak. Weight-gradient accumulation
+    is fp32 (accum_dtype) although the matmuls run in bf16."""
+    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction as LFLCE
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32
         weight = weight.to(h.dtype)
-    out = LigerFusedLinearCrossEntropyFunction.apply(h, weight, targets, None, None, -100)
+    # positional (autograd.Function.apply takes no keywords); liger-kernel 0.8.5's signature:
+    # input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
+    # return_z_loss, accum_dtype, use_token_scaling, return_token_accuracy, return_predicted_tokens, ce_impl,
+    # ce_mode, chunk_mem_const
+    out = LFLCE.apply(h, weight, targets, None, None, -100, 0.0, 0.0, "mean", None, False, torch.float32,
+                      False, False, False, None, None, chunk_mem_const)
     return out[0] if isinstance(out, tuple) else out
 
 
