@@ -15,11 +15,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint, noop_context_fn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -143,9 +144,10 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, cache=None, start=0):
         # The checkpoint sits inside forward so that a compiled block compiles it too (torch.compile traces
         # non-reentrant checkpoints and selective-checkpoint policies into its graph).
-        if self.checkpointing != "none" and torch.is_grad_enabled():
-            ctx = _save_matmuls_policy() if self.checkpointing == "selective" else noop_context_fn
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False, context_fn=ctx)
+        if self.checkpointing == "block" and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
+        if self.checkpointing == "selective" and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, cos, sin, use_reentrant=False, context_fn=_save_matmuls_context())
         return self._forward(x, cos, sin, cache, start)
 
     def _forward(self, x, cos, sin, cache=None, start=0):
@@ -153,17 +155,15 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _save_matmuls_policy():
+def _save_matmuls_context():
     """Selective activation checkpointing: keep the outputs of matmuls and attention (expensive to redo),
-    recompute everything elementwise (norms, RoPE, SiLU*up -- cheap, but they are most of the saved bytes)."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-    keep = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten._scaled_dot_product_flash_attention.default,
-            torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-            torch.ops.aten._scaled_dot_product_efficient_attention.default}
-
-    def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-    return lambda: create_selective_checkpoint_contexts(policy)
+    recompute everything elementwise (norms, RoPE, SiLU*up, residual adds -- cheap, but most of the saved bytes).
+    A functools.partial of create_selective_checkpoint_contexts is the form torch.compile can trace."""
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+    aten = torch.ops.aten
+    keep = [aten.mm.default, aten.addmm.default, aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_efficient_attention.default]
+    return partial(create_selective_checkpoint_contexts, keep)
 
 
 def chunked_cross_entropy(h, weight, targets, chunk_rows=None):

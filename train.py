@@ -260,6 +260,11 @@ def main():
                       f"The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
             sys.exit(2)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        if not math.isfinite(grad_norm.item()):
+            if master:
+                print(f"error: gradient norm is {grad_norm.item()} at step {step}; stopping without an optimizer step. "
+                      f"The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
+            sys.exit(2)
         if cuda and bench:
             torch.cuda.synchronize(dev)
         t_opt = time.time()
@@ -286,6 +291,10 @@ def main():
             if wandb_log:
                 wandb.log({"train/" + k: v for k, v in rec.items() if k != "step"}, step=step)
         if master and not bench and ckpt_interval and (step % ckpt_interval == 0 or step == last_step):
+            if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a poisoned checkpoint
+                print(f"error: non-finite weights after step {step}; not saving. The last good checkpoint in "
+                      f"{out_dir} is intact; lower the lr or resume from it.")
+                sys.exit(2)
             save_checkpoint(model, optimizer, step)
         if ddp and not bench and ckpt_interval and step % ckpt_interval == 0:
             dist.barrier()   # nobody runs ahead while rank 0 writes
