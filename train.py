@@ -64,6 +64,7 @@ dtype = "bfloat16" if torch.cuda.is_available() else "float32"   # autocast dtyp
 compile = torch.cuda.is_available()
 liger = True                  # fused linear+cross-entropy on CUDA when liger-kernel is importable
 checkpointing = "none"        # activation checkpointing: none | block | selective
+sdpa_backend = "auto"         # auto (PyTorch's choice) | cudnn | flash | efficient: attention kernel on CUDA
 seed = 1337
 peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not know
 bench = False                 # set by `python mfu.py --bench`: random tokens, no eval/ckpt, timing summary
@@ -151,6 +152,12 @@ def main():
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if cuda and sdpa_backend != "auto":  # only the chosen kernel (and the math fallback) stays enabled
+        if sdpa_backend not in ("cudnn", "flash", "efficient"):
+            sys.exit(f"error: sdpa_backend must be auto|cudnn|flash|efficient, got {sdpa_backend!r}")
+        torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
+        torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
+        torch.backends.cuda.enable_mem_efficient_sdp(sdpa_backend == "efficient")
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
 
     # ---------------------------------------------------------------------------------------- model
@@ -306,7 +313,7 @@ def main():
         tok_s = tokens_per_step / dt
         res = {"gpu": torch.cuda.get_device_name(dev) if cuda else "cpu", "world": world, "micro_batch": micro_batch,
                "grad_accum": grad_accum, "seq": seq_len, "compile": compile, "liger": use_liger,
-               "checkpointing": checkpointing, "step_s": round(dt, 4), "tok_per_s": round(tok_s),
+               "checkpointing": checkpointing, "sdpa": sdpa_backend, "step_s": round(dt, 4), "tok_per_s": round(tok_s),
                "tok_per_s_per_gpu": round(tok_s / world),
                "mfu_seed": round(tok_s / world * fpt_seed / (peak * 1e12), 4) if peak else None,
                "mfu_precise": round(tok_s / world * fpt_precise / (peak * 1e12), 4) if peak else None,

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The device runs behind BENCHMARKS.md, so every number there can be reproduced.
+#   bash benchmarks.sh main OUTDIR   # GPU tests, fast-vs-plain curves, 1-GPU bench + HF peer, 2-GPU DDP bench
+#   bash benchmarks.sh mem OUTDIR    # config/3090.py memory / throughput variants, attention roofline
+# Needs liger-kernel importable and the HF peer script at .peer/hf_peer.py (copied from ../shared/bench).
+set -u
+stage=${1:-main}; O=${2:-bench_out}; mkdir -p "$O"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+bench() { python3 mfu.py --bench config/h800.py "$@" 2>&1 | grep -E "^BENCH|Error|error" | tee -a "$O/bench.txt"; }
+if [ "$stage" = main ]; then
+  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q test_all.py -k "fast_path or checkpointing" 2>&1 | tail -3
+  # fast vs plain path: 200 steps on the demo corpus, same seed and data, one GPU each
+  common="--data_dir=data/demo --seq_len=1024 --micro_batch=8 --global_batch=8 --max_steps=200 --warmup_steps=20
+          --decay_steps=50 --eval_interval=0 --ckpt_interval=0 --export_at_end=False --log_interval=10"
+  CUDA_VISIBLE_DEVICES=0 python3 train.py config/h800.py $common --out_dir="$O/fast" > "$O/fast.txt" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 python3 train.py config/h800.py $common --out_dir="$O/plain" --compile=False --liger=False > "$O/plain.txt" 2>&1
+  wait
+  python3 -c "
+import json
+f = [json.loads(l) for l in open('$O/fast/log.jsonl')]; p = [json.loads(l) for l in open('$O/plain/log.jsonl')]
+print('curve step fast plain'); [print(a['step'], round(a['loss'], 4), round(b['loss'], 4)) for a, b in zip(f, p)]
+print('max |diff| over logged steps', max(abs(a['loss'] - b['loss']) for a, b in zip(f, p)))"
+  # 1 GPU: our reference config at the reference per-GPU accumulation (8), then the HF peer, same machine
+  CUDA_VISIBLE_DEVICES=0 bench --global_batch=96
+  CUDA_VISIBLE_DEVICES=0 bench --global_batch=96 --sdpa_backend=cudnn
+  CUDA_VISIBLE_DEVICES=0 python3 .peer/hf_peer.py compile 4 2>&1 | tail -1 | tee -a "$O/bench.txt"
+  # 2 GPUs DDP, same per-GPU work (micro 12 x accum 8)
+  python3 -m torch.distributed.run --nproc_per_node=2 mfu.py --bench config/h800.py --global_batch=192 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+fi
+if [ "$stage" = mem ]; then
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=12 --micro_batch=6 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 .peer/roofline.py 12 > "$O/roofline.json" 2>&1; tail -5 "$O/roofline.json"
+fi
