@@ -327,6 +327,7 @@ def main():
             model.save_pretrained(os.path.join(out_dir, "hf"))
             print(f"exported a Hugging Face directory to {os.path.join(out_dir, 'hf')}")
     if ddp:
+        dist.barrier()  # let rank 0 finish writing before anyone tears the group down (gloo hangs otherwise)
         dist.destroy_process_group()
 
 
