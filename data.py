@@ -531,7 +531,7 @@ def val_batches(data_dir, seq_len, batch_size, n_batches, device="cpu"):
     every evaluation of every run scores the same tokens."""
     w = TokenWindows(data_dir, "val", seq_len)
     n = min(n_batches * batch_size, w.n_windows)
-    for i in range(0, n - n % batch_size or n, batch_size):
+    for i in range(0, n, batch_size):
         rows = np.stack([w.window(j) for j in range(i, min(i + batch_size, n))]).astype(np.int64)
         xy = torch.from_numpy(rows).to(device)
         yield xy[:, :-1], xy[:, 1:]

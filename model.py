@@ -391,6 +391,24 @@ class Qwen3(nn.Module):
             save_tokenizer(out_dir)
 
 
+def find_model_dir(path):
+    """What --init_from points at: a directory with config.json (a HF directory or one checkpoint) is used as is;
+    otherwise it is a training out_dir and we take its newest complete checkpoint (ckpt-NNNNNNN with
+    state.pt), else its exported hf/ folder."""
+    import sys
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    if not os.path.isdir(path):
+        sys.exit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
+    ckpts = sorted(d for d in os.listdir(path) if d.startswith("ckpt-") and not d.endswith(".tmp")
+                   and os.path.isfile(os.path.join(path, d, "state.pt")))
+    if ckpts:
+        return os.path.join(path, ckpts[-1])
+    if os.path.isfile(os.path.join(path, "hf", "config.json")):
+        return os.path.join(path, "hf")
+    sys.exit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling."""
     if temperature == 0:

@@ -12,7 +12,7 @@ import time
 import torch
 
 from data import EOT, StreamDecoder, get_tokenizer
-from model import Qwen3
+from model import Qwen3, find_model_dir
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
 prompt = "你好"
@@ -27,27 +27,11 @@ dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 
 
-def resolve_model_dir(path):
-    """A directory with config.json is loaded as is; otherwise it is a training out_dir and we take its newest
-    complete checkpoint (ckpt-NNNNNNN with model.safetensors + state.pt)."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    if not os.path.isdir(path):
-        sys.exit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
-    ckpts = sorted(d for d in os.listdir(path) if d.startswith("ckpt-") and
-                   os.path.isfile(os.path.join(path, d, "state.pt")))
-    if ckpts:
-        return os.path.join(path, ckpts[-1])
-    if os.path.isfile(os.path.join(path, "hf", "config.json")):
-        return os.path.join(path, "hf")
-    sys.exit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
-
-
 if __name__ == "__main__":
     if dtype not in ("float32", "bfloat16", "float16"):
         sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
     torch.manual_seed(seed)
-    model_dir = resolve_model_dir(init_from)
+    model_dir = find_model_dir(init_from)
     model = Qwen3.from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
     enc = get_tokenizer()
     ids = enc.encode(prompt, allowed_special="all")
