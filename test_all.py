@@ -527,6 +527,14 @@ def test_corrupt_checkpoint_nan_and_unknown_key_fail_clearly(tmp_path):
     from safetensors.torch import load_file
     ckpts = sorted(x for x in os.listdir(out_nan) if x.startswith("ckpt-"))
     assert ckpts and all(torch.isfinite(v).all() for v in load_file(os.path.join(out_nan, ckpts[-1], "model.safetensors")).values())
+    # export on demand, then continue pretraining from that Hugging Face directory: the first loss of the new run
+    # is that of the trained weights, not of a fresh init
+    r = run(["train.py"] + _small_train_args(d, out, init_from="resume", export_only=True))
+    assert r.returncode == 0 and os.path.isfile(os.path.join(out, "hf", "config.json")), r.stderr[-2000:]
+    r = run(["train.py"] + _small_train_args(d, str(tmp_path / "cont"), init_from=os.path.join(out, "hf"), max_steps=2))
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = _losses(tmp_path / "cont")[1]
+    assert first < _losses(tmp_path / "nan")[1] - 0.3  # step 1 of the "nan" run is the same data on a fresh init
     # a damaged newest checkpoint is named in a clear message
     open(os.path.join(out, "ckpt-0000020", "model.safetensors"), "wb").write(b"\0" * 100)
     r = run(["train.py"] + _small_train_args(d, out, init_from="resume", max_steps=30))
