@@ -414,29 +414,27 @@ def test_adamw_part_equals_torch_adamw():
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
-def _distributed_muon_worker(rank, world, init_file, out_file):
-    import torch.distributed as dist
+def _four_muon_steps():
     from muon import MuonAdamW
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     params = _muon_params()
     opt = MuonAdamW([dict(params=params, use_muon=True, lr=0.02, weight_decay=0.1)])
     for step in range(4):
         for p, gr in zip(params, _grads(params, step)):
             p.grad = gr
         opt.step()
-    torch.save([p.detach() for p in params], f"{out_file}.{rank}")
+    return [p.detach() for p in params]
+
+
+def _distributed_muon_worker(rank, world, init_file, out_file):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.save(_four_muon_steps(), f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
 def test_distributed_muon_equals_single_process(tmp_path):
-    from muon import MuonAdamW
     torch.multiprocessing.spawn(_distributed_muon_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "p")), nprocs=2)
-    params = _muon_params()
-    opt = MuonAdamW([dict(params=params, use_muon=True, lr=0.02, weight_decay=0.1)])
-    for step in range(4):
-        for p, gr in zip(params, _grads(params, step)):
-            p.grad = gr
-        opt.step()
+    params = _four_muon_steps()  # no process group here: plain single-process Muon
     for rank in (0, 1):
         for a, b in zip(torch.load(tmp_path / f"p.{rank}"), params):
             assert torch.equal(a, b)
