@@ -174,6 +174,8 @@ def main():
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
     step = 0
+    if export_only and init_from != "resume":
+        sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
     if init_from == "resume" and not bench:
         ckpts = list_checkpoints(out_dir)
         if not ckpts:
