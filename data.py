@@ -69,6 +69,7 @@ def encode_document(enc, text):
     return enc.encode_ordinary(text) + [EOT]
 
 
+@lru_cache(maxsize=4)
 def token_byte_lengths(vocab_size):
     """UTF-8 byte length of every token id (specials and padding ids count 0): the denominator of bits-per-byte."""
     enc = get_tokenizer()
