@@ -391,6 +391,14 @@ class Qwen3(nn.Module):
             save_tokenizer(out_dir)
 
 
+def list_checkpoints(out_dir):
+    """Finished checkpoints ckpt-NNNNNNN of a training out_dir, oldest first (a .tmp folder is one still being
+    written, or killed mid-write, and never counts)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
+
+
 def find_model_dir(path):
     """What --init_from points at: a directory with config.json (a HF directory or one checkpoint) is used as is;
     otherwise it is a training out_dir and we take its newest complete checkpoint (ckpt-NNNNNNN with
@@ -400,10 +408,9 @@ def find_model_dir(path):
         return path
     if not os.path.isdir(path):
         sys.exit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
-    ckpts = sorted(d for d in os.listdir(path) if d.startswith("ckpt-") and not d.endswith(".tmp")
-                   and os.path.isfile(os.path.join(path, d, "state.pt")))
+    ckpts = [c for c in list_checkpoints(path) if os.path.isfile(os.path.join(c, "state.pt"))]
     if ckpts:
-        return os.path.join(path, ckpts[-1])
+        return ckpts[-1]
     if os.path.isfile(os.path.join(path, "hf", "config.json")):
         return os.path.join(path, "hf")
     sys.exit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")

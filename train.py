@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import DEMO_DIR, DistributedBatches, TokenWindows, build_demo
 from eval import val_loss_bpb
 from mfu import flops_per_token_precise, flops_per_token_seed, peak_tflops
-from model import Qwen3, Qwen3Config
+from model import Qwen3, Qwen3Config, list_checkpoints
 from muon import build_optimizer
 
 # ----------------------------------------------------------------------------------------------- defaults
@@ -85,10 +85,11 @@ def wsd_lr_factor(step):
     return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
 
 
-def list_checkpoints(d):
-    if not os.path.isdir(d):
-        return []
-    return sorted(os.path.join(d, x) for x in os.listdir(d) if x.startswith("ckpt-") and not x.endswith(".tmp"))
+def stop_non_finite(what, master):
+    """NaN/inf anywhere: stop before anything is written, so the last good checkpoint stays the newest."""
+    if master:
+        print(f"error: {what}. The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
+    sys.exit(2)
 
 
 def save_checkpoint(model, optimizer, step):
@@ -264,16 +265,10 @@ def main():
             dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
         loss_val = loss_sum.item() / (grad_accum * world)
         if not math.isfinite(loss_val):
-            if master:
-                print(f"error: loss is {loss_val} at step {step}; stopping without an optimizer step. "
-                      f"The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
-            sys.exit(2)
+            stop_non_finite(f"loss is {loss_val} at step {step}; stopping without an optimizer step", master)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
         if not math.isfinite(grad_norm.item()):
-            if master:
-                print(f"error: gradient norm is {grad_norm.item()} at step {step}; stopping without an optimizer step. "
-                      f"The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
-            sys.exit(2)
+            stop_non_finite(f"gradient norm is {grad_norm.item()} at step {step}; stopping without an optimizer step", master)
         if cuda and bench:
             torch.cuda.synchronize(dev)
         t_opt = time.time()
@@ -301,9 +296,7 @@ def main():
                 wandb.log({"train/" + k: v for k, v in rec.items() if k != "step"}, step=step)
         if master and not bench and ckpt_interval and (step % ckpt_interval == 0 or step == last_step):
             if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a poisoned checkpoint
-                print(f"error: non-finite weights after step {step}; not saving. The last good checkpoint in "
-                      f"{out_dir} is intact; lower the lr or resume from it.")
-                sys.exit(2)
+                stop_non_finite(f"non-finite weights after step {step}; not saving", master)
             save_checkpoint(model, optimizer, step)
         if ddp and not bench and ckpt_interval and step % ckpt_interval == 0:
             dist.barrier()   # nobody runs ahead while rank 0 writes
