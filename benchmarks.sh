@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# The device runs behind BENCHMARKS.md, so every number there can be reproduced.
-#   bash benchmarks.sh main OUTDIR   # GPU tests, fast-vs-plain curves, 1-GPU bench + HF peer, 2-GPU DDP bench
-#   bash benchmarks.sh mem OUTDIR    # config/3090.py memory / throughput variants, attention roofline
+# The device runs behind BENCHMARKS.md, so every number there can be reproduced. Each stage fits one 10-minute call.
+#   bash benchmarks.sh check OUTDIR     # 2 GPUs: CUDA tests, fast-vs-plain 200-step curves, liger-vs-compile kernel A/B
+#   bash benchmarks.sh speed OUTDIR     # N GPUs (NPROC, default 2): 1-GPU bench + HF peer, N-GPU DDP bench, and
+#                                       # the reference command `train.py config/h800.py` shortened to 10 steps + resume
+#   bash benchmarks.sh mem OUTDIR       # 1 GPU: config/3090.py memory / throughput variants, attention roofline
 # Needs liger-kernel importable and the HF peer script at .peer/hf_peer.py (copied from ../shared/bench).
 set -u
-stage=${1:-main}; O=${2:-bench_out}; mkdir -p "$O"
+stage=${1:-check}; O=${2:-bench_out}; mkdir -p "$O"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 bench() { python3 mfu.py --bench config/h800.py "$@" 2>&1 | grep -E "^BENCH|Error|error" | tee -a "$O/bench.txt"; }
-if [ "$stage" = main ]; then
-  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q test_all.py -k "fast_path or checkpointing" 2>&1 | tail -3
-  # fast vs plain path: 200 steps on the demo corpus, same seed and data, one GPU each
+if [ "$stage" = check ]; then
+  # fast vs plain path: 200 steps on the demo corpus, same seed and data; the plain (eager) one is slower, so it
+  # starts first on GPU 1 while GPU 0 runs the CUDA unit tests
   common="--data_dir=data/demo --seq_len=1024 --micro_batch=8 --global_batch=8 --max_steps=200 --warmup_steps=20
           --decay_steps=50 --eval_interval=0 --ckpt_interval=0 --export_at_end=False --log_interval=10"
-  CUDA_VISIBLE_DEVICES=0 python3 train.py config/h800.py $common --out_dir="$O/fast" > "$O/fast.txt" 2>&1 &
-  CUDA_VISIBLE_DEVICES=1 python3 train.py config/h800.py $common --out_dir="$O/plain" --compile=False --liger=False > "$O/plain.txt" 2>&1
+  CUDA_VISIBLE_DEVICES=1 python3 train.py config/h800.py $common --out_dir="$O/plain" --compile=False --liger=False > "$O/plain.txt" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q test_all.py -k "fast_path or checkpointing" 2>&1 | tail -3
+  CUDA_VISIBLE_DEVICES=0 python3 train.py config/h800.py $common --out_dir="$O/fast" > "$O/fast.txt" 2>&1
   wait
   python3 -c "
 import json
 f = [json.loads(l) for l in open('$O/fast/log.jsonl')]; p = [json.loads(l) for l in open('$O/plain/log.jsonl')]
 print('curve step fast plain'); [print(a['step'], round(a['loss'], 4), round(b['loss'], 4)) for a, b in zip(f, p)]
 print('max |diff| over logged steps', max(abs(a['loss'] - b['loss']) for a, b in zip(f, p)))"
+  # RMSNorm / RoPE / SwiGLU: liger's kernels vs torch.compile's fusion, full model fwd+bwd, micro-batch 12
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --fusions 12 2>&1 | grep -E "^FUSIONS|rror" | tee -a "$O/fusions.txt"
+fi
+if [ "$stage" = speed ]; then
+  N=${NPROC:-2}
   # 1 GPU: our reference config at the reference per-GPU accumulation (8), then the HF peer, same machine
   CUDA_VISIBLE_DEVICES=0 bench --global_batch=96
-  CUDA_VISIBLE_DEVICES=0 bench --global_batch=96 --sdpa_backend=cudnn
   CUDA_VISIBLE_DEVICES=0 python3 .peer/hf_peer.py compile 4 2>&1 | tail -1 | tee -a "$O/bench.txt"
-  # 2 GPUs DDP, same per-GPU work (micro 12 x accum 8)
-  python3 -m torch.distributed.run --nproc_per_node=2 mfu.py --bench config/h800.py --global_batch=192 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  # N GPUs DDP, same per-GPU work (micro 12 x accum 8)
+  python3 -m torch.distributed.run --nproc_per_node=$N mfu.py --bench config/h800.py --global_batch=$((96 * N)) 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  # the reference command itself, shortened: demo data, 10 optimizer steps of 786k tokens, an evaluation and a
+  # checkpoint at the end, then a resume from that checkpoint for 2 more steps
+  run() { python3 -m torch.distributed.run --nproc_per_node=$N train.py config/h800.py --data_dir=data/demo \
+    --warmup_steps=5 --decay_steps=5 --eval_interval=10 --eval_batches=4 --ckpt_interval=10 --log_interval=2 \
+    --export_at_end=False --out_dir=/tmp/run "$@" 2>&1 | grep -vE "^\s*$" | tail -12 | tee -a "$O/run.txt"; }
+  run --max_steps=10
+  run --max_steps=12 --init_from=resume
 fi
 if [ "$stage" = mem ]; then
   CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"

@@ -71,11 +71,13 @@ def rope_cos_sin(positions, head_dim, theta):
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x, cos, sin):
-    """x: [B, heads, T, head_dim]. Rotates pairs (i, i + head_dim/2) -- the 'rotate_half' convention of HF."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+def apply_rope(q, k, cos, sin):
+    """q, k: [B, heads, T, head_dim]; cos, sin: [T, head_dim]. Rotates pairs (i, i + head_dim/2) -- the
+    'rotate_half' convention of HF (same signature as HF's apply_rotary_pos_emb: q and k together)."""
+    def rotate(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
+    return rotate(q), rotate(k)
 
 
 class KVCache:
@@ -109,7 +111,7 @@ class Attention(nn.Module):
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(start, k, v)
         if start == 0:  # training and prefill: plain causal
