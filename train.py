@@ -139,7 +139,10 @@ def main():
         dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
         if dev.startswith("cuda"):
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+        if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
+            dist.init_process_group("nccl", device_id=torch.device(dev))
+        else:
+            dist.init_process_group("gloo")
     else:
         rank, world, dev = 0, 1, device
     master = rank == 0
