@@ -522,6 +522,8 @@ def test_corrupt_checkpoint_nan_and_unknown_key_fail_clearly(tmp_path):
     assert r.returncode != 0 and "no_such_option" in r.stderr
     r = run(["train.py"] + _small_train_args(d, out, max_steps="lots"))
     assert r.returncode != 0 and "max_steps" in r.stderr
+    r = run(["train.py"] + _small_train_args(d, out, global_batch=6, micro_batch=4))  # the batch does not split
+    assert r.returncode != 0 and "micro_batch values that divide it on 1 process(es): [1, 2, 3, 6]" in r.stderr, r.stderr
     # NaN: absurd learning rates blow the run up; it stops naming the step and every checkpoint left is finite
     out_nan = str(tmp_path / "nan")
     r = run(["train.py"] + _small_train_args(d, out_nan, adamw_lr=1e9, muon_lr=1e9, warmup_steps=1, grad_clip=0.0,

@@ -146,8 +146,11 @@ def main():
     else:
         rank, world, dev = 0, 1, device
     master = rank == 0
-    if global_batch % (micro_batch * world):
-        sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes")
+    if global_batch % (micro_batch * world):  # e.g. config/h800.py (384) on 3 or 6 GPUs: say what would work
+        fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
+        sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
+                 + (f"micro_batch values that divide it on {world} process(es): {fits}" if fits else
+                    f"no micro_batch does: make global_batch a multiple of {world}"))
     grad_accum = global_batch // (micro_batch * world)
     if dtype not in ("float32", "bfloat16", "float16"):
         sys.exit(f"error: dtype must be float32|bfloat16|float16, got {dtype!r}")
