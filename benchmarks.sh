@@ -9,7 +9,7 @@ set -u
 stage=${1:-check}; O=${2:-bench_out}; mkdir -p "$O"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-bench() { python3 mfu.py --bench config/h800.py "$@" 2>&1 | grep -E "^BENCH|Error|error" | tee -a "$O/bench.txt"; }
+keep() { grep -E "^BENCH|rror" | tee -a "$O/bench.txt"; }   # the result line (and any error) of a bench run
 if [ "$stage" = check ]; then
   # fast vs plain path: 200 steps on the demo corpus, same seed and data; the plain (eager) one is slower, so it
   # starts first on GPU 1 while GPU 0 runs the CUDA unit tests
@@ -30,10 +30,10 @@ fi
 if [ "$stage" = speed ]; then
   N=${NPROC:-2}
   # 1 GPU: our reference config at the reference per-GPU accumulation (8), then the HF peer, same machine
-  CUDA_VISIBLE_DEVICES=0 bench --global_batch=96
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/h800.py --global_batch=96 2>&1 | keep
   CUDA_VISIBLE_DEVICES=0 python3 .peer/hf_peer.py compile 4 2>&1 | tail -1 | tee -a "$O/bench.txt"
   # N GPUs DDP, same per-GPU work (micro 12 x accum 8)
-  python3 -m torch.distributed.run --nproc_per_node=$N mfu.py --bench config/h800.py --global_batch=$((96 * N)) 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  python3 -m torch.distributed.run --nproc_per_node=$N mfu.py --bench config/h800.py --global_batch=$((96 * N)) 2>&1 | keep
   # the reference command itself, shortened: demo data, 10 optimizer steps of 786k tokens, an evaluation and a
   # checkpoint at the end, then a resume from that checkpoint for 2 more steps
   run() { python3 -m torch.distributed.run --nproc_per_node=$N train.py config/h800.py --data_dir=data/demo \
@@ -43,9 +43,9 @@ if [ "$stage" = speed ]; then
   run --max_steps=12 --init_from=resume
 fi
 if [ "$stage" = mem ]; then
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=12 --micro_batch=6 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | grep -E "^BENCH|rror" | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=12 --micro_batch=6 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | keep
   CUDA_VISIBLE_DEVICES=0 python3 .peer/roofline.py 12 > "$O/roofline.json" 2>&1; tail -5 "$O/roofline.json"
 fi

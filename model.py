@@ -14,6 +14,7 @@ exist. test_all.py proves the two agree.
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, fields
 from functools import partial
 
@@ -405,7 +406,6 @@ def find_model_dir(path):
     """What --init_from points at: a directory with config.json (a HF directory or one checkpoint) is used as is;
     otherwise it is a training out_dir and we take its newest complete checkpoint (ckpt-NNNNNNN with
     state.pt), else its exported hf/ folder."""
-    import sys
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     if not os.path.isdir(path):

@@ -137,9 +137,8 @@ def main():
     if ddp:
         rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
-        if dev.startswith("cuda"):
-            torch.cuda.set_device(dev)
         if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
+            torch.cuda.set_device(dev)
             dist.init_process_group("nccl", device_id=torch.device(dev))
         else:
             dist.init_process_group("gloo")
