@@ -286,12 +286,12 @@ def main():
         timings.append(t1 - t0)
         step += 1
         tok_s = tokens_per_step / (t1 - t0)
-        mfu = tok_s / world * fpt_seed / (peak * 1e12) if peak else float("nan")
+        mfu = tok_s / world * fpt_seed / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
         if master and not bench and (step % log_interval == 0 or step == last_step):
             eta = (time.time() - t_start) / len(timings) * (last_step - step)
             lr = optimizer.param_groups[0]["lr"]
             print(f"step {step}/{last_step} | loss {loss_val:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
-                  f"{tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | {1000 * (t1 - t0):.0f} ms | ETA {eta / 3600:.2f} h")
+                  f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | {1000 * (t1 - t0):.0f} ms | ETA {eta / 3600:.2f} h")
             rec = {"step": step, "loss": loss_val, "lr": lr, "muon_lr": optimizer.param_groups[0]["lr"],
                    "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": float(grad_norm), "tok_per_s": tok_s,
                    "mfu": mfu, "step_ms": 1000 * (t1 - t0), "eta_s": eta}
