@@ -1,7 +1,7 @@
 """
 Poor man's configurator (nanoGPT's), exec'd by train.py / sample.py / eval.py / mfu.py over their own globals:
 
-    python train.py config/h800.py --batch_size=8 --compile False
+    python train.py config/h800.py --micro_batch=8 --compile False
 
 Positional arguments are Python files executed over the caller's globals (so a config file may compute values
 from others). `--key=value` and `--key value` override a global that already exists; the value is parsed with

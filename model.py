@@ -6,15 +6,14 @@ model.layers.{i}.self_attn.q_proj.weight, ...), so exporting and importing is a 
 and the exported directory loads in transformers with no custom code.
 
 One function, two speeds. The plain path (CPU or GPU, any PyTorch) is the definition. The CUDA fast path
-(`model.fast_path(...)`) changes *how* it is computed, never *what*: blocks compiled by torch.compile (which
-fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend with native GQA,
-and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936] logits never
-exist. test_all.py proves the two agree.
+(`Qwen3(config, compile=True, loss="liger")`) changes *how* it is computed, never *what*: blocks compiled by
+torch.compile (which fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend
+with native GQA, and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936]
+logits never exist. tests/test_cuda.py proves the two agree. Generation (KV cache, sampling) is generate.py's.
 """
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, fields
 from functools import partial
 
@@ -81,20 +80,6 @@ def apply_rope(q, k, cos, sin):
     return rotate(q), rotate(k)
 
 
-class KVCache:
-    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]."""
-
-    def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
-        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-
-    def update(self, start, k, v):
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -135,14 +120,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, checkpointing="none"):
         super().__init__()
+        if checkpointing not in ("none", "block", "selective"):
+            raise ValueError(f"checkpointing must be none|block|selective, got {checkpointing!r}")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
-
-        self.checkpointing = "none"  # "none" | "block" | "selective" (see Qwen3.fast_path)
+        self.checkpointing = checkpointing
 
     def forward(self, x, cos, sin, cache=None, start=0):
         # The checkpoint sits inside forward so that a compiled block compiles it too (torch.compile traces
@@ -196,33 +182,39 @@ def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
     ignore_index. chunk_mem_const=8 makes chunks 8x larger than liger's default (~2k rows instead of 256 at
     24k tokens), so the chunk matmuls are big enough to run near the card's peak. Weight-gradient accumulation
     is fp32 (accum_dtype) although the matmuls run in bf16."""
-    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction as LFLCE
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32
         weight = weight.to(h.dtype)
-    # positional (autograd.Function.apply takes no keywords); liger-kernel 0.8.5's signature:
-    # input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
-    # return_z_loss, accum_dtype, use_token_scaling, return_token_accuracy, return_predicted_tokens, ce_impl,
-    # ce_mode, chunk_mem_const
-    out = LFLCE.apply(h, weight, targets, None, None, -100, 0.0, 0.0, "mean", None, False, torch.float32,
-                      False, False, False, None, None, chunk_mem_const)
-    return out[0] if isinstance(out, tuple) else out
+    return liger_fused_linear_cross_entropy(h, weight, targets, ignore_index=-100, reduction="mean",
+                                            accum_dtype=torch.float32, chunk_mem_const=chunk_mem_const)
 
 
 class Qwen3(nn.Module):
-    def __init__(self, config: Qwen3Config):
+    """The network and its loss. The fast-path settings are constructor arguments and change how, never what, it
+    computes: `compile` compiles each block and the final norm (inductor fuses RMSNorm / RoPE / SwiGLU and the
+    residual adds around the matmuls), `loss="liger"` uses liger's fused lm_head + cross-entropy on CUDA,
+    `checkpointing` trades recomputation for activation memory (none | block | selective)."""
+
+    def __init__(self, config: Qwen3Config, compile=False, loss="chunked", checkpointing="none"):
         super().__init__()
+        if loss not in ("chunked", "liger"):
+            raise ValueError(f"loss must be chunked|liger, got {loss!r}")
         self.config = cfg = config
+        self.loss = loss
         # a ModuleDict named `model` gives the state-dict prefix 'model.' of HF's Qwen3ForCausalLM
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
-            layers=nn.ModuleList([Block(cfg) for _ in range(cfg.num_hidden_layers)]),
+            layers=nn.ModuleList([Block(cfg, checkpointing) for _ in range(cfg.num_hidden_layers)]),
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         # tied: the lm_head *is* the embedding matrix, so there is no separate parameter (and no state-dict key)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.loss_impl = "chunked"   # "chunked" (any device) | "liger" (CUDA fused linear+CE)
         self.reset_parameters()
+        if compile:
+            for block in self.model.layers:
+                block.compile()
+            self.model.norm.compile()
 
     def reset_parameters(self):
         """Init for pretraining from scratch: N(0, 0.02) for every matrix and the embedding (GPT-2 / HF
@@ -243,22 +235,6 @@ class Qwen3(nn.Module):
     def lm_head_weight(self):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def fast_path(self, compile=True, loss="liger", checkpointing="none"):
-        """Switch to the CUDA fast path in place (same function, faster): compile each block (inductor fuses
-        RMSNorm / RoPE / SwiGLU and the residual adds into the matmul epilogues), fused lm_head+CE by liger."""
-        if checkpointing not in ("none", "block", "selective"):
-            raise ValueError(f"checkpointing must be none|block|selective, got {checkpointing!r}")
-        for block in self.model.layers:
-            block.checkpointing = checkpointing
-        if loss not in ("chunked", "liger"):
-            raise ValueError(f"loss must be chunked|liger, got {loss!r}")
-        self.loss_impl = loss
-        if compile:
-            for block in self.model.layers:
-                block.compile()
-            self.model.norm.compile()
-        return self
-
     def hidden_states(self, idx, caches=None, start=0):
         """Token ids [B, T] -> final-normed hidden states [B, T, hidden]."""
         x = self.model.embed_tokens(idx)
@@ -275,123 +251,85 @@ class Qwen3(nn.Module):
         h = self.hidden_states(idx)
         if targets is None:
             return F.linear(h, self.lm_head_weight), None
-        if self.loss_impl == "liger" and h.is_cuda:
+        if self.loss == "liger" and h.is_cuda:
             return None, liger_cross_entropy(h, self.lm_head_weight, targets)
         return None, chunked_cross_entropy(h, self.lm_head_weight, targets)
 
-    # ------------------------------------------------------------------------------------------ generation
-    def new_caches(self, batch, max_len, device, dtype):
-        c = self.config
-        return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype) for _ in range(c.num_hidden_layers)]
 
-    @torch.no_grad()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, use_cache=True):
-        """Yields the next token column [B, 1] at each step. temperature 0 means greedy. Stops early once every
-        row has produced `eos` (an id or a list of ids)."""
-        eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        total = idx.shape[1] + max_new_tokens
-        if total > self.config.max_position_embeddings:
-            raise ValueError(f"prompt + max_new_tokens = {total} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
-        caches = self.new_caches(idx.shape[0], total, idx.device, self.model.embed_tokens.weight.dtype) if use_cache else None
-        seq, pos = idx, 0
-        for _ in range(max_new_tokens):
-            inp = seq[:, pos:] if use_cache else seq
-            h = self.hidden_states(inp, caches, pos if use_cache else 0)
-            logits = F.linear(h[:, -1], self.lm_head_weight).float()
-            if use_cache:
-                pos = seq.shape[1]
-            nxt = sample_next(logits, temperature, top_k, top_p)
-            if eos.numel():
-                nxt = torch.where(done[:, None], eos[0], nxt)  # finished rows keep emitting eos
-                done |= torch.isin(nxt[:, 0], eos)
-            seq = torch.cat([seq, nxt], dim=1)
-            yield nxt
-            if eos.numel() and done.all():
-                return
+# ---------------------------------------------------------------------------------- Hugging Face interop
+def from_pretrained(path, dtype=torch.float32, device="cpu", **fast_path):
+    """Load a Hugging Face Qwen3 directory (config.json + model.safetensors or a sharded index); `fast_path` is
+    passed to Qwen3 (compile / loss / checkpointing). Weights are read only through safetensors: no pickle is
+    ever unpickled."""
+    from safetensors.torch import load_file
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "qwen3":
+        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
+                         f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
+    if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+        raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
+    known = {f.name for f in fields(Qwen3Config)}
+    kw = {k: v for k, v in hf.items() if k in known}
+    if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
+        kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
+    kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+    config = Qwen3Config(**kw)
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, use_cache=True):
-        """Autoregressive sampling with a KV cache; returns idx with the new tokens appended."""
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, eos, use_cache))
-        return torch.cat([idx] + new, dim=1)
-
-    # ------------------------------------------------------------------------------ Hugging Face interop
-    @classmethod
-    def from_pretrained(cls, path, dtype=torch.float32, device="cpu"):
-        """Load a Hugging Face Qwen3 directory (config.json + model.safetensors or a sharded index).
-        Weights are read only through safetensors: no pickle is ever unpickled."""
-        from safetensors.torch import load_file
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
-        with open(cfg_path) as f:
-            hf = json.load(f)
-        if hf.get("model_type") != "qwen3":
-            raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
-                             f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
-        if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-            raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
-        known = {f.name for f in fields(Qwen3Config)}
-        kw = {k: v for k, v in hf.items() if k in known}
-        if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
-            kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
-        kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
-        config = Qwen3Config(**kw)
-
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.isfile(index):
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        elif os.path.isfile(os.path.join(path, "model.safetensors")):
-            files = ["model.safetensors"]
-        else:
-            raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
-                                    "(.bin / pickle checkpoints are not loaded, on purpose)")
-        sd = {}
-        for fn in files:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
+                                "(.bin / pickle checkpoints are not loaded, on purpose)")
+    sd = {}
+    for fn in files:
+        try:
             sd.update(load_file(os.path.join(path, fn)))
-        if config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
-        return model.to(device)
+        except Exception as e:  # truncated / overwritten file: name it instead of a safetensors traceback
+            raise ValueError(f"{os.path.join(path, fn)} is damaged and cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200]}); use another checkpoint or re-export it") from None
+    if config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
+    with torch.device("meta"):
+        model = Qwen3(config, **fast_path)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    return model.to(device)
 
-    def hf_config(self, dtype="bfloat16"):
-        c = self.config
-        return {
-            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-            "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim, "hidden_act": "silu",
-            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
-            "rope_theta": c.rope_theta, "rope_scaling": None, "tie_word_embeddings": c.tie_word_embeddings,
-            "attention_bias": False, "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None,
-            "max_window_layers": c.num_hidden_layers, "initializer_range": c.initializer_range, "use_cache": True,
-            "torch_dtype": dtype,
-            # Qwen's <|endoftext|> (151643) ends documents; only meaningful when the vocabulary holds it
-            **({"bos_token_id": 151643, "eos_token_id": 151643} if c.vocab_size > 151643 else {}),
-        }
 
-    def save_pretrained(self, out_dir, dtype=torch.bfloat16, tokenizer=None):
-        """Write a Hugging Face directory: config.json, model.safetensors, generation_config.json and -- when the
-        vocabulary is the Qwen one (tokenizer=None means 'if it fits') -- the tokenizer files from data.py,
-        so `AutoModelForCausalLM/AutoTokenizer.from_pretrained(out_dir)` work with no custom code."""
-        from safetensors.torch import save_file
-        os.makedirs(out_dir, exist_ok=True)
-        sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(self.hf_config(str(dtype).removeprefix("torch.")), f, indent=2)
-        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-            eos = {"bos_token_id": 151643, "eos_token_id": 151643} if self.config.vocab_size > 151643 else {}
-            json.dump({**eos, "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}, f, indent=2)
-        if tokenizer is None:
-            tokenizer = self.config.vocab_size >= 151669  # every Qwen3 token id fits in the embedding
-        if tokenizer:
-            from data import save_tokenizer  # the tokenizer hook: data.py owns the tokenizer
-            save_tokenizer(out_dir)
+def hf_config(config, dtype="bfloat16", eos_token_id=None):
+    """config.json of HF's Qwen3ForCausalLM for a Qwen3Config."""
+    c = config
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+        **{f.name: getattr(c, f.name) for f in fields(Qwen3Config)},
+        "hidden_act": "silu", "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": c.num_hidden_layers,
+        "use_cache": True, "torch_dtype": dtype,
+        **({"bos_token_id": eos_token_id, "eos_token_id": eos_token_id} if eos_token_id is not None else {}),
+    }
+
+
+def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, generation=None):
+    """Write a Hugging Face model directory: model.safetensors, config.json and generation_config.json, so
+    `AutoModelForCausalLM.from_pretrained(out_dir)` works with no custom code. The tokenizer files are the
+    caller's (tokenizer.save_tokenizer): this file knows nothing about tokens. `generation` are the sampling
+    defaults written to generation_config.json."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(model.config, str(dtype).removeprefix("torch."), eos_token_id)
+    eos = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
+    for name, obj in (("config.json", config), ("generation_config.json", {**eos, **(generation or {})})):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(obj, f, indent=2)
 
 
 def list_checkpoints(out_dir):
@@ -409,26 +347,12 @@ def find_model_dir(path):
     if os.path.isfile(os.path.join(path, "config.json")):
         return path
     if not os.path.isdir(path):
-        sys.exit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
+        raise SystemExit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
     ckpts = [c for c in list_checkpoints(path) if os.path.isfile(os.path.join(c, "state.pt"))]
     if ckpts:
         return ckpts[-1]
     if os.path.isfile(os.path.join(path, "hf", "config.json")):
         return os.path.join(path, "hf")
-    sys.exit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
+    raise SystemExit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
-    """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling."""
-    if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1)

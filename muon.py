@@ -147,7 +147,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, momentum=0.95,
-                    lr_rule="original", adamw_weight_decay=None):
+                    lr_rule="original"):
     """Muon for the 2-D matrices inside the transformer blocks; AdamW for the embedding / lm_head (a lookup
     table and a classifier: orthogonalising them is wrong) and for the norm gains (1-D). No weight decay on
     norm gains."""
@@ -161,9 +161,8 @@ def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weigh
             embed.append(p)
         else:
             gains.append(p)
-    wd_adam = weight_decay if adamw_weight_decay is None else adamw_weight_decay
     return MuonAdamW([
         dict(params=muon, use_muon=True, lr=muon_lr, momentum=momentum, weight_decay=weight_decay, lr_rule=lr_rule),
-        dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=wd_adam),
+        dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=weight_decay),
         dict(params=gains, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=0.0),
     ])

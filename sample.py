@@ -11,8 +11,9 @@ import time
 
 import torch
 
-from data import EOT, StreamDecoder, get_tokenizer
-from model import Qwen3, find_model_dir
+from generate import stream
+from model import find_model_dir, from_pretrained
+from tokenizer import EOT, StreamDecoder, get_tokenizer
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
 prompt = "你好"
@@ -32,7 +33,7 @@ if __name__ == "__main__":
         sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
     torch.manual_seed(seed)
     model_dir = find_model_dir(init_from)
-    model = Qwen3.from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
+    model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
     enc = get_tokenizer()
     ids = enc.encode(prompt, allowed_special="all")
     if max(ids, default=0) >= model.config.vocab_size:
@@ -43,7 +44,7 @@ if __name__ == "__main__":
         dec = StreamDecoder(enc)
         print(prompt, end="", flush=True)
         t0, count = time.time(), 0
-        for tok in model.stream(x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT):
+        for tok in stream(model, x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT):
             count += 1
             if tok.item() == EOT:
                 break

@@ -5,13 +5,15 @@ Pretrain Qwen3 from scratch (or continue a Hugging Face Qwen3) with Muon + AdamW
     torchrun --nproc_per_node=8 train.py config/h800.py      # the reference recipe
     torchrun --nproc_per_node=4 train.py config/h800.py --init_from=resume   # any GPU count resumes exactly
 
-Design: every default is a module global below; config files and --key=value override them (configurator.py).
-The global batch (sequences per optimizer step) is fixed by the config; gradient accumulation is derived from the
-number of processes, and the data order depends only on the step (data.py), so a run is the same run on 1 or 8
-GPUs and a resume needs nothing but the step counter.
+Design: every default is a module global below -- the defaults *are* the reference recipe, so config files state
+only what differs; config files and --key=value override them (configurator.py). The global batch (sequences per
+optimizer step) is fixed by the config; gradient accumulation is derived from the number of processes, and the
+data order depends only on the step (data.py), so a run is the same run on 1 or 8 GPUs and a resume needs nothing
+but the step counter.
 """
-import json, math, os, shutil, signal, sys, time
+import json, math, os, shutil, sys, time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 import torch.distributed as dist
@@ -19,23 +21,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import DEMO_DIR, DistributedBatches, TokenWindows, build_demo
 from eval import val_loss_bpb
-from mfu import flops_per_token_precise, flops_per_token_seed, peak_tflops
-from model import Qwen3, Qwen3Config, list_checkpoints
+from mfu import flops_per_token_6n, peak_tflops
+from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained
 from muon import build_optimizer
+from tokenizer import EOT, QWEN_VOCAB, save_tokenizer
 
-# ----------------------------------------------------------------------------------------------- defaults
+# ------------------------------------------------------------------------------ defaults: the reference recipe
 out_dir = "out"
 data_dir = DEMO_DIR
-init_from = "scratch"         # scratch | resume | <path to a Hugging Face Qwen3 directory>
+init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) | a model dir (HF, checkpoint, out_dir)
+overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
+allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
-# model (Hugging Face Qwen3Config names; defaults = Qwen3-0.6B shape, rope_theta 1e4, 4k positions)
-vocab_size, hidden_size, intermediate_size = 151936, 1024, 3072
-num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim = 28, 16, 8, 128
-rope_theta, max_position_embeddings, tie_word_embeddings = 10000.0, 4096, True
-# batch
+# model: every Qwen3Config field (model.py) is a setting, defaulting to the project's Qwen3-0.6B (rope_theta 1e4, 4k)
+globals().update({f.name: f.default for f in fields(Qwen3Config)})
+# batch: 384 x 2048 = 786,432 tokens per optimizer step (micro 12 x accumulation 8 x 4 GPUs; 8 GPUs: accumulation 4)
 seq_len = 2048
 micro_batch = 12              # sequences per GPU per micro-step
-global_batch = 384            # sequences per optimizer step (12 x 8 accumulation x 4 GPUs = 0.79M tokens)
+global_batch = 384            # sequences per optimizer step
 # optimizer and WSD schedule: linear warmup, constant, linear decay to min_lr_frac x lr over the last decay_steps
 max_steps = 100_000
 warmup_steps = 20_000
@@ -50,7 +53,7 @@ weight_decay = 0.01
 grad_clip = 1.0               # 0 = off
 # evaluation, logging, checkpoints
 eval_interval = 1000
-eval_batches = 20
+val_tokens = 2**19            # size of the fixed validation sample (data.py val_batches; eval.py uses the same)
 log_interval = 1
 ckpt_interval = 1000
 keep_ckpts = 3
@@ -67,11 +70,10 @@ checkpointing = "none"        # activation checkpointing: none | block | selecti
 sdpa_backend = "auto"         # auto (PyTorch's choice) | cudnn | flash | efficient: attention kernel on CUDA
 seed = 1337
 peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not know
-bench = False                 # set by `python mfu.py --bench`: random tokens, no eval/ckpt, timing summary
-bench_steps = 10
-bench_warmup = 3
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+# a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
+SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir") + tuple(f.name for f in fields(Qwen3Config))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -85,38 +87,100 @@ def wsd_lr_factor(step):
     return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
 
 
+def setup_processes():
+    """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; without them this is one process. NCCL on GPUs, gloo on CPU."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1, device
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
+    if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", device_id=torch.device(dev))
+    else:
+        dist.init_process_group("gloo")
+    return rank, local_rank, world, dev
+
+
+def check_settings(world):
+    """Refuse what would silently train wrongly; returns the gradient accumulation."""
+    if global_batch % (micro_batch * world):  # e.g. 384 on 3 or 6 GPUs: say what would work
+        fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
+        sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
+                 + (f"micro_batch values that divide it on {world} process(es): {fits}" if fits else
+                    f"no micro_batch does: make global_batch a multiple of {world}"))
+    if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
+        sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
+    if dtype not in ("float32", "bfloat16"):
+        sys.exit(f"error: dtype must be bfloat16|float32, got {dtype!r}")
+    if sdpa_backend not in ("auto", "cudnn", "flash", "efficient"):
+        sys.exit(f"error: sdpa_backend must be auto|cudnn|flash|efficient, got {sdpa_backend!r}")
+    if export_only and init_from != "resume":
+        sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
+    return global_batch // (micro_batch * world)
+
+
+def use_cuda_kernels(cuda):
+    """TF32 for fp32 matmuls, the chosen attention kernel; returns whether liger's fused loss is usable."""
+    if not cuda:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if sdpa_backend != "auto":  # only the chosen kernel (and the math fallback) stays enabled
+        torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
+        torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
+        torch.backends.cuda.enable_mem_efficient_sdp(sdpa_backend == "efficient")
+    try:
+        import liger_kernel  # noqa: F401
+        return liger
+    except ImportError:
+        return False
+
+
 def stop_non_finite(what, master):
-    """NaN/inf anywhere: stop before anything is written, so the last good checkpoint stays the newest."""
+    """NaN/inf: every rank reaches the same verdict (the values are all-reduced or replicated) and stops before
+    anything is written, so the newest checkpoint is still the last good one."""
     if master:
-        print(f"error: {what}. The last good checkpoint in {out_dir} is intact; lower the lr or resume from it.")
+        ckpts = list_checkpoints(out_dir)
+        print(f"error: {what}. " + (f"The newest checkpoint, {ckpts[-1]}, is from before it: lower the lr and resume "
+                                    "from it (--init_from=resume)." if ckpts else
+                                    "No checkpoint has been written yet: lower the lr and start again."))
     sys.exit(2)
 
 
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(model, optimizer, step):
-    """fp32 weights as safetensors (HF names + config.json, so the folder is itself a HF model directory) and
-    optimizer/step/RNG in state.pt; written to a temp folder and renamed, then older ones beyond keep_ckpts go."""
-    from safetensors.torch import save_file
+    """A HF model directory (fp32 save_pretrained) plus state.pt (optimizer, step, RNG, training config). Written
+    to a temp folder, every file and the folder fsynced, renamed into place, the parent fsynced -- only then do
+    the checkpoints beyond keep_ckpts go, so a power cut leaves at least one complete checkpoint."""
     final = os.path.join(out_dir, f"ckpt-{step:07d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
-              os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(model.hf_config("float32"), f, indent=2)
+    save_pretrained(model, tmp, dtype=torch.float32, eos_token_id=EOT if model.config.vocab_size > EOT else None)
     state = {"step": step, "optimizer": optimizer.state_dict(), "train_config": config,
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
     torch.save(state, os.path.join(tmp, "state.pt"))
+    for name in os.listdir(tmp):
+        fsync_path(os.path.join(tmp, name))
+    fsync_path(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    fsync_path(out_dir)
     for old in list_checkpoints(out_dir)[:-keep_ckpts]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path, model, optimizer):
-    """Restore weights, optimizer and RNG; returns the step to continue from. Any damage -> a clear exit."""
+    """Restore weights, optimizer state and RNG; the optimizer's hyper-parameters (lr, betas, weight decay, ...)
+    are the current config's, not the checkpoint's. Returns (step, saved training config)."""
     from safetensors.torch import load_file
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         sd = load_file(os.path.join(path, "model.safetensors"))
         state = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
@@ -125,133 +189,152 @@ def load_checkpoint(path, model, optimizer):
     except Exception as e:
         sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
                  f"Delete it to resume from the previous one ({len(list_checkpoints(out_dir)) - 1} others in {out_dir}).")
+    for g, hyper in zip(optimizer.param_groups, current):
+        g.update(hyper)
     torch.set_rng_state(state["rng_cpu"])
     if torch.cuda.is_available() and state["rng_cuda"].numel():
         torch.cuda.set_rng_state(state["rng_cuda"])
-    return state["step"]
+    return state["step"], state.get("train_config", {})
 
 
-def main():
-    # -------------------------------------------------------------------------------------------- setup
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
-        if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
-            torch.cuda.set_device(dev)
-            dist.init_process_group("nccl", device_id=torch.device(dev))
-        else:
-            dist.init_process_group("gloo")
-    else:
-        rank, world, dev = 0, 1, device
-    master = rank == 0
-    if global_batch % (micro_batch * world):  # e.g. config/h800.py (384) on 3 or 6 GPUs: say what would work
-        fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
-        sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
-                 + (f"micro_batch values that divide it on {world} process(es): {fits}" if fits else
-                    f"no micro_batch does: make global_batch a multiple of {world}"))
-    grad_accum = global_batch // (micro_batch * world)
-    if dtype not in ("float32", "bfloat16", "float16"):
-        sys.exit(f"error: dtype must be float32|bfloat16|float16, got {dtype!r}")
-    torch.manual_seed(seed)
-    cuda = dev.startswith("cuda")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if cuda and sdpa_backend != "auto":  # only the chosen kernel (and the math fallback) stays enabled
-        if sdpa_backend not in ("cudnn", "flash", "efficient"):
-            sys.exit(f"error: sdpa_backend must be auto|cudnn|flash|efficient, got {sdpa_backend!r}")
-        torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
-        torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
-        torch.backends.cuda.enable_mem_efficient_sdp(sdpa_backend == "efficient")
-    autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
+def compare_config(saved, master):
+    """Print every setting that differs from the checkpoint's run; stop if one of them changes the data order or
+    the model, unless allow_config_change."""
+    ignore = ("init_from", "overwrite", "export_only", "allow_config_change")
+    diff = {k: (saved[k], config[k]) for k in config if k in saved and k not in ignore and saved[k] != config[k]}
+    if "data_dir" in diff and os.path.abspath(diff["data_dir"][0]) == os.path.abspath(diff["data_dir"][1]):
+        del diff["data_dir"]
+    if master:
+        for k, (old, new) in diff.items():
+            print(f"resume: {k} {old!r} -> {new!r}")
+    breaking = [k for k in diff if k in SAME_RUN_KEYS]
+    if breaking and not allow_config_change:
+        sys.exit(f"error: resuming with a different {', '.join(breaking)} changes the data order or the model, so it "
+                 "is no longer the same run; pass --allow_config_change=True if that is what you want")
 
-    # ---------------------------------------------------------------------------------------- model
-    if init_from not in ("scratch", "resume"):
-        model = Qwen3.from_pretrained(init_from, dtype=torch.float32)   # continue pretraining a HF checkpoint
-    else:
-        model = Qwen3(Qwen3Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-                                  num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                                  num_key_value_heads=num_key_value_heads, head_dim=head_dim, rope_theta=rope_theta,
-                                  max_position_embeddings=max_position_embeddings, tie_word_embeddings=tie_word_embeddings))
+
+def trim_log(path, step):
+    """After a resume at `step`, drop the records the killed run wrote past it, so log.jsonl is one curve."""
+    if not os.path.exists(path):
+        return
+    lines = [l for l in open(path) if l.strip()]
+    keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def start_out_dir(master):
+    """A fresh run must not mix with another run's checkpoints in the same out_dir."""
+    old = list_checkpoints(out_dir)
+    if old and not overwrite:
+        sys.exit(f"error: {out_dir} already holds checkpoints ({os.path.basename(old[-1])}, ...) of another run: "
+                 "resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to delete them")
+    if master:
+        for path in old + [os.path.join(out_dir, "hf")]:
+            shutil.rmtree(path, ignore_errors=True)
+        if old and os.path.exists(os.path.join(out_dir, "log.jsonl")):
+            os.remove(os.path.join(out_dir, "log.jsonl"))
+        os.makedirs(out_dir, exist_ok=True)
+
+
+def export_hf(model, path):
+    """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
+    id fits the embedding -- the tokenizer files."""
+    fits = model.config.vocab_size >= QWEN_VOCAB
+    save_pretrained(model, path, eos_token_id=EOT if fits else None,
+                    generation={"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20})
+    if fits:
+        save_tokenizer(path)
+    print(f"exported a Hugging Face directory to {path}")
+
+
+def build_model(dev, use_liger, master):
+    """The model (fresh, from weights, or resumed from out_dir's newest checkpoint) and its optimizer, on `dev`.
+    Returns (model, optimizer, step to continue from)."""
+    fast = dict(compile=compile, loss="liger" if use_liger else "chunked", checkpointing=checkpointing)
+    if init_from in ("scratch", "resume"):
+        model = Qwen3(Qwen3Config(**{f.name: globals()[f.name] for f in fields(Qwen3Config)}), **fast)
+    else:  # continue pretraining from weights: a HF Qwen3 directory, a checkpoint, or a training out_dir
+        model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, **fast)
     if seq_len > model.config.max_position_embeddings:
         sys.exit(f"error: seq_len {seq_len} > max_position_embeddings {model.config.max_position_embeddings}")
     model.to(dev)
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
-    step = 0
-    if export_only and init_from != "resume":
-        sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
-    if init_from == "resume" and not bench:
-        ckpts = list_checkpoints(out_dir)
-        if not ckpts:
-            sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-        step = load_checkpoint(ckpts[-1], model, optimizer)
+    if init_from != "resume":
+        start_out_dir(master)
+        return model, optimizer, 0
+    ckpts = list_checkpoints(out_dir)
+    if not ckpts:
+        sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
+    step, saved = load_checkpoint(ckpts[-1], model, optimizer)
+    compare_config(saved, master)
+    if master:
+        print(f"resumed from {ckpts[-1]} at step {step}")
+        trim_log(os.path.join(out_dir, "log.jsonl"), step)
+    return model, optimizer, step
+
+
+def main(get_batch=None):
+    """Train. `get_batch(step, micro_step) -> (x, y)` on the device replaces the dataset (mfu.py --bench feeds
+    random tokens through it). Returns the per-step records."""
+    # ---------------------------------------------------------------------------------------- setup
+    rank, local_rank, world, dev = setup_processes()
+    ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
+    grad_accum = check_settings(world)
+    torch.manual_seed(seed)
+    use_liger = use_cuda_kernels(cuda)
+    autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
+
+    model, optimizer, step = build_model(dev, use_liger, master)
+    if export_only:
         if master:
-            print(f"resumed from {ckpts[-1]} at step {step}")
-        if export_only:
-            if master:
-                model.save_pretrained(os.path.join(out_dir, "hf"))
-                print(f"exported {os.path.join(out_dir, 'hf')}")
-            return
-    use_liger = False
-    if liger and cuda:
-        try:
-            import liger_kernel  # noqa: F401
-            use_liger = True
-        except ImportError:
-            if master:
-                print("liger-kernel not installed: using the chunked cross-entropy")
-    model.fast_path(compile=compile, loss="liger" if use_liger else "chunked", checkpointing=checkpointing)
+            export_hf(model, os.path.join(out_dir, "hf"))
+        return []
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
-    # ------------------------------------------------------------------------------------------- data
-    if bench:
-        gen = torch.Generator().manual_seed(seed + rank)
-        fixed = torch.randint(0, model.config.vocab_size, (micro_batch, seq_len + 1), generator=gen).to(dev)
-        get_batch = lambda s, m: (fixed[:, :-1], fixed[:, 1:])
-    else:
-        if master and os.path.abspath(data_dir) == os.path.abspath(DEMO_DIR) and not os.path.exists(os.path.join(data_dir, "meta.json")):
+    # ----------------------------------------------------------------------------------------- data
+    if get_batch is None:
+        if master and os.path.abspath(data_dir) == DEMO_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
             print("preparing the demo dataset (one time)...")
             build_demo(quiet=True)
         if ddp:
             dist.barrier()
-        batches = DistributedBatches(TokenWindows(data_dir, "train", seq_len, seed), micro_batch, world, rank, grad_accum, dev)
-        get_batch = batches.get
-
-    # ------------------------------------------------------------------------------------------ logging
-    fpt_seed = flops_per_token_seed(model.config, seq_len)
-    fpt_precise = flops_per_token_precise(model.config, seq_len)
-    peak, peak_src = peak_tflops(torch.cuda.get_device_name(dev) if cuda else "cpu", peak_tflops_override)
+        windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
+        get_batch = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
     tokens_per_step = global_batch * seq_len
+    peak, peak_src = peak_tflops(torch.cuda.get_device_name(dev) if cuda else "cpu", peak_tflops_override)
+    flops_per_token = flops_per_token_6n(model.config, seq_len)
     if master:
-        os.makedirs(out_dir, exist_ok=True)
-        n = sum(p.numel() for p in model.parameters())
-        print(f"params {n:,} | world {world} x micro_batch {micro_batch} x accum {grad_accum} x seq {seq_len} = "
-              f"{tokens_per_step:,} tokens/step | compile {compile} liger {use_liger} ckpt {checkpointing} | "
-              f"peak {peak or 'unknown'} TFLOP/s ({peak_src})")
-        log_file = None if bench else open(os.path.join(out_dir, "log.jsonl"), "a")
-        if wandb_log and not bench:
+        print(f"params {sum(p.numel() for p in model.parameters()):,} | world {world} x micro_batch {micro_batch} x "
+              f"accum {grad_accum} x seq {seq_len} = {tokens_per_step:,} tokens/step | compile {compile} liger "
+              f"{use_liger} ckpt {checkpointing} | peak {peak or 'unknown'} TFLOP/s ({peak_src})")
+        log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+        if wandb_log:
             import wandb
             wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
-    def evaluate(at_step):
-        loss, bpb = val_loss_bpb(model, data_dir, seq_len, micro_batch, eval_batches, dev, autocast)
+    def log(rec, text=None):
         if master:
-            print(f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
-            log_file.write(json.dumps({"step": at_step, "val_loss": loss, "val_bpb": bpb}) + "\n")
+            if text:
+                print(text)
+            log_file.write(json.dumps(rec) + "\n")
             log_file.flush()
             if wandb_log:
-                wandb.log({"val/loss": loss, "val/bpb": bpb}, step=at_step)
+                wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
-    # ------------------------------------------------------------------------------------------- train
-    last_step = step + bench_warmup + bench_steps if bench else max_steps
-    timings, opt_times = [], []
+    def evaluate(at_step):
+        loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast)
+        log({"step": at_step, "val_loss": loss, "val_bpb": bpb}, f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
+
+    # ---------------------------------------------------------------------------------------- train
+    history, t_start, first = [], time.time(), step
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    t_start = time.time()
-    while step < last_step:
-        if not bench and eval_interval and step % eval_interval == 0 and (step > 0 or init_from != "resume"):
+    while step < max_steps:
+        if eval_interval and step % eval_interval == 0 and (step > 0 or init_from != "resume"):
             evaluate(step)
         if cuda:
             torch.cuda.synchronize(dev)
@@ -270,65 +353,49 @@ def main():
             dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
         loss_val = loss_sum.item() / (grad_accum * world)
         if not math.isfinite(loss_val):
-            stop_non_finite(f"loss is {loss_val} at step {step}; stopping without an optimizer step", master)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-        if not math.isfinite(grad_norm.item()):
-            stop_non_finite(f"gradient norm is {grad_norm.item()} at step {step}; stopping without an optimizer step", master)
-        if cuda and bench:
-            torch.cuda.synchronize(dev)
-        t_opt = time.time()
+            stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
+        if not math.isfinite(grad_norm):
+            stop_non_finite(f"gradient norm is {grad_norm} at step {step + 1}; stopped without an optimizer step", master)
+        t_opt = time.time()   # the .item() above waited for the backward pass
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(dev)
         t1 = time.time()
-        opt_times.append(t1 - t_opt)
-        timings.append(t1 - t0)
         step += 1
         tok_s = tokens_per_step / (t1 - t0)
-        mfu = tok_s / world * fpt_seed / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
-        if master and not bench and (step % log_interval == 0 or step == last_step):
-            eta = (time.time() - t_start) / len(timings) * (last_step - step)
-            lr = optimizer.param_groups[0]["lr"]
-            print(f"step {step}/{last_step} | loss {loss_val:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
-                  f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | {1000 * (t1 - t0):.0f} ms | ETA {eta / 3600:.2f} h")
-            rec = {"step": step, "loss": loss_val, "lr": lr, "muon_lr": optimizer.param_groups[0]["lr"],
-                   "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": float(grad_norm), "tok_per_s": tok_s,
-                   "mfu": mfu, "step_ms": 1000 * (t1 - t0), "eta_s": eta}
-            log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
-            if wandb_log:
-                wandb.log({"train/" + k: v for k, v in rec.items() if k != "step"}, step=step)
-        if master and not bench and ckpt_interval and (step % ckpt_interval == 0 or step == last_step):
-            if not all(torch.isfinite(p).all() for p in model.parameters()):  # never save a poisoned checkpoint
+        mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
+        eta = (t1 - t_start) / (step - first) * (max_steps - step)
+        rec = {"step": step, "loss": loss_val, "muon_lr": optimizer.param_groups[0]["lr"],
+               "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
+               "step_ms": 1000 * (t1 - t0), "optimizer_ms": 1000 * (t1 - t_opt), "eta_s": eta}
+        history.append(rec)
+        if step % log_interval == 0 or step == max_steps:
+            log(rec, f"step {step}/{max_steps} | loss {loss_val:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
+                     f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
+                     f"{1000 * (t1 - t0):.0f} ms | ETA {eta / 3600:.2f} h")
+        if ckpt_interval and (step % ckpt_interval == 0 or step == max_steps):
+            finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
+            if ddp:  # never save a poisoned checkpoint, and every rank stops together
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
                 stop_non_finite(f"non-finite weights after step {step}; not saving", master)
-            save_checkpoint(model, optimizer, step)
-        if ddp and not bench and ckpt_interval and step % ckpt_interval == 0:
-            dist.barrier()   # nobody runs ahead while rank 0 writes
+            if master:
+                save_checkpoint(model, optimizer, step)
+            if ddp:
+                dist.barrier()   # nobody runs ahead while rank 0 writes
 
-    # --------------------------------------------------------------------------------------------- end
-    if bench and master:
-        t = sorted(timings[bench_warmup:])
-        dt = t[len(t) // 2]
-        tok_s = tokens_per_step / dt
-        res = {"gpu": torch.cuda.get_device_name(dev) if cuda else "cpu", "world": world, "micro_batch": micro_batch,
-               "grad_accum": grad_accum, "seq": seq_len, "compile": compile, "liger": use_liger,
-               "checkpointing": checkpointing, "sdpa": sdpa_backend, "step_s": round(dt, 4), "tok_per_s": round(tok_s),
-               "tok_per_s_per_gpu": round(tok_s / world),
-               "mfu_seed": round(tok_s / world * fpt_seed / (peak * 1e12), 4) if peak else None,
-               "mfu_precise": round(tok_s / world * fpt_precise / (peak * 1e12), 4) if peak else None,
-               "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if cuda else None,
-               "optimizer_share": round(sorted(opt_times[bench_warmup:])[len(t) // 2] / dt, 4), "loss": round(loss_val, 4)}
-        print("BENCH " + json.dumps(res))
-    if not bench:
-        if eval_interval:
-            evaluate(step)
-        if master and export_at_end:
-            model.save_pretrained(os.path.join(out_dir, "hf"))
-            print(f"exported a Hugging Face directory to {os.path.join(out_dir, 'hf')}")
+    # ------------------------------------------------------------------------------------------ end
+    if eval_interval:
+        evaluate(step)
+    if master and export_at_end:
+        export_hf(model, os.path.join(out_dir, "hf"))
     if ddp:
-        dist.barrier()  # let rank 0 finish writing before anyone tears the group down (gloo hangs otherwise)
+        del train_model   # the DDP wrapper holds the process group: release it before the group goes
+        dist.barrier()    # let rank 0 finish writing before anyone tears the group down
         dist.destroy_process_group()
+    return history
 
 
 if __name__ == "__main__":

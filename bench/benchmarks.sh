@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The device runs behind BENCHMARKS.md, so every number there can be reproduced. Each stage fits one 10-minute call.
-#   bash benchmarks.sh check OUTDIR     # 2 GPUs: CUDA tests, fast-vs-plain 200-step curves, liger-vs-compile kernel A/B
-#   bash benchmarks.sh speed OUTDIR     # N GPUs (NPROC, default 2): 1-GPU bench + HF peer, N-GPU DDP bench, and
+#   bash bench/benchmarks.sh check OUTDIR     # 2 GPUs: CUDA tests, fast-vs-plain 200-step curves, liger-vs-compile kernel A/B
+#   bash bench/benchmarks.sh speed OUTDIR     # N GPUs (NPROC, default 2): 1-GPU bench + HF peer, N-GPU DDP bench, and
 #                                       # the reference command `train.py config/h800.py` shortened to 10 steps + resume
-#   bash benchmarks.sh mem OUTDIR       # 1 GPU: config/3090.py memory / throughput variants, attention roofline
+#   bash bench/benchmarks.sh mem OUTDIR       # 1 GPU: config/24gb.py memory / throughput variants, attention roofline
 # Needs liger-kernel importable and the HF peer script at .peer/hf_peer.py (copied from ../shared/bench).
 set -u
+cd "$(dirname "$0")/.."
 stage=${1:-check}; O=${2:-bench_out}; mkdir -p "$O"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -16,7 +17,7 @@ if [ "$stage" = check ]; then
   common="--data_dir=data/demo --seq_len=1024 --micro_batch=8 --global_batch=8 --max_steps=200 --warmup_steps=20
           --decay_steps=50 --eval_interval=0 --ckpt_interval=0 --export_at_end=False --log_interval=10"
   CUDA_VISIBLE_DEVICES=1 python3 train.py config/h800.py $common --out_dir="$O/plain" --compile=False --liger=False > "$O/plain.txt" 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q test_all.py -k "fast_path or checkpointing" 2>&1 | tail -3
+  CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q tests/test_cuda.py 2>&1 | tail -3
   CUDA_VISIBLE_DEVICES=0 python3 train.py config/h800.py $common --out_dir="$O/fast" > "$O/fast.txt" 2>&1
   wait
   python3 -c "
@@ -25,7 +26,7 @@ f = [json.loads(l) for l in open('$O/fast/log.jsonl')]; p = [json.loads(l) for l
 print('curve step fast plain'); [print(a['step'], round(a['loss'], 4), round(b['loss'], 4)) for a, b in zip(f, p)]
 print('max |diff| over logged steps', max(abs(a['loss'] - b['loss']) for a, b in zip(f, p)))"
   # RMSNorm / RoPE / SwiGLU: liger's kernels vs torch.compile's fusion, full model fwd+bwd, micro-batch 12
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --fusions 12 2>&1 | grep -E "^FUSIONS|rror" | tee -a "$O/fusions.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 bench/fusions.py 12 2>&1 | grep -E "^FUSIONS|rror" | tee -a "$O/fusions.txt"
 fi
 if [ "$stage" = speed ]; then
   N=${NPROC:-2}
@@ -43,9 +44,9 @@ if [ "$stage" = speed ]; then
   run --max_steps=12 --init_from=resume
 fi
 if [ "$stage" = mem ]; then
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 2>&1 | keep
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=12 --micro_batch=6 2>&1 | keep
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | keep
-  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/3090.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=8 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=12 --micro_batch=6 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | keep
+  CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | keep
   CUDA_VISIBLE_DEVICES=0 python3 .peer/roofline.py 12 > "$O/roofline.json" 2>&1; tail -5 "$O/roofline.json"
 fi

@@ -1,0 +1,100 @@
+"""
+Shared helpers for the tests. CPU tests run everywhere (CI); tests marked `cuda` skip without a GPU and prove the
+fast path on the device. Run: python -m pytest -q tests
+
+Every subprocess a test starts has a timeout, so a hang fails its test instead of eating CI's time.
+"""
+import json, os, socket, subprocess, sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+PY = sys.executable
+TIMEOUT = 600   # seconds, for any one subprocess
+
+import data  # noqa: E402
+from model import Qwen3Config  # noqa: E402
+from tokenizer import RANKS_SHA256  # noqa: E402
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def small_config(**kw):
+    """Keeps what makes Qwen3 Qwen3: head_dim (24) != hidden/heads (16), GQA ratio 2, QK-norm."""
+    base = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=24, max_position_embeddings=256)
+    base.update(kw)
+    return Qwen3Config(**base)
+
+
+def run(args, env=None, timeout=TIMEOUT, **kw):
+    e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    e.update(env or {})
+    return subprocess.run([PY] + args, cwd=ROOT, capture_output=True, text=True, env=e, timeout=timeout, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc, args, script="train.py", timeout=TIMEOUT):
+    return run(["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}", script]
+               + args, timeout=timeout)
+
+
+def synthetic_dataset(d, n_tokens=20000, vocab=300, val=3000, seed=0, n_shards=3):
+    """Shards written directly (ids < vocab) so small-vocab models can train on them quickly: a learnable
+    stream where token t+1 = (t * 7 + noise) % vocab."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(d, "train"), exist_ok=True), os.makedirs(os.path.join(d, "val"), exist_ok=True)
+
+    def stream(n):
+        x = np.zeros(n, dtype=np.int64)
+        x[0] = 1
+        for i in range(1, n):
+            x[i] = (x[i - 1] * 7 + rng.integers(0, 3)) % vocab
+        return x.astype(np.uint32)
+    shards = []
+    for i in range(n_shards):
+        name = f"s{i}"
+        tr, va = stream(n_tokens // n_shards + 17 * i), stream(val // n_shards)
+        data.write_shard(os.path.join(d, "train", name + ".bin"), tr)
+        data.write_shard(os.path.join(d, "val", name + ".bin"), va)
+        shards.append({"name": name, "input": name, "source": 0, "weight": None, "max_token": int(max(tr.max(), va.max())),
+                       "tokens": {"train": len(tr), "val": len(va)}, "use_tokens": {"train": len(tr), "val": len(va)}})
+    json.dump({"tokenizer_sha256": RANKS_SHA256, "shards": shards}, open(os.path.join(d, "meta.json"), "w"))
+    return d
+
+
+def small_train_args(data_dir, out_dir, **over):
+    args = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=128, seq_len=32, micro_batch=2,
+                global_batch=4, warmup_steps=3, decay_steps=10, max_steps=30, eval_interval=0, ckpt_interval=10,
+                keep_ckpts=10, compile=False, dtype="float32", device="cpu", export_at_end=False, log_interval=1,
+                data_dir=data_dir, out_dir=out_dir, muon_lr=0.02, adamw_lr=3e-3)
+    args.update(over)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def losses(out_dir):
+    """{step: loss} from log.jsonl; fails if a step is logged twice (the log must be one clean curve)."""
+    per_step = {}
+    for line in open(os.path.join(out_dir, "log.jsonl")):
+        rec = json.loads(line)
+        if "loss" in rec:
+            assert rec["step"] not in per_step, f"step {rec['step']} logged twice in {out_dir}/log.jsonl"
+            per_step[rec["step"]] = rec["loss"]
+    return per_step
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The offline demo corpus, built once per test session in a temp dir (never into the checkout)."""
+    d = str(tmp_path_factory.mktemp("demo"))
+    data.build_demo(d, quiet=True)
+    return d
