@@ -176,15 +176,22 @@ def save_checkpoint(model, optimizer, step):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path, model, optimizer):
-    """Restore weights, optimizer state and RNG; the optimizer's hyper-parameters (lr, betas, weight decay, ...)
-    are the current config's, not the checkpoint's. Returns (step, saved training config)."""
+def load_checkpoint(path, model, optimizer, master):
+    """Restore weights, optimizer state and RNG, after comparing the checkpoint's training config with this one.
+    The optimizer's hyper-parameters (lr, betas, weight decay, ...) are the current config's, not the
+    checkpoint's. Returns the step to continue from."""
     from safetensors.torch import load_file
     current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        sd = load_file(os.path.join(path, "model.safetensors"))
         state = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
-        model.load_state_dict(sd, strict=True)
+    except Exception as e:
+        state = e
+    if isinstance(state, dict):
+        compare_config(state.get("train_config", {}), master)
+    try:
+        if isinstance(state, Exception):
+            raise state
+        model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=True)
         optimizer.load_state_dict(state["optimizer"])
     except Exception as e:
         sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
@@ -194,7 +201,7 @@ def load_checkpoint(path, model, optimizer):
     torch.set_rng_state(state["rng_cpu"])
     if torch.cuda.is_available() and state["rng_cuda"].numel():
         torch.cuda.set_rng_state(state["rng_cuda"])
-    return state["step"], state.get("train_config", {})
+    return state["step"]
 
 
 def compare_config(saved, master):
@@ -269,8 +276,7 @@ def build_model(dev, use_liger, master):
     ckpts = list_checkpoints(out_dir)
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    step, saved = load_checkpoint(ckpts[-1], model, optimizer)
-    compare_config(saved, master)
+    step = load_checkpoint(ckpts[-1], model, optimizer, master)
     if master:
         print(f"resumed from {ckpts[-1]} at step {step}")
         trim_log(os.path.join(out_dir, "log.jsonl"), step)

@@ -1,0 +1,62 @@
+"""Several processes: a clean exit after checkpoint + eval + export, the same stop decision on every rank, and
+two "nodes" x two processes on this machine (gloo, localhost rendezvous) equal to one process."""
+import os, subprocess
+
+from conftest import PY, ROOT, free_port, losses, run, small_train_args, synthetic_dataset, torchrun
+
+
+def test_two_processes_resume_evaluate_export_and_exit_cleanly(tmp_path):
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    out = str(tmp_path / "o")
+    common = dict(eval_interval=5, val_tokens=256, export_at_end=True, ckpt_interval=5)
+    r = torchrun(2, small_train_args(d, out, max_steps=5, **common), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = torchrun(2, small_train_args(d, out, max_steps=10, init_from="resume", **common), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert os.path.isdir(os.path.join(out, "ckpt-0000010")) and os.path.isfile(os.path.join(out, "hf", "config.json"))
+    assert sorted(losses(out)) == list(range(1, 11))
+
+
+def test_non_finite_weights_stop_every_rank_by_its_own_decision(tmp_path):
+    """An absurd weight decay makes the weights inf after step 1 while its loss and gradients were finite: the
+    pre-save check must stop both ranks with exit code 2 -- not rank 0 alone, leaving rank 1 at a barrier.
+    The two ranks are started by hand (no torchrun agent to kill the survivor), so each one's exit is its own."""
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    args = small_train_args(d, str(tmp_path / "o"), weight_decay=1e45, warmup_steps=1, ckpt_interval=1, max_steps=5)
+    port = free_port()
+    procs = [subprocess.Popen([PY, "train.py"] + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                                       RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2"))
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], [o[1][-1000:] for o in outs]
+    assert "non-finite weights after step 1" in outs[0][0]
+    assert not os.path.exists(str(tmp_path / "o" / "ckpt-0000001"))
+
+
+def test_two_nodes_of_two_processes_equal_one_process(tmp_path):
+    """The README's multi-node recipe, on one machine: two torchrun launchers (node_rank 0 and 1) meeting at a
+    localhost rendezvous, 4 processes in all, the same global batch -- the same losses as 1 process."""
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    args = lambda out: small_train_args(d, str(tmp_path / out), max_steps=6, global_batch=8)
+    one = run(["train.py"] + args("one"), timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port, env = free_port(), dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    nodes = [subprocess.Popen([PY, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=2",
+                               "--master_addr=127.0.0.1", f"--master_port={port}", "train.py"] + args("nodes"),
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in nodes]
+    finally:
+        for p in nodes:
+            p.kill()
+    assert all(p.returncode == 0 for p in nodes), [o[1][-1000:] for o in outs]
+    assert "world 4 x micro_batch 2 x accum 1" in outs[0][0]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "nodes")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 2e-5 * abs(a[s]) for s in a), (a, b)
