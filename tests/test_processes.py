@@ -5,6 +5,19 @@ import os, subprocess
 from conftest import PY, ROOT, free_port, losses, run, small_train_args, synthetic_dataset, torchrun
 
 
+def _together(commands, envs=None, timeout=300):
+    """Start python commands at once (they meet in one process group); (return codes, [(stdout, stderr)])."""
+    procs = [subprocess.Popen([PY] + c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(e or {})))
+             for c, e in zip(commands, envs or [None] * len(commands))]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [p.returncode for p in procs], outs
+
+
 def test_two_processes_resume_evaluate_export_and_exit_cleanly(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -24,16 +37,9 @@ def test_non_finite_weights_stop_every_rank_by_its_own_decision(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     args = small_train_args(d, str(tmp_path / "o"), weight_decay=1e45, warmup_steps=1, ckpt_interval=1, max_steps=5)
     port = free_port()
-    procs = [subprocess.Popen([PY, "train.py"] + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                       RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2"))
-             for r in range(2)]
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [2, 2], [o[1][-1000:] for o in outs]
+    rcs, outs = _together([["train.py"] + args] * 2, [dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                                                           LOCAL_RANK=str(r), WORLD_SIZE="2") for r in range(2)])
+    assert rcs == [2, 2], [o[1][-1000:] for o in outs]
     assert "non-finite weights after step 1" in outs[0][0]
     assert not os.path.exists(str(tmp_path / "o" / "ckpt-0000001"))
 
@@ -45,17 +51,10 @@ def test_two_nodes_of_two_processes_equal_one_process(tmp_path):
     args = lambda out: small_train_args(d, str(tmp_path / out), max_steps=6, global_batch=8)
     one = run(["train.py"] + args("one"), timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    port, env = free_port(), dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    nodes = [subprocess.Popen([PY, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=2",
-                               "--master_addr=127.0.0.1", f"--master_port={port}", "train.py"] + args("nodes"),
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=300) for p in nodes]
-    finally:
-        for p in nodes:
-            p.kill()
-    assert all(p.returncode == 0 for p in nodes), [o[1][-1000:] for o in outs]
+    port = free_port()
+    rcs, outs = _together([["-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=2",
+                            "--master_addr=127.0.0.1", f"--master_port={port}", "train.py"] + args("nodes") for i in range(2)])
+    assert rcs == [0, 0], [o[1][-1000:] for o in outs]
     assert "world 4 x micro_batch 2 x accum 1" in outs[0][0]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "nodes")
     assert sorted(a) == sorted(b) == list(range(1, 7))
