@@ -178,10 +178,9 @@ def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
 def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
     """liger-kernel's fused linear + cross-entropy (CUDA): logits are produced chunk by chunk and the gradients
     of h and weight are computed in the same pass, so [tokens x vocab] never exists. Kept outside any compiled
-    graph on purpose: on torch 2.11 it fails inside torch.compile and has a wrong-loss-under-compile report with
-    ignore_index. chunk_mem_const=8 makes chunks 8x larger than liger's default (~2k rows instead of 256 at
-    24k tokens), so the chunk matmuls are big enough to run near the card's peak. Weight-gradient accumulation
-    is fp32 (accum_dtype) although the matmuls run in bf16."""
+    graph on purpose (why: BENCHMARKS.md, "liger under torch.compile"). chunk_mem_const=8 makes the chunks 8x
+    larger than liger's default, so the chunk matmuls run near the card's peak; the weight gradient is
+    accumulated in fp32 (accum_dtype) although the matmuls run in bf16."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32
