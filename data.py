@@ -498,8 +498,10 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
               f"skipped rows: {skipped or 'none'}{filt}")
         if source_field:
             print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_row_source.items(), key=lambda kv: -kv[1])))
-        for w in warnings:
+        for w in warnings[:20]:  # all of them are in meta.json
             print(f"WARNING {w}", file=sys.stderr)
+        if len(warnings) > 20:
+            print(f"WARNING ... and {len(warnings) - 20} more inputs yielded no tokens (meta.json 'warnings')", file=sys.stderr)
         for e in errors:
             print(f"ERROR {e}", file=sys.stderr)
     return meta
