@@ -2,22 +2,21 @@
 Everything between raw text and the token batches the model sees, in the order a reader meets it:
 
 1. the shard format: one uint32 token file per input file and split, with a 32-byte checked header;
-2. the loader (what train.py reads): all shards of a split, each cut to its `use_tokens`, form ONE token stream
-   (documents end with <|endoftext|>, so a window may span two files and no short file is lost), cut into
-   (T+1)-token windows visited in a seeded bijective order. The sample at global position g = step * global_batch + j
-   depends only on g -- not on the world size, the rank or any loader state -- so ranks never overlap and a resumed
-   run (on any number of GPUs) needs only the step. Shards are read at an offset and closed again: memory and open
-   files are O(shards) and O(1), never O(tokens). The validation set is a fixed, seeded sample spread over the
-   whole val stream (every source in proportion to its tokens), the same in train.py and eval.py;
+2. the loader (what train.py reads): a split's shards, each cut to its `use_tokens`, are ONE token stream (a window
+   may span files; no short file is lost), cut into (T+1)-token windows visited in a seeded bijective order. Sample
+   g = step * global_batch + j depends only on g -- not on the world size, the rank or any loader state -- so ranks
+   never overlap and a resume (on any number of GPUs) needs only the step. Memory is O(shards), no file stays open.
+   Validation is a fixed, seeded sample spread over the whole val stream, the same in train.py and eval.py;
 3. preparation: `python data.py --input ... --out DIR` filters rows (--min_score), splits train/val by a hash of each
    document's text and tokenizes parquet/jsonl/json/txt files in parallel into shards, resumable and idempotent
-   (a shard prepared with other settings is redone);
+   (an input prepared with other settings is redone);
 4. `python data.py --demo`: a small real bilingual corpus from text the install step brings.
 
-Pretraining documents are separated by <|endoftext|> appended to each document (no BOS, as Qwen). The tokenizer
-itself lives in tokenizer.py. Every data error is one line naming the file and what to do.
+Documents end with <|endoftext|> (no BOS, as Qwen); the tokenizer lives in tokenizer.py. Every data error is one
+line naming the file and what to do.
 """
 import argparse, glob, hashlib, json, math, os, re, sys, time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ def shard_length(path):
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES or head[:8] != MAGIC:
-        raise ValueError(f"{path} is not a token shard (bad magic); was it written by `python data.py`? {REDO}")
+        raise ValueError(f"{path} is not a token shard (bad magic); {REDO}")
     version, itemsize = np.frombuffer(head[8:16], dtype="<u4")
     count = int(np.frombuffer(head[16:24], dtype="<u8")[0])
     if version != VERSION or itemsize != 4:
@@ -81,10 +80,9 @@ def load_meta(data_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: {prep}")
     try:
-        meta = json.load(open(path, encoding="utf-8"))
-        ok = isinstance(meta, dict) and isinstance(meta.get("shards"), list) and all(
-            isinstance(s, dict) and isinstance(s.get("name"), str) for s in meta["shards"])
-        problem = "" if ok else "no list of shards with names"
+        meta, problem = json.load(open(path, encoding="utf-8")), "no list of named shards"
+        if isinstance(meta, dict) and isinstance(meta.get("shards"), list):
+            problem = "" if all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in meta["shards"]) else problem
     except ValueError as e:  # bad JSON or bad UTF-8
         problem = " ".join(str(e).split())
     if problem:
@@ -243,19 +241,18 @@ def iter_rows(path, fields, skips, progress):
             seen_field = False
             for row, pos in lines:
                 if not isinstance(row, dict) or text_field not in row:
-                    skips["missing_field"] = skips.get("missing_field", 0) + 1
+                    skips["missing_field"] += 1
                     continue
                 seen_field = True
-                yield row[text_field], row.get(score_field) if score_field else None, row.get(source_field) if source_field else None
+                yield row[text_field], row.get(score_field), row.get(source_field)  # .get(None): None
                 progress(pos / size)
-            if not seen_field and skips.get("missing_field"):
+            if not seen_field and skips["missing_field"]:
                 raise StructuralError(f"{path}: no row has the field {text_field!r}; use --text_field")
         elif ext == "txt":  # one file = one document
-            raw = open(path, "rb").read()
             try:
-                yield raw.decode("utf-8"), None, None
+                yield open(path, "rb").read().decode("utf-8"), None, None
             except UnicodeDecodeError:
-                skips["invalid_utf8"] = skips.get("invalid_utf8", 0) + 1
+                skips["invalid_utf8"] += 1
         else:
             raise StructuralError(f"{path}: unsupported extension .{ext} (parquet, jsonl, json, txt)")
     except StructuralError:
@@ -274,9 +271,9 @@ def _jsonl_rows(path, skips):
                 try:
                     yield json.loads(line.decode("utf-8")), f.tell()
                 except UnicodeDecodeError:
-                    skips["invalid_utf8"] = skips.get("invalid_utf8", 0) + 1
+                    skips["invalid_utf8"] += 1
                 except json.JSONDecodeError:
-                    skips["bad_json"] = skips.get("bad_json", 0) + 1
+                    skips["bad_json"] += 1
 
 
 ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # for the observed zh:en ratio
@@ -312,7 +309,7 @@ def prepare_file(path, out_dir, settings):
         os.remove(sidecar_path)
     fields = (settings["text_field"], settings["score_field"], settings["source_field"])
     filtered = settings["min_score"] is not None and not path.lower().endswith(".txt")  # .txt has no score
-    skips, stats, source_tokens = {}, {"zh_chars": 0, "en_chars": 0, "docs": 0, "dropped_by_score": 0}, {}
+    skips, stats, source_tokens = Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0), Counter()
     train, val, batch, labels, reported = [], [], [], [], 0.0
 
     def progress(frac):
@@ -325,8 +322,7 @@ def prepare_file(path, out_dir, settings):
     def flush():
         for text, label, doc in zip(batch, labels, enc.encode_ordinary_batch(batch)):
             (val if _is_val(text, settings["val_fraction"]) else train).append(np.array(doc + [EOT], dtype=np.uint32))
-            if label is not None:
-                source_tokens[label] = source_tokens.get(label, 0) + len(doc) + 1
+            source_tokens[label] += len(doc) + 1
             if _progress is not None:
                 with _progress.get_lock():
                     _progress[1] += len(doc) + 1
@@ -334,14 +330,14 @@ def prepare_file(path, out_dir, settings):
 
     for text, score, row_source in iter_rows(path, fields, skips, progress):
         if not isinstance(text, str):
-            skips["not_string"] = skips.get("not_string", 0) + 1
+            skips["not_string"] += 1
             continue
         if not text.strip():
-            skips["empty"] = skips.get("empty", 0) + 1
+            skips["empty"] += 1
             continue
         if filtered:  # the quality filter comes before tokenizing: dropped rows cost no tokenizer time
             if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-                skips["no_score"] = skips.get("no_score", 0) + 1
+                skips["no_score"] += 1
                 continue
             if score < settings["min_score"]:
                 stats["dropped_by_score"] += 1
@@ -362,7 +358,7 @@ def prepare_file(path, out_dir, settings):
         write_shard(os.path.join(out_dir, split, name + ".bin"), tokens)
         counts[split], max_token = int(len(tokens)), max(max_token, int(tokens.max()) if len(tokens) else -1)
     sidecar = {"input": os.path.abspath(path), "settings": settings, "tokens": counts, "max_token": max_token,
-               "skipped": skips, "source_tokens": source_tokens, **stats}
+               "skipped": skips, "source_tokens": {k: v for k, v in source_tokens.items() if k is not None}, **stats}
     os.makedirs(os.path.dirname(sidecar_path), exist_ok=True)
     json.dump(sidecar, open(sidecar_path + ".tmp", "w"))
     os.replace(sidecar_path + ".tmp", sidecar_path)
@@ -394,10 +390,7 @@ def expand_inputs(specs):
                 pass  # an '@' that is part of the path
             if weight is not None and weight <= 0:
                 raise SystemExit(f"error: --input {spec!r}: weight must be > 0")
-        if os.path.isdir(pattern):
-            paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True))
-        else:
-            paths = sorted(glob.glob(pattern))
+        paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True) if os.path.isdir(pattern) else glob.glob(pattern))
         paths = [p for p in paths if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
         if not paths:
             raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file")
@@ -449,26 +442,23 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             _bar(1.0, counters[1], time.time() - t0), print(file=sys.stderr)
     # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
-    shards, skipped, warnings, by_row_source, totals = [], {}, [], {}, dict(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
+    shards, warnings, skipped, by_row_source, totals = [], [], Counter(), Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
     for path, source_index, weight in files:
         sidecar = _done_sidecar(out_dir, path, settings)
         if sidecar is None:
             continue
         shards.append({"name": _shard_name(path), "input": sidecar["input"], "source": source_index, "weight": weight,
                        "max_token": sidecar["max_token"], "tokens": sidecar["tokens"]})
-        for k, v in sidecar["skipped"].items():
-            skipped[k] = skipped.get(k, 0) + v
-        for k, v in sidecar["source_tokens"].items():
-            by_row_source[k] = by_row_source.get(k, 0) + v
-        totals = {k: v + sidecar[k] for k, v in totals.items()}
+        skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
+        totals.update({k: sidecar[k] for k in totals})
         if not sum(sidecar["tokens"].values()):
             warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
                             f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
     # mixing: with weights, each source keeps train tokens in proportion to its weight -- the scarcest source
     # (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens scales down further.
-    source_tokens, source_weight = {}, {}
+    source_tokens, source_weight = Counter(), {}
     for s in shards:
-        source_tokens[s["source"]] = source_tokens.get(s["source"], 0) + s["tokens"]["train"]
+        source_tokens[s["source"]] += s["tokens"]["train"]
         source_weight[s["source"]] = s["weight"]
     if any(w is not None for w in source_weight.values()):
         tokens_per_weight = min((source_tokens[k] / source_weight[k] for k in source_tokens), default=0)
@@ -485,8 +475,8 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
             "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
             "use_tokens": {sp: sum(s["use_tokens"][sp] for s in shards) for sp in ("train", "val")},
-            "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": skipped,
-            "tokens_per_row_source": by_row_source, "zh_chars": zh, "en_chars": en,
+            "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": dict(skipped),
+            "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
             "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": errors}
     tmp = os.path.join(out_dir, "meta.json.tmp")
     json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
@@ -495,9 +485,9 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
         filt = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}" if min_score is not None else ""
         print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
               f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio']}; "
-              f"skipped rows: {skipped or 'none'}{filt}")
+              f"skipped rows: {dict(skipped) or 'none'}{filt}")
         if source_field:
-            print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_row_source.items(), key=lambda kv: -kv[1])))
+            print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
         for w in warnings[:20]:  # all of them are in meta.json
             print(f"WARNING {w}", file=sys.stderr)
         if len(warnings) > 20:
@@ -561,6 +551,6 @@ if __name__ == "__main__":
             ap.error("--val_fraction must be in [0, 1)")
         meta = prepare(a.input, a.out, a.text_field, a.val_fraction, a.workers, a.max_tokens, min_score=a.min_score,
                        score_field=a.score_field, source_field=a.source_field)
-        if not meta["errors"] and not sum(meta["tokens"].values()):
-            print(f"ERROR no tokens prepared from {a.input}: see the warnings above", file=sys.stderr)
+        if not sum(meta["tokens"].values()):
+            print(f"ERROR no tokens prepared from {a.input}: see above", file=sys.stderr)
         sys.exit(1 if meta["errors"] or not sum(meta["tokens"].values()) else 0)
