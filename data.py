@@ -80,9 +80,10 @@ def load_meta(data_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: {prep}")
     try:
-        meta, problem = json.load(open(path, encoding="utf-8")), "no list of named shards"
-        if isinstance(meta, dict) and isinstance(meta.get("shards"), list):
-            problem = "" if all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in meta["shards"]) else problem
+        meta = json.load(open(path, encoding="utf-8"))
+        shards = meta.get("shards") if isinstance(meta, dict) else None
+        named = isinstance(shards, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in shards)
+        problem = "" if named else "no list of named shards"
     except ValueError as e:  # bad JSON or bad UTF-8
         problem = " ".join(str(e).split())
     if problem:
@@ -370,8 +371,8 @@ def _done_sidecar(out_dir, path, settings):
     name = _shard_name(path)
     try:
         sidecar = json.load(open(os.path.join(out_dir, "done", name + ".json")))
-        intact = all(os.path.getsize(os.path.join(out_dir, sp, name + ".bin")) == HEADER_BYTES + 4 * sidecar["tokens"][sp]
-                     for sp in ("train", "val"))
+        intact = all(os.path.getsize(os.path.join(out_dir, sp, name + ".bin")) == HEADER_BYTES + 4 * n
+                     for sp, n in sidecar["tokens"].items())
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return sidecar if intact and sidecar.get("settings") == settings else None
@@ -390,8 +391,10 @@ def expand_inputs(specs):
                 pass  # an '@' that is part of the path
             if weight is not None and weight <= 0:
                 raise SystemExit(f"error: --input {spec!r}: weight must be > 0")
-        paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True) if os.path.isdir(pattern) else glob.glob(pattern))
-        paths = [p for p in paths if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "**", "*")
+        paths = [p for p in sorted(glob.glob(pattern, recursive=True))
+                 if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
         if not paths:
             raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file")
         out += [(p, source_index, weight) for p in paths]
@@ -442,7 +445,8 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             _bar(1.0, counters[1], time.time() - t0), print(file=sys.stderr)
     # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
-    shards, warnings, skipped, by_row_source, totals = [], [], Counter(), Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
+    shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
+    totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
     for path, source_index, weight in files:
         sidecar = _done_sidecar(out_dir, path, settings)
         if sidecar is None:
@@ -482,16 +486,15 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
     os.replace(tmp, os.path.join(out_dir, "meta.json"))
     if not quiet:
-        filt = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}" if min_score is not None else ""
+        kept = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}"
         print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
               f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio']}; "
-              f"skipped rows: {dict(skipped) or 'none'}{filt}")
+              f"skipped rows: {dict(skipped) or 'none'}{kept if min_score is not None else ''}")
         if source_field:
             print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
-        for w in warnings[:20]:  # all of them are in meta.json
+        more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
+        for w in warnings[:20] + more:
             print(f"WARNING {w}", file=sys.stderr)
-        if len(warnings) > 20:
-            print(f"WARNING ... and {len(warnings) - 20} more inputs yielded no tokens (meta.json 'warnings')", file=sys.stderr)
         for e in errors:
             print(f"ERROR {e}", file=sys.stderr)
     return meta
