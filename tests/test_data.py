@@ -1,4 +1,5 @@
-"""Data: preparation (counts, skips, errors, resumability, mixing), the shard format, the loader."""
+"""Data: preparation (counts, skips, errors, resumability, settings, score filter, mixing), the shard format, the
+loader (one stream per split, open-file limit, clear errors) and the validation sample."""
 import glob, json, os
 
 import numpy as np
