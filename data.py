@@ -2,17 +2,21 @@
 Everything between raw text and the token batches the model sees, in the order a reader meets it:
 
 1. the shard format: one uint32 token file per input file and split, with a 32-byte checked header;
-2. the loader (what train.py reads): a memmap over the shards and a seeded bijection over all (T+1)-token windows.
-   The sample at global position g = step * global_batch + j depends only on g -- not on the world size, the rank
-   or any loader state -- so ranks never overlap and a resumed run (on any number of GPUs) needs only the step;
-3. preparation: `python data.py --input ... --out DIR` tokenizes parquet/jsonl/json/txt files in parallel into
-   shards, resumable and idempotent;
+2. the loader (what train.py reads): a split's shards, each cut to its `use_tokens`, are ONE token stream (a window
+   may span files; no short file is lost), cut into (T+1)-token windows visited in a seeded bijective order. Sample
+   g = step * global_batch + j depends only on g -- not on the world size, the rank or any loader state -- so ranks
+   never overlap and a resume (on any number of GPUs) needs only the step. Memory is O(shards), no file stays open.
+   Validation is a fixed, seeded sample spread over the whole val stream, the same in train.py and eval.py;
+3. preparation: `python data.py --input ... --out DIR` filters rows (--min_score), splits train/val by a hash of each
+   document's text and tokenizes parquet/jsonl/json/txt files in parallel into shards, resumable and idempotent
+   (an input prepared with other settings is redone);
 4. `python data.py --demo`: a small real bilingual corpus from text the install step brings.
 
-Pretraining documents are separated by <|endoftext|> appended to each document (no BOS, as Qwen). The tokenizer
-itself lives in tokenizer.py.
+Documents end with <|endoftext|> (no BOS, as Qwen); the tokenizer lives in tokenizer.py. Every data error is one
+line naming the file and what to do.
 """
 import argparse, glob, hashlib, json, math, os, re, sys, time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ shards
 MAGIC, VERSION, HEADER_BYTES = b"QWTOKSHD", 1, 32  # magic, u32 version, u32 bytes per token, u64 count, pad
+REDO = "re-run `python data.py` with the same --input and --out to rebuild it"
 
 
 def write_shard(path, tokens):
@@ -35,24 +40,57 @@ def write_shard(path, tokens):
     os.replace(tmp, path)
 
 
-def open_shard(path):
-    """Memmap a shard's tokens after checking its header and length; refuses truncated or foreign files."""
+def shard_length(path):
+    """A shard's token count, after checking its header and size; refuses missing, truncated or foreign files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: {REDO}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES or head[:8] != MAGIC:
-        raise ValueError(f"{path} is not a token shard (bad magic); was it written by `python data.py`?")
+        raise ValueError(f"{path} is not a token shard (bad magic); {REDO}")
     version, itemsize = np.frombuffer(head[8:16], dtype="<u4")
     count = int(np.frombuffer(head[16:24], dtype="<u8")[0])
     if version != VERSION or itemsize != 4:
         raise ValueError(f"{path}: shard version {version} / {itemsize}-byte tokens; this code reads v{VERSION}, 4-byte")
     if size != HEADER_BYTES + 4 * count:
         raise ValueError(f"{path} is truncated or corrupt: header says {count} tokens "
-                         f"({HEADER_BYTES + 4 * count} bytes) but the file has {size} bytes")
-    return np.memmap(path, dtype="<u4", mode="r", offset=HEADER_BYTES, shape=(count,))
+                         f"({HEADER_BYTES + 4 * count} bytes) but the file has {size} bytes; {REDO}")
+    return count
+
+
+def open_shard(path):
+    """All tokens of a shard as a read-only memmap (for inspection and tests; the loader reads with read_tokens)."""
+    count = shard_length(path)
+    return np.memmap(path, dtype="<u4", mode="r", offset=HEADER_BYTES, shape=(count,)) if count else np.zeros(0, "<u4")
+
+
+def read_tokens(path, start, count):
+    """Tokens [start, start + count) of a shard. The file is opened and closed per read, so a split of 5,000
+    shards never holds 5,000 descriptors (one np.memmap each did: 'Too many open files')."""
+    tokens = np.fromfile(path, dtype="<u4", count=count, offset=HEADER_BYTES + 4 * start)
+    if len(tokens) != count:
+        raise ValueError(f"{path} is shorter than when the loader opened it (changed under a run?); {REDO}")
+    return tokens
 
 
 # ---------------------------------------------------------------------------------------------- loader
+def load_meta(data_dir):
+    path, prep = os.path.join(data_dir, "meta.json"), f"prepare the data (python data.py --input ... --out {data_dir})"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {prep}")
+    try:
+        meta = json.load(open(path, encoding="utf-8"))
+        shards = meta.get("shards") if isinstance(meta, dict) else None
+        named = isinstance(shards, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in shards)
+        problem = "" if named else "no list of named shards"
+    except ValueError as e:  # bad JSON or bad UTF-8
+        problem = " ".join(str(e).split())
+    if problem:
+        raise ValueError(f"{path} is broken ({problem}): delete it and {prep}")
+    return meta
+
+
 def _feistel(x, n_bits, keys):
     """A 4-round Feistel network: a bijection on [0, 2**n_bits) (n_bits even) keyed by `keys`."""
     half = n_bits // 2
@@ -65,29 +103,37 @@ def _feistel(x, n_bits, keys):
 
 
 class TokenWindows:
-    """All non-overlapping (T+1)-token windows of a split (window w starts at token w*T of its shard, so
-    consecutive windows share one token and every token is a target once), visited in a seeded random
-    order that changes every epoch. Window lookup is O(log shards); memory is O(shards)."""
+    """All non-overlapping (T+1)-token windows of a split's token stream -- its shards, each cut to its
+    `use_tokens`, end to end in meta.json order. Window w is stream tokens [w*T, w*T + T + 1): consecutive windows
+    share one token, so every token but the final partial window's is a target once. Visited in a seeded random
+    order that changes every epoch. Lookup is O(log shards); memory is O(shards); no file stays open."""
 
     def __init__(self, data_dir, split, seq_len, seed=1337, vocab_size=None):
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python data.py --input ... --out {data_dir})")
-        meta = json.load(open(meta_path))
+        meta = load_meta(data_dir)
         if meta.get("tokenizer_sha256") != RANKS_SHA256:
-            raise ValueError(f"{data_dir} was tokenized with a different tokenizer")
-        self.T, self.seed, self.shards, starts = seq_len, seed, [], [0]
+            raise ValueError(f"{data_dir} was tokenized with a different tokenizer: prepare it again with this code")
+        self.T, self.seed, self.vocab_size, self.paths, offsets = seq_len, seed, vocab_size, [], [0]
         for s in meta["shards"]:
-            arr = open_shard(os.path.join(data_dir, split, s["name"] + ".bin"))
-            n = (min(s["use_tokens"][split], len(arr)) - 1) // seq_len
-            if n > 0:
-                self.shards.append(arr)
-                starts.append(starts[-1] + n)
-        self.starts = np.array(starts, dtype=np.int64)
-        self.n_windows = int(starts[-1])
+            path = os.path.join(data_dir, split, s["name"] + ".bin")
+            count = shard_length(path)
+            if s.get("tokens", {}).get(split, count) != count:
+                raise ValueError(f"{path} has {count} tokens but {data_dir}/meta.json says {s['tokens'][split]}: "
+                                 f"the two are from different preparations; {REDO}")
+            if vocab_size is not None and s.get("max_token", -1) >= vocab_size:
+                raise ValueError(f"{data_dir}: shard {s['name']} (from {s.get('input', '?')}) holds token id "
+                                 f"{s['max_token']} >= the model's vocab_size {vocab_size}: prepare the data with this "
+                                 f"model's tokenizer, or use a model with a larger vocab_size")
+            n = min(s.get("use_tokens", {}).get(split, count), count)
+            if n > 0:  # mixing may cut a shard to nothing
+                self.paths.append(path)
+                offsets.append(offsets[-1] + n)
+        self.offsets = np.array(offsets, dtype=np.int64)  # shard i is stream tokens [offsets[i], offsets[i+1])
+        self.n_windows = max(0, (offsets[-1] - 1) // seq_len)
         if self.n_windows == 0:
-            raise ValueError(f"{data_dir}/{split} has no window of {seq_len + 1} tokens")
-        self.n_bits = max(2, math.ceil(math.log2(self.n_windows)) + (math.ceil(math.log2(self.n_windows)) % 2))
+            raise ValueError(f"{data_dir}/{split} has {offsets[-1]} tokens, not one window of {seq_len + 1}: "
+                             "prepare more data (or a larger --val_fraction) or use a shorter seq_len")
+        bits = math.ceil(math.log2(self.n_windows))
+        self.n_bits = max(2, bits + bits % 2)
 
     def window_index(self, g):
         """Global sample position g -> window id: epoch g // n, and a keyed permutation within the epoch
@@ -101,9 +147,18 @@ class TokenWindows:
         return x
 
     def window(self, w):
-        s = int(np.searchsorted(self.starts, w, side="right") - 1)
-        off = (w - int(self.starts[s])) * self.T
-        return self.shards[s][off:off + self.T + 1]
+        """The T+1 tokens of window w, read piecewise from every shard it spans."""
+        start, stop = int(w) * self.T, int(w) * self.T + self.T + 1
+        s, parts = int(np.searchsorted(self.offsets, start, side="right")) - 1, []
+        while start < stop:
+            n = min(stop, int(self.offsets[s + 1])) - start
+            part = read_tokens(self.paths[s], start - int(self.offsets[s]), n)
+            if self.vocab_size is not None and part.max() >= self.vocab_size:  # meta.json without max_token
+                raise ValueError(f"{self.paths[s]} holds token id {part.max()} >= the model's vocab_size "
+                                 f"{self.vocab_size}: prepare the data with this model's tokenizer")
+            parts.append(part)
+            start, s = start + n, s + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class DistributedBatches:
@@ -128,75 +183,77 @@ class DistributedBatches:
         return xy[:, :-1], xy[:, 1:]
 
 
+VAL_SEED = 2024
+
+
+def val_window_ids(n_windows, seq_len, n_tokens, seed=VAL_SEED):
+    """The fixed validation sample: n = n_tokens // seq_len window ids, one drawn (seeded) from each of n equal
+    strata of the val stream. Shards lie in the stream in source order, so every source -- and every shard of at
+    least n_windows / n windows -- is sampled in proportion to its tokens; the random draw within a stratum avoids
+    the aliasing a fixed stride would have on equal-sized files (always the same document of each file)."""
+    n = min(max(1, n_tokens // seq_len), n_windows)
+    lo, hi = np.arange(n, dtype=np.int64) * n_windows // n, np.arange(1, n + 1, dtype=np.int64) * n_windows // n
+    return lo + (np.random.default_rng(seed).random(n) * (hi - lo)).astype(np.int64)
+
+
 def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu"):
-    """A fixed held-out set of about n_tokens target tokens (n_tokens // seq_len windows): the same tokens for
-    every evaluation of every run, whatever the batch size, in train.py and eval.py alike."""
+    """The held-out set of about n_tokens target tokens (val_window_ids): the same windows for every evaluation
+    of every run, whatever the batch size, in train.py and eval.py alike."""
     w = TokenWindows(data_dir, "val", seq_len)
-    n = min(max(1, n_tokens // seq_len), w.n_windows)
-    for i in range(0, n, batch_size):
-        rows = np.stack([w.window(j) for j in range(i, min(i + batch_size, n))]).astype(np.int64)
+    ids = val_window_ids(w.n_windows, seq_len, n_tokens)
+    for i in range(0, len(ids), batch_size):
+        rows = np.stack([w.window(j) for j in ids[i:i + batch_size]]).astype(np.int64)
         xy = torch.from_numpy(rows).to(device)
         yield xy[:, :-1], xy[:, 1:]
 
 
 # ------------------------------------------------------------------------------------------ preparation
 class StructuralError(Exception):
-    """A whole input file is unusable (unreadable, wrong format, no such text field)."""
+    """A whole input file is unusable (unreadable, wrong format, no such text or score field)."""
 
 
-def iter_texts(path, text_field, skips, progress):
-    """Yield the documents of one file. Bad rows are counted in `skips` by reason; structural problems raise.
-    `progress(fraction)` reports how far through the file we are."""
+def iter_rows(path, fields, skips, progress):
+    """Yield (text, score, row_source) for the rows of one file; `fields` = (text, score, source) field names, the
+    last two None when unused (a missing source is None; a .txt file is one document with neither). Bad rows are
+    counted in `skips` by reason; structural problems raise. `progress(fraction)` reports how far through we are."""
+    text_field, score_field, source_field = fields
     ext = path.lower().rsplit(".", 1)[-1]
     try:
         if ext == "parquet":
             import pyarrow.parquet as pq  # only needed for parquet inputs
             pf = pq.ParquetFile(path)
-            if text_field not in pf.schema_arrow.names:
-                raise StructuralError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names}); "
-                                      "use --text_field")
+            names = pf.schema_arrow.names
+            for flag, f in (("--text_field", text_field), ("--score_field", score_field)):
+                if f and f not in names:
+                    raise StructuralError(f"{path}: no column {f!r} (columns: {names}); use {flag}")
+            cols = [text_field, score_field, source_field if source_field in names else None]
             for g in range(pf.num_row_groups):
-                yield from pf.read_row_group(g, columns=[text_field]).column(0).to_pylist()
+                table = pf.read_row_group(g, columns=[c for c in cols if c])
+                yield from zip(*[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
                 progress((g + 1) / pf.num_row_groups)
-        elif ext == "jsonl":
-            size, seen_field = max(os.path.getsize(path), 1), False
-            with open(path, "rb") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        skips["invalid_utf8"] = skips.get("invalid_utf8", 0) + 1
-                        continue
-                    except json.JSONDecodeError:
-                        skips["bad_json"] = skips.get("bad_json", 0) + 1
-                        continue
-                    if not isinstance(row, dict) or text_field not in row:
-                        skips["missing_field"] = skips.get("missing_field", 0) + 1
-                        continue
-                    seen_field = True
-                    yield row[text_field]
-                    progress(f.tell() / size)
-            if not seen_field and skips.get("missing_field"):
+        elif ext in ("jsonl", "json"):
+            if ext == "json":
+                rows = json.load(open(path, encoding="utf-8"))
+                if not isinstance(rows, list) or not any(isinstance(r, dict) and text_field in r for r in rows):
+                    raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
+                lines, size = [(r, 0) for r in rows], 1
+            else:
+                lines, size = _jsonl_rows(path, skips), max(os.path.getsize(path), 1)
+            seen_field = False
+            for row, pos in lines:
+                if not isinstance(row, dict) or text_field not in row:
+                    skips["missing_field"] += 1
+                    continue
+                seen_field = True
+                yield row[text_field], row.get(score_field), row.get(source_field)  # .get(None): None
+                progress(pos / size)
+            if not seen_field and skips["missing_field"]:
                 raise StructuralError(f"{path}: no row has the field {text_field!r}; use --text_field")
-        elif ext == "json":
-            rows = json.load(open(path, encoding="utf-8"))
-            if not isinstance(rows, list) or not any(isinstance(r, dict) and text_field in r for r in rows):
-                raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
-            for row in rows:
-                if isinstance(row, dict) and text_field in row:
-                    yield row[text_field]
-                else:
-                    skips["missing_field"] = skips.get("missing_field", 0) + 1
-            progress(1.0)
         elif ext == "txt":  # one file = one document
-            raw = open(path, "rb").read()
             try:
-                yield raw.decode("utf-8")
+                yield open(path, "rb").read().decode("utf-8"), None, None
             except UnicodeDecodeError:
-                skips["invalid_utf8"] = skips.get("invalid_utf8", 0) + 1
-            progress(1.0)
+                skips["invalid_utf8"] += 1
         else:
             raise StructuralError(f"{path}: unsupported extension .{ext} (parquet, jsonl, json, txt)")
     except StructuralError:
@@ -204,19 +261,34 @@ def iter_texts(path, text_field, skips, progress):
     except ImportError:
         raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
     except (OSError, ValueError) as e:  # unreadable, corrupt parquet, bad JSON file, ...
-        raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {e}")
+        raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def _jsonl_rows(path, skips):
+    """(row, byte position) per parseable line; broken lines are counted in `skips`."""
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    yield json.loads(line.decode("utf-8")), f.tell()
+                except UnicodeDecodeError:
+                    skips["invalid_utf8"] += 1
+                except json.JSONDecodeError:
+                    skips["bad_json"] += 1
 
 
 ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # for the observed zh:en ratio
 
 
-def _is_val(doc_index, path, val_fraction):
-    """Deterministic per-document split: the same document always lands in the same split."""
-    h = hashlib.blake2b(f"{path}\0{doc_index}".encode(), digest_size=8).digest()
+def _is_val(text, val_fraction):
+    """Per-document split keyed on the document's text: the same document lands in the same split wherever the
+    files live or however they are named (and exact duplicates never straddle train and val)."""
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(h, "little") < val_fraction * 2**64
 
 
 def _shard_name(path):
+    """Path-based, so a re-run finds the shards of the inputs it already did (only names depend on the location)."""
     return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
 
 
@@ -228,12 +300,18 @@ def _init_worker(counters):
     _progress = counters
 
 
-def prepare_file(path, out_dir, text_field, val_fraction):
+def prepare_file(path, out_dir, settings):
     """Tokenize one input file into <out>/train/<name>.bin and <out>/val/<name>.bin plus a .json sidecar with its
-    statistics. The sidecar is written last: its presence means 'this input is done'."""
+    statistics and the settings it was made with. The sidecar is written last: its presence means 'this input is
+    done with these settings'."""
     enc, name, size = get_tokenizer(), _shard_name(path), os.path.getsize(path)
-    skips, stats = {}, {"zh_chars": 0, "en_chars": 0, "docs": 0}
-    train, val, batch, doc_index, reported = [], [], [], 0, 0.0
+    sidecar_path = os.path.join(out_dir, "done", name + ".json")
+    if os.path.exists(sidecar_path):  # redoing with other settings: never leave old stats next to new shards
+        os.remove(sidecar_path)
+    fields = (settings["text_field"], settings["score_field"], settings["source_field"])
+    filtered = settings["min_score"] is not None and not path.lower().endswith(".txt")  # .txt has no score
+    skips, stats, source_tokens = Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0), Counter()
+    train, val, batch, labels, reported = [], [], [], [], 0.0
 
     def progress(frac):
         nonlocal reported
@@ -243,48 +321,67 @@ def prepare_file(path, out_dir, text_field, val_fraction):
             reported = frac
 
     def flush():
-        nonlocal doc_index
-        for doc in enc.encode_ordinary_batch(batch):
-            (val if _is_val(doc_index, os.path.abspath(path), val_fraction) else train).append(np.array(doc + [EOT], dtype=np.uint32))
-            doc_index += 1
+        for text, label, doc in zip(batch, labels, enc.encode_ordinary_batch(batch)):
+            (val if _is_val(text, settings["val_fraction"]) else train).append(np.array(doc + [EOT], dtype=np.uint32))
+            source_tokens[label] += len(doc) + 1
             if _progress is not None:
                 with _progress.get_lock():
                     _progress[1] += len(doc) + 1
-        batch.clear()
+        batch.clear(), labels.clear()
 
-    for text in iter_texts(path, text_field, skips, progress):
+    for text, score, row_source in iter_rows(path, fields, skips, progress):
         if not isinstance(text, str):
-            skips["not_string"] = skips.get("not_string", 0) + 1
+            skips["not_string"] += 1
             continue
         if not text.strip():
-            skips["empty"] = skips.get("empty", 0) + 1
+            skips["empty"] += 1
             continue
+        if filtered:  # the quality filter comes before tokenizing: dropped rows cost no tokenizer time
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+                skips["no_score"] += 1
+                continue
+            if score < settings["min_score"]:
+                stats["dropped_by_score"] += 1
+                continue
         stats["docs"] += 1
         stats["zh_chars"] += len(ZH_CHAR.findall(text))
         stats["en_chars"] += len(EN_CHAR.findall(text))
         batch.append(text)
+        labels.append(None if settings["source_field"] is None else "(none)" if row_source is None else str(row_source))
         if len(batch) >= 1024:
             flush()
     flush()
     progress(1.0)
-    counts = {}
+    counts, max_token = {}, -1
     for split, docs in (("train", train), ("val", val)):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
         write_shard(os.path.join(out_dir, split, name + ".bin"), tokens)
-        counts[split] = int(len(tokens))
-    side = {"input": os.path.abspath(path), "tokens": counts, "skipped": skips, **stats}
-    tmp = os.path.join(out_dir, "done", name + ".json.tmp")
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
-    json.dump(side, open(tmp, "w"))
-    os.replace(tmp, tmp[:-4])
-    return side
+        counts[split], max_token = int(len(tokens)), max(max_token, int(tokens.max()) if len(tokens) else -1)
+    sidecar = {"input": os.path.abspath(path), "settings": settings, "tokens": counts, "max_token": max_token,
+               "skipped": skips, "source_tokens": {k: v for k, v in source_tokens.items() if k is not None}, **stats}
+    os.makedirs(os.path.dirname(sidecar_path), exist_ok=True)
+    json.dump(sidecar, open(sidecar_path + ".tmp", "w"))
+    os.replace(sidecar_path + ".tmp", sidecar_path)
+    return sidecar
+
+
+def _done_sidecar(out_dir, path, settings):
+    """The sidecar of an input already prepared with these settings and whose shards are intact, else None."""
+    name = _shard_name(path)
+    try:
+        sidecar = json.load(open(os.path.join(out_dir, "done", name + ".json")))
+        intact = all(os.path.getsize(os.path.join(out_dir, sp, name + ".bin")) == HEADER_BYTES + 4 * n
+                     for sp, n in sidecar["tokens"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sidecar if intact and sidecar.get("settings") == settings else None
 
 
 def expand_inputs(specs):
     """'path|dir|glob[@weight]' -> list of (file, source index, weight or None)."""
     out = []
-    for si, spec in enumerate(specs):
+    for source_index, spec in enumerate(specs):
         pattern, weight = spec, None
         head, sep, tail = spec.rpartition("@")
         if sep:
@@ -295,92 +392,109 @@ def expand_inputs(specs):
             if weight is not None and weight <= 0:
                 raise SystemExit(f"error: --input {spec!r}: weight must be > 0")
         if os.path.isdir(pattern):
-            paths = sorted(glob.glob(os.path.join(pattern, "**", "*"), recursive=True))
-        else:
-            paths = sorted(glob.glob(pattern))
-        paths = [p for p in paths if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
+            pattern = os.path.join(pattern, "**", "*")
+        paths = [p for p in sorted(glob.glob(pattern, recursive=True))
+                 if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
         if not paths:
             raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file")
-        out += [(p, si, weight) for p in paths]
+        out += [(p, source_index, weight) for p in paths]
     if len({w is None for _, _, w in out}) > 1:
         raise SystemExit("error: give a @weight to every --input or to none")
     return out
 
 
-def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None, max_tokens=None, quiet=False):
-    """Tokenize all inputs (skipping those already done), then write meta.json. Returns the meta dict.
-    Source weights (and --max_tokens) are applied by truncating each shard's `use_tokens`, never by repeating."""
+def _bar(frac, tokens, elapsed):
+    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+    print(f"\r[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%  {tokens / 1e6:8.2f}M tok  "
+          f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta:6.0f}s", end="", file=sys.stderr, flush=True)
+
+
+def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None, max_tokens=None, quiet=False,
+            min_score=None, score_field="score", source_field=None):
+    """Tokenize all inputs (skipping those already done with the same settings), then write meta.json. Returns the
+    meta dict. Rows whose `score_field` is below `min_score` are dropped before tokenizing; `source_field` (a
+    column such as chinese-fineweb-edu-v2's `source`) gets per-value token counts. Source weights (and
+    --max_tokens) are applied by truncating each shard's `use_tokens`, never by repeating."""
     import multiprocessing as mp
+    settings = {"text_field": text_field, "val_fraction": val_fraction, "min_score": min_score,
+                "score_field": score_field if min_score is not None else None, "source_field": source_field,
+                "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
     files = expand_inputs(inputs)
     os.makedirs(out_dir, exist_ok=True)
-    done_dir = os.path.join(out_dir, "done")
-    todo = [f for f in files if not os.path.exists(os.path.join(done_dir, _shard_name(f[0]) + ".json"))]
-    total_bytes = sum(os.path.getsize(f[0]) for f in todo) or 1
+    todo = [f[0] for f in files if _done_sidecar(out_dir, f[0], settings) is None]
+    stale = sum(os.path.exists(os.path.join(out_dir, "done", _shard_name(p) + ".json")) for p in todo)
+    if stale and not quiet:
+        print(f"redoing {stale} input(s) prepared with other settings (or with damaged shards)", file=sys.stderr)
+    total_bytes = sum(os.path.getsize(p) for p in todo) or 1
     errors = []
     if todo:
         counters = mp.Array("q", 2)
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         t0 = time.time()
         with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(counters,)) as pool:
-            jobs = [(f[0], pool.apply_async(prepare_file, (f[0], out_dir, text_field, val_fraction))) for f in todo]
+            jobs = [(p, pool.apply_async(prepare_file, (p, out_dir, settings))) for p in todo]
             while not all(j.ready() for _, j in jobs):
                 time.sleep(0.5)
-                done_b, toks = counters[0], counters[1]
-                el = time.time() - t0
-                frac = min(done_b / total_bytes, 1.0)
-                eta = el / frac * (1 - frac) if frac > 0 else float("nan")
                 if not quiet:
-                    bar = "#" * int(30 * frac)
-                    print(f"\r[{bar:<30}] {100 * frac:5.1f}%  {toks / 1e6:8.2f}M tok  {toks / max(el, 1e-9) / 1e6:6.2f}M tok/s  "
-                          f"ETA {eta:6.0f}s", end="", file=sys.stderr, flush=True)
+                    _bar(min(counters[0] / total_bytes, 1.0), counters[1], time.time() - t0)
             for path, j in jobs:
                 try:
                     j.get()
                 except StructuralError as e:
                     errors.append(str(e))
-        if not quiet:
-            print(file=sys.stderr)
+        if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
+            _bar(1.0, counters[1], time.time() - t0), print(file=sys.stderr)
     # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
-    shards, skipped, zh, en = [], {}, 0, 0
-    for path, si, w in files:
-        side_path = os.path.join(done_dir, _shard_name(path) + ".json")
-        if not os.path.exists(side_path):
+    shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
+    totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
+    for path, source_index, weight in files:
+        sidecar = _done_sidecar(out_dir, path, settings)
+        if sidecar is None:
             continue
-        side = json.load(open(side_path))
-        shards.append({"name": _shard_name(path), "input": side["input"], "source": si, "weight": w, "tokens": side["tokens"]})
-        for k, v in side["skipped"].items():
-            skipped[k] = skipped.get(k, 0) + v
-        zh, en = zh + side["zh_chars"], en + side["en_chars"]
+        shards.append({"name": _shard_name(path), "input": sidecar["input"], "source": source_index, "weight": weight,
+                       "max_token": sidecar["max_token"], "tokens": sidecar["tokens"]})
+        skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
+        totals.update({k: sidecar[k] for k in totals})
+        if not sum(sidecar["tokens"].values()):
+            warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
+                            f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
     # mixing: with weights, each source keeps train tokens in proportion to its weight -- the scarcest source
     # (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens scales down further.
-    src_tokens, src_weight = {}, {}
+    source_tokens, source_weight = Counter(), {}
     for s in shards:
-        src_tokens[s["source"]] = src_tokens.get(s["source"], 0) + s["tokens"]["train"]
-        src_weight[s["source"]] = s["weight"]
-    if any(w is not None for w in src_weight.values()):
-        unit = min((src_tokens[k] / src_weight[k] for k in src_tokens), default=0)
+        source_tokens[s["source"]] += s["tokens"]["train"]
+        source_weight[s["source"]] = s["weight"]
+    if any(w is not None for w in source_weight.values()):
+        tokens_per_weight = min((source_tokens[k] / source_weight[k] for k in source_tokens), default=0)
     else:
-        src_weight = {k: float(v) for k, v in src_tokens.items()}  # no weights: every token counts, unit 1
-        unit = 1.0
-    budget = sum(min(src_tokens[k], unit * src_weight[k]) for k in src_tokens)
+        source_weight = {k: float(v) for k, v in source_tokens.items()}  # no weights: every token counts
+        tokens_per_weight = 1.0
+    budget = sum(min(source_tokens[k], tokens_per_weight * source_weight[k]) for k in source_tokens)
     scale = min(1.0, max_tokens / budget) if max_tokens and budget else 1.0
     for s in shards:
         k = s["source"]
-        keep = min(1.0, unit * src_weight[k] / src_tokens[k]) * scale if src_tokens[k] else 0
+        keep = min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale if source_tokens[k] else 0
         s["use_tokens"] = {"train": int(s["tokens"]["train"] * keep), "val": s["tokens"]["val"]}
-    meta = {"tokenizer": "qwen3", "tokenizer_sha256": RANKS_SHA256, "text_field": text_field,
-            "val_fraction": val_fraction, "files": [s["input"] for s in shards], "shards": shards,
+    zh, en = totals["zh_chars"], totals["en_chars"]
+    meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
             "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
             "use_tokens": {sp: sum(s["use_tokens"][sp] for s in shards) for sp in ("train", "val")},
-            "skipped_rows": skipped, "zh_chars": zh, "en_chars": en,
-            "zh_en_char_ratio": round(zh / en, 3) if en else None, "errors": errors}
+            "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": dict(skipped),
+            "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
+            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": errors}
     tmp = os.path.join(out_dir, "meta.json.tmp")
     json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
     os.replace(tmp, os.path.join(out_dir, "meta.json"))
     if not quiet:
+        kept = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}"
         print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
               f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio']}; "
-              f"skipped rows: {skipped or 'none'}")
+              f"skipped rows: {dict(skipped) or 'none'}{kept if min_score is not None else ''}")
+        if source_field:
+            print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
+        more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
+        for w in warnings[:20] + more:
+            print(f"WARNING {w}", file=sys.stderr)
         for e in errors:
             print(f"ERROR {e}", file=sys.stderr)
     return meta
@@ -424,6 +538,9 @@ if __name__ == "__main__":
     ap.add_argument("--out", help="output directory (shards + meta.json)")
     ap.add_argument("--text_field", default="text")
     ap.add_argument("--val_fraction", type=float, default=0.005)
+    ap.add_argument("--min_score", type=float, default=None, help="keep only rows whose --score_field is >= this")
+    ap.add_argument("--score_field", default="score")
+    ap.add_argument("--source_field", default=None, help="column to count tokens by, e.g. source")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--max_tokens", type=int, default=None, help="cap on train tokens used (after mixing)")
     ap.add_argument("--demo", action="store_true", help="build the offline demo corpus into data/demo")
@@ -435,5 +552,8 @@ if __name__ == "__main__":
     else:
         if not 0 <= a.val_fraction < 1:
             ap.error("--val_fraction must be in [0, 1)")
-        meta = prepare(a.input, a.out, a.text_field, a.val_fraction, a.workers, a.max_tokens)
-        sys.exit(1 if meta["errors"] else 0)
+        meta = prepare(a.input, a.out, a.text_field, a.val_fraction, a.workers, a.max_tokens, min_score=a.min_score,
+                       score_field=a.score_field, source_field=a.source_field)
+        if not sum(meta["tokens"].values()):
+            print(f"ERROR no tokens prepared from {a.input}: see above", file=sys.stderr)
+        sys.exit(1 if meta["errors"] or not sum(meta["tokens"].values()) else 0)

@@ -1,4 +1,5 @@
-"""Data: preparation (counts, skips, errors, resumability, mixing), the shard format, the loader."""
+"""Data: preparation (counts, skips, errors, resumability, settings, score filter, mixing), the shard format, the
+loader (one stream per split, open-file limit, clear errors) and the validation sample."""
 import glob, json, os
 
 import numpy as np
@@ -120,3 +121,194 @@ def test_demo_corpus_is_bilingual_and_big_enough(demo_dir):
     assert sum(os.path.getsize(f) for f in raw) >= 1_000_000
     assert meta["zh_chars"] > 100_000 and meta["en_chars"] > 100_000
     assert meta["tokens"]["val"] > 10_000 and not meta["errors"]
+
+
+def _write_stream_dataset(d, lengths, use=None, split="train", sources=None, low=0, high=300):
+    """Shards written directly with meta.json as tests/conftest.py writes it; returns the shards' tokens."""
+    os.makedirs(os.path.join(d, split), exist_ok=True)
+    rng, shards, arrays = np.random.default_rng(len(lengths)), [], []
+    for i, n in enumerate(lengths):
+        src = sources[i] if sources else 0
+        a = rng.integers(low + 100 * src, high if not sources else low + 100 * src + 100, size=n).astype(np.uint32)
+        data.write_shard(os.path.join(d, split, f"s{i}.bin"), a)
+        u = n if use is None else use[i]
+        shards.append({"name": f"s{i}", "input": f"s{i}", "source": src, "weight": None, "max_token": int(a.max(initial=0)),
+                       "tokens": {split: n}, "use_tokens": {split: u}})
+        arrays.append(a[:u])
+    json.dump({"tokenizer_sha256": data.RANKS_SHA256, "shards": shards}, open(os.path.join(d, "meta.json"), "w"))
+    return arrays
+
+
+def test_short_files_form_one_stream_and_no_token_is_lost(tmp_path):
+    # 200 files of 301 tokens at seq 128: each file alone holds 2 windows (51,200 tokens); as one stream, 470
+    arrays = _write_stream_dataset(str(tmp_path / "a"), [301] * 200)
+    stream = np.concatenate(arrays)
+    w = data.TokenWindows(str(tmp_path / "a"), "train", 128)
+    assert w.n_windows == (len(stream) - 1) // 128 == 470
+    got = np.concatenate([w.window(0)] + [w.window(i)[1:] for i in range(1, w.n_windows)])
+    assert np.array_equal(got, stream[:470 * 128 + 1])  # windows span shard boundaries, in order, nothing skipped
+    assert data.TokenWindows(str(tmp_path / "a"), "train", 2048).n_windows == 29   # was: no window at all
+    # mixing truncates shards: the stream is every shard cut to its use_tokens (0 drops it), end to end
+    lengths, use = [50, 3, 400, 7, 120], [50, 0, 150, 7, 1]
+    arrays = _write_stream_dataset(str(tmp_path / "b"), lengths, use)
+    stream = np.concatenate(arrays)
+    w = data.TokenWindows(str(tmp_path / "b"), "train", 16)
+    assert w.n_windows == (sum(use) - 1) // 16
+    for i in range(w.n_windows):
+        assert np.array_equal(w.window(i), stream[16 * i:16 * i + 17])
+
+
+def test_loader_works_with_more_shards_than_open_file_limit(tmp_path):
+    import resource
+    d = str(tmp_path / "many")
+    stream = np.concatenate(_write_stream_dataset(d, [40] * 1500))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        w = data.TokenWindows(d, "train", 32)
+        batches = data.DistributedBatches(w, 8, 1, 0, 1)
+        kept = [batches.get(step, 0) for step in range(w.n_windows // 8)]  # training holds batches: no fd may leak
+        seen = [w.window_index(g) for step in range(len(kept)) for g in batches.positions(step, 0)]
+        assert len(set(seen)) == len(seen) == len(kept) * 8 and len(kept) > 200
+        x, y = kept[3]
+        assert np.array_equal(y[0].numpy(), stream[32 * w.window_index(24) + 1:][:32])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_val_sample_covers_all_sources_in_proportion_whatever_the_batch_size(tmp_path):
+    # val split of two sources, as mixing zh@3 en@1 lays it out: source 0 (ids 0..99) first, then source 1 (100..199)
+    d = str(tmp_path / "ds")
+    lengths, sources = [3000] * 6 + [1000] * 6, [0] * 6 + [1] * 6
+    _write_stream_dataset(d, lengths, split="val", sources=sources)
+    scored = {}
+    for bs in (1, 4, 7, 64):
+        ys = torch.cat([y for _, y in data.val_batches(d, 32, 40 * 32, bs)])
+        scored[bs] = ys
+    assert all(torch.equal(scored[1], v) for v in scored.values())   # same tokens for any batch size
+    assert len(scored[1]) == 40                                       # n_tokens // seq_len windows
+    per_window_source = (scored[1].float().mean(1) >= 100).tolist()
+    assert 9 <= sum(per_window_source) <= 11, per_window_source       # 1/4 of the tokens -> ~1/4 of the windows
+    again = torch.cat([y for _, y in data.val_batches(d, 32, 40 * 32, 5)])
+    assert torch.equal(again, scored[1])                              # fixed: the same in train.py and eval.py
+    # asking for more than there is gives every window once
+    w = data.TokenWindows(d, "val", 32)
+    assert sorted(data.val_window_ids(w.n_windows, 32, 10**9).tolist()) == list(range(w.n_windows))
+
+
+def _docs_jsonl(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["数据", "模型", "训练", "apple", "river", "token", "中文", "English", "测试", "42"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            text = " ".join(rng.choice(words, size=int(rng.integers(3, 12))))
+            body = "正文 " + text[::-1]
+            f.write(json.dumps({"text": f"{i} {text}", "body": body, "score": float(rng.random())}, ensure_ascii=False) + "\n")
+
+
+def _shard_contents(out):
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    return {os.path.basename(s["input"]): (s["tokens"], s.get("max_token"), open(f"{out}/train/{s['name']}.bin", "rb").read(),
+                                            open(f"{out}/val/{s['name']}.bin", "rb").read()) for s in meta["shards"]}
+
+
+def test_split_does_not_depend_on_where_the_inputs_live(tmp_path):
+    import shutil
+    a = tmp_path / "here" / "raw"
+    os.makedirs(a)
+    for k in range(3):
+        _docs_jsonl(a / f"part{k}.jsonl", 150, seed=k)
+    b = tmp_path / "elsewhere" / "deeper" / "copy"
+    shutil.copytree(a, b)
+    data.prepare([str(a)], str(tmp_path / "o1"), val_fraction=0.3, workers=1, quiet=True)
+    data.prepare([str(b)], str(tmp_path / "o2"), val_fraction=0.3, workers=1, quiet=True)
+    one, two = _shard_contents(str(tmp_path / "o1")), _shard_contents(str(tmp_path / "o2"))
+    assert one == two and all(v[0]["val"] > 0 and v[0]["train"] > 0 for v in one.values())
+
+
+def test_rerun_with_other_settings_redoes_the_shards(tmp_path):
+    _docs_jsonl(tmp_path / "in.jsonl", 200)
+    inp, out = [str(tmp_path / "in.jsonl")], str(tmp_path / "out")
+    assert data.prepare(inp, out, val_fraction=0.0, quiet=True)["tokens"]["val"] == 0
+    for kw in (dict(val_fraction=0.5), dict(val_fraction=0.5, text_field="body"),
+               dict(val_fraction=0.5, text_field="body", min_score=0.6), dict(val_fraction=0.1)):
+        meta = data.prepare(inp, out, quiet=True, **kw)
+        fresh = data.prepare(inp, str(tmp_path / f"fresh{len(os.listdir(tmp_path))}"), quiet=True, **kw)
+        assert meta["tokens"] == fresh["tokens"] and meta["docs"] == fresh["docs"], kw
+        assert (meta["text_field"], meta["val_fraction"], meta["min_score"]) == (
+            kw.get("text_field", "text"), kw["val_fraction"], kw.get("min_score"))
+        sidecar = json.load(open(glob.glob(out + "/done/*.json")[0]))
+        assert sidecar["settings"]["val_fraction"] == kw["val_fraction"]
+    assert 0 < meta["tokens"]["val"] < meta["tokens"]["train"]
+
+
+def test_data_errors_are_one_clear_line(tmp_path):
+    d = synthetic_dataset(str(tmp_path / "ds"))        # token ids < 300
+    def err(exc, *args, **kw):
+        with pytest.raises(exc) as e:
+            data.TokenWindows(*args, **kw)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+    assert data.TokenWindows(d, "train", 32, vocab_size=320).n_windows > 0
+    msg = err(ValueError, d, "train", 32, vocab_size=200)
+    assert d in msg and "vocab_size" in msg and "s0" in msg and "tokenizer" in msg
+    meta = json.load(open(f"{d}/meta.json"))
+    for s in meta["shards"]:
+        del s["max_token"]                               # an older meta.json: caught when the window is read
+    json.dump(meta, open(f"{d}/meta.json", "w"))
+    w = data.TokenWindows(d, "train", 32, vocab_size=200)
+    with pytest.raises(ValueError, match="vocab_size"):
+        [w.window(i) for i in range(w.n_windows)]
+    os.remove(f"{d}/val/s1.bin")
+    assert "s1.bin" in err(FileNotFoundError, d, "val", 32) and "data.py" in err(FileNotFoundError, d, "val", 32)
+    open(f"{d}/meta.json", "w").write('{"shards": [')
+    assert "meta.json" in err(ValueError, d, "train", 32) and "data.py" in err(ValueError, d, "train", 32)
+    assert "meta.json" in err(FileNotFoundError, str(tmp_path / "nothing"), "train", 32)
+    # prep records each shard's largest id
+    _docs_jsonl(tmp_path / "in.jsonl", 50)
+    meta = data.prepare([str(tmp_path / "in.jsonl")], str(tmp_path / "p"), val_fraction=0.2, quiet=True)
+    s = meta["shards"][0]
+    both = np.concatenate([data.open_shard(f"{tmp_path}/p/{sp}/{s['name']}.bin") for sp in ("train", "val")])
+    assert s["max_token"] == int(both.max())
+
+
+def test_empty_input_warns_by_name_and_bar_reaches_100(tmp_path):
+    os.makedirs(tmp_path / "in")
+    open(tmp_path / "in" / "empty.jsonl", "w").close()
+    _docs_jsonl(tmp_path / "in" / "good.jsonl", 30)
+    r = run(["data.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1"])
+    assert r.returncode == 0, r.stderr
+    assert "empty.jsonl yielded no tokens" in r.stderr and "100.0%" in r.stderr
+    assert "good.jsonl" not in r.stderr
+    r = run(["data.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")])
+    assert r.returncode == 1 and "empty.jsonl" in r.stderr
+
+
+def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    enc = get_tokenizer()
+    os.makedirs(tmp_path / "in")
+    rows = [(f"文档 {i} 内容。" if i % 2 else f"document {i} text.", (i % 10) / 10, ["CCI3", "Industry", "wiki"][i % 3])
+            for i in range(60)]
+    pq.write_table(pa.table({"text": [r[0] for r in rows[:40]], "score": [r[1] for r in rows[:40]],
+                             "source": [r[2] for r in rows[:40]], "__index__": list(range(40))}), tmp_path / "in" / "a.parquet")
+    with open(tmp_path / "in" / "b.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t, "score": s, "source": src}, ensure_ascii=False) + "\n" for t, s, src in rows[40:])
+        f.write(json.dumps({"text": "no score here"}) + "\n")
+    meta = data.prepare([str(tmp_path / "in")], str(tmp_path / "o"), val_fraction=0.0, quiet=True,
+                        min_score=0.75, score_field="score", source_field="source")
+    kept = [r for r in rows if r[1] >= 0.75]
+    assert meta["docs"] == len(kept) and meta["dropped_by_score"] == len(rows) - len(kept)
+    assert meta["skipped_rows"] == {"no_score": 1}
+    per_source = {}
+    for t, _, src in kept:
+        per_source[src] = per_source.get(src, 0) + len(enc.encode_ordinary(t)) + 1
+    assert meta["tokens_per_row_source"] == per_source and meta["tokens"]["train"] == sum(per_source.values())
+    tokens = np.concatenate([data.open_shard(f) for f in glob.glob(str(tmp_path / "o" / "train" / "*.bin"))])
+    assert sorted(tokens.tolist()) == sorted(sum((enc.encode_ordinary(t) + [EOT] for t, _, _ in kept), []))
+    # a parquet file without the score column is refused by name; the CLI prints the counts
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noscore.parquet")
+    r = run(["data.py", "--input", str(tmp_path / "in"), str(tmp_path / "noscore.parquet"), "--out", str(tmp_path / "o2"),
+             "--min_score=0.75", "--score_field=score", "--source_field=source"])
+    assert r.returncode == 1 and "noscore.parquet" in r.stderr and "'score'" in r.stderr
+    assert f"kept {len(kept)} docs, dropped {len(rows) - len(kept)}" in r.stdout and "tokens per source: " in r.stdout
