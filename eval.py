@@ -85,6 +85,17 @@ def checkpoint_train_config(model_dir):
     return torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("train_config", {}) or {}
 
 
+def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None):
+    """(seq_len, val_tokens, where the defaults came from): explicit values win, then the checkpoint's training
+    config (so the val loss matches the one logged in training), then 2048 / 2**19; seq_len capped at max_len."""
+    train_cfg = checkpoint_train_config(model_dir)
+    seq_len = seq_len if seq_len is not None else train_cfg.get("seq_len", 2048)
+    val_tokens = val_tokens if val_tokens is not None else train_cfg.get("val_tokens", 2**19)
+    if not (isinstance(seq_len, int) and isinstance(val_tokens, int)):
+        raise SystemExit(f"error: --seq_len and --val_tokens must be integers, got {seq_len!r}, {val_tokens!r}")
+    return min(seq_len, max_len or seq_len), val_tokens, "the checkpoint's training config" if train_cfg else "default"
+
+
 # ---------------------------------------------------------------------------------------------- C-Eval
 def read_ceval_csv(path, need_answer):
     if not os.path.isfile(path):
@@ -154,20 +165,19 @@ def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_
             x[b, :len(seqs[k])] = torch.tensor(seqs[k])
         with autocast:
             h = model.hidden_states(x.to(device))
-        # one logits row per distinct (row, position): the four letters after a prompt share one
+        # logits once per distinct (row, position): the four letters after one prompt share one row of logits
         where = sorted({(b, p) for b, k in enumerate(batch) for p, _ in queries[k]})
-        index = {bp: n for n, bp in enumerate(where)}
-        hs = h[torch.tensor([b for b, _ in where], device=h.device), torch.tensor([p for _, p in where], device=h.device)]
-        rows_b = [index[(b, p)] for b, k in enumerate(batch) for p, _ in queries[k]]
+        slot = {bp: n for n, bp in enumerate(where)}
+        rows = torch.tensor([slot[(b, p)] for b, k in enumerate(batch) for p, _ in queries[k]], device=h.device)
         toks = torch.tensor([t for k in batch for _, t in queries[k]], device=h.device)
-        picked = torch.empty(len(rows_b), device=h.device)
-        rows_b = torch.tensor(rows_b, device=h.device)
+        b_idx, p_idx = (torch.tensor(v, device=h.device) for v in zip(*where))
+        hs, picked = h[b_idx, p_idx], torch.empty(len(rows), device=h.device)
         for c in range(0, len(where), chunk_rows):
             with autocast:
                 logits = F.linear(hs[c:c + chunk_rows], model.lm_head_weight)
             logp = F.log_softmax(logits.float(), dim=-1)
-            sel = (rows_b >= c) & (rows_b < c + chunk_rows)
-            picked[sel] = logp[rows_b[sel] - c, toks[sel]]
+            sel = (rows >= c) & (rows < c + chunk_rows)
+            picked[sel] = logp[rows[sel] - c, toks[sel]]
         picked, n = picked.tolist(), 0
         for k in batch:
             out[k] = picked[n:n + len(queries[k])]
@@ -198,8 +208,10 @@ def score_continuations(model, items, device, autocast=nullcontext(), reduce="su
     scored = score_positions(model, seqs, queries, device, autocast, batch_tokens)
     res = [[None] * len(conts) for _, conts in items]
     for (n, m), lp in zip(owner, scored):
-        for mm, v in ([(m, lp)] if m is not None else [(q, [v]) for q, v in enumerate(lp)]):
-            res[n][mm] = sum(v) / (len(v) if reduce == "mean" else 1)
+        if m is None:   # one-token continuations: sum == mean == the one log-prob
+            res[n] = lp
+        else:
+            res[n][m] = sum(lp) / (len(lp) if reduce == "mean" else 1)
     return res
 
 
@@ -340,13 +352,7 @@ if __name__ == "__main__":
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:
-        train_cfg = checkpoint_train_config(model_dir)
-        src = "the checkpoint's training config" if train_cfg else "default"
-        seq_len = seq_len if seq_len is not None else train_cfg.get("seq_len", 2048)
-        val_tokens = val_tokens if val_tokens is not None else train_cfg.get("val_tokens", 2**19)
-        if not (isinstance(seq_len, int) and isinstance(val_tokens, int)):
-            sys.exit(f"error: --seq_len and --val_tokens must be integers, got {seq_len!r}, {val_tokens!r}")
-        seq_len = min(seq_len, model.config.max_position_embeddings)
+        seq_len, val_tokens, src = val_settings(model_dir, seq_len, val_tokens, model.config.max_position_embeddings)
         print(f"seq_len {seq_len} | val_tokens {val_tokens:,} (unless given: {src})")
         loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp)
         print(f"val loss {loss:.4f} | val bpb {bpb:.4f}")

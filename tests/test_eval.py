@@ -12,7 +12,7 @@ import data
 import eval as ev
 from generate import generate
 from model import Qwen3, chunked_cross_entropy, save_pretrained
-from tokenizer import EOT, get_tokenizer, save_tokenizer
+from tokenizer import EOT, get_tokenizer
 
 KEYS = ["question", "A", "B", "C", "D", "answer"]
 CEVAL_QS = [("中国的首都是哪里", "上海", "北京", "广州", "深圳", "B"), ("一加一等于几", "一", "三", "二", "四", "C"),
@@ -63,8 +63,8 @@ def trained(tmp_path_factory):
         opt.step(), opt.zero_grad()
     model.eval()
     save_pretrained(model, tmp / "m", dtype=torch.float32)
-    save_tokenizer(tmp / "m")
-    return dict(model=model, before=before, dir=d, model_dir=str(tmp / "m"), tmp=tmp)
+    small = _write_ceval(str(tmp / "small"), rows=CEVAL_QS[5:9])   # 4 questions, for the slow reference checks
+    return dict(model=model, before=before, dir=d, small=small, model_dir=str(tmp / "m"), tmp=tmp)
 
 
 # ------------------------------------------------------- the original implementation, kept as the reference
@@ -82,15 +82,17 @@ def _reference_continuation_logprobs(model, prompt_ids, continuations):
             for i, c in enumerate(continuations)]
 
 
-def _reference_ceval(model, enc, subject_name, rows, shots, ppl_continuation, max_new_tokens=8):
+def _reference_ceval(model, enc, subject_name, rows, shots, ppl_continuation, max_new_tokens=8, gen=True):
     out = []
     for row in rows:
         ids = enc.encode(ev.build_prompt(subject_name, row, shots))
         conts = [enc.encode(L if ppl_continuation == "letter" else f"{L}. {row[L]}") for L in "ABCD"]
         scores = _reference_continuation_logprobs(model, ids, conts)
-        x = torch.tensor([ids[-(model.config.max_position_embeddings - max_new_tokens):]])
-        new = generate(model, x, max_new_tokens, temperature=0, eos=EOT)[0, x.shape[1]:].tolist()
-        out.append(dict(ppl="ABCD"[int(np.argmax(scores))], scores=scores, gen_text=enc.decode([t for t in new if t < EOT])))
+        out.append(dict(ppl="ABCD"[int(np.argmax(scores))], scores=scores))
+        if gen:
+            x = torch.tensor([ids[-(model.config.max_position_embeddings - max_new_tokens):]])
+            new = generate(model, x, max_new_tokens, temperature=0, eos=EOT)[0, x.shape[1]:].tolist()
+            out[-1]["gen_text"] = enc.decode([t for t in new if t < EOT])
     return out
 
 
@@ -125,21 +127,18 @@ def test_ceval_ppl_goes_from_chance_to_the_trained_answers(trained):
         assert res[subject]["ppl_acc"] >= 0.75, (trained["before"], res[subject]["ppl_acc"])
 
 
-@pytest.mark.parametrize("ppl_continuation,shots", [("letter", 2), ("text", 1)])
-def test_fast_ceval_matches_the_original_implementation(trained, ppl_continuation, shots):
+@pytest.mark.parametrize("ppl_continuation,shots,mode", [("letter", 2, "both"), ("text", 1, "ppl")])
+def test_fast_ceval_matches_the_original_implementation(trained, ppl_continuation, shots, mode):
     model, enc = trained["model"], get_tokenizer()
-    # the reference is slow on CPU ([4, T, vocab] logits per question): 2 x 4 questions, batch_tokens small enough
-    # to pack them into batches of different sizes
-    d = str(trained["tmp"] / "small")
-    if not os.path.isdir(d):
-        _write_ceval(d, rows=CEVAL_QS[5:9])
-    res = ev.ceval(model, enc, d, "both", shots=shots, ppl_continuation=ppl_continuation, batch_tokens=300)
-    for subject, name in (("common_sense", "常识"), ("basic_math", "基础数学")):
-        ref = _reference_ceval(model, enc, name, ROWS[5:9], ROWS[:shots], ppl_continuation)
-        assert len(ref) == len(res[subject]["predictions"]) == 4
-        for p, r in zip(res[subject]["predictions"], ref):
-            assert p["ppl"] == r["ppl"] and p["gen_text"] == r["gen_text"]
-            assert np.allclose(p["ppl_scores"], r["scores"], atol=1e-4), (p["ppl_scores"], r["scores"])
+    # the reference is slow on CPU ([4, T, vocab] logits per question): 4 questions, and a batch_tokens small
+    # enough to pack them into batches of different sizes
+    res = ev.ceval(model, enc, trained["small"], mode, shots=shots, ppl_continuation=ppl_continuation, subjects=["common_sense"],
+                   batch_tokens=300)["common_sense"]["predictions"]
+    ref = _reference_ceval(model, enc, "常识", ROWS[5:9], ROWS[:shots], ppl_continuation, gen=mode == "both")
+    assert len(ref) == len(res) == 4
+    for p, r in zip(res, ref):
+        assert p["ppl"] == r["ppl"] and p.get("gen_text") == r.get("gen_text")
+        assert np.allclose(p["ppl_scores"], r["scores"], atol=1e-4), (p["ppl_scores"], r["scores"])
 
 
 def test_text_mean_divides_each_option_log_prob_by_its_token_count(trained):
@@ -194,13 +193,17 @@ def test_opencompass_ppl_ranks_options_like_mean_loss_over_the_whole_text(traine
         assert pred["ppl"] == "ABCD"[int(np.argmin(losses))]
 
 
-def test_opencompass_gen_reads_the_first_capital_letter(trained):
+def test_opencompass_gen_reads_the_first_capital_letter_and_stopping_there_changes_nothing(trained):
     assert ev.first_capital("答案是 Because A") == "B" and ev.first_capital("不知道") is None
-    res = ev.ceval(trained["model"], get_tokenizer(), trained["dir"], "gen", shots=2, prompt_style="opencompass",
-                   max_new_tokens=4, subjects=["basic_math"])
-    for p in res["basic_math"]["predictions"]:
-        assert p["gen"] == ev.first_capital(p["gen_text"])
-        assert p["gen"] is not None or len(get_tokenizer().encode(p["gen_text"])) >= 1   # decoded until one appeared
+    model, enc = trained["model"], get_tokenizer()
+    res = ev.ceval(model, enc, trained["small"], "gen", shots=2, prompt_style="opencompass", max_new_tokens=4,
+                   subjects=["basic_math"])["basic_math"]["predictions"]
+    limit = model.config.max_position_embeddings // 2   # OpenCompass's 1024, capped for this 256-position model
+    for row, p in zip(ROWS[5:9], res):
+        ids = enc.encode(ev.build_prompt("基础数学", row, ROWS[:2], "opencompass", "gen"))[-(256 - limit):]
+        full = generate(model, torch.tensor([ids]), limit, temperature=0, eos=EOT)[0, len(ids):].tolist()
+        assert p["gen"] == ev.first_capital(ev._decode(enc, full))   # decoding all `limit` tokens: same answer
+        assert p["gen_text"] == ev._decode(enc, full)[:len(p["gen_text"])]
 
 
 def test_dev_split_never_shows_a_question_its_own_answer(trained, monkeypatch):
@@ -231,23 +234,22 @@ def test_cli_prints_per_subject_table_average_and_json(trained):
     assert json.load(open(out))["average"]["ppl_acc"] >= 0.5
 
 
-def test_cli_test_split_without_answers_gives_predictions_only(trained, tmp_path):
+def test_test_split_without_answers_gives_predictions_only(trained, tmp_path):
     d = shutil.copytree(trained["dir"], tmp_path / "c")
     os.makedirs(d / "test")
     (d / "test" / "common_sense_test.csv").write_text("id,question,A,B,C,D\n0,q,a,b,c,d\n")
-    r = run(["eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={d}", "--split=test", "--mode=ppl",
-             f"--out={tmp_path / 't.json'}"])
-    assert r.returncode == 0 and "no answers" in r.stdout, r.stderr[-2000:]
+    res = ev.ceval(trained["model"], get_tokenizer(), str(d), "ppl", split="test")["common_sense"]
+    assert res["n"] == 1 and res["predictions"][0]["ppl"] in "ABCD" and "ppl_acc" not in res
 
 
-def test_cli_names_missing_columns_and_missing_dirs(trained, tmp_path):
+def test_missing_columns_and_missing_dirs_stop_with_a_message_naming_them(trained, tmp_path):
     d = shutil.copytree(trained["dir"], tmp_path / "c")
     os.makedirs(d / "test")
     (d / "test" / "common_sense_test.csv").write_text("id,question,A,B\n0,q,a,b\n")
-    r = run(["eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={d}", "--split=test", "--mode=ppl"])
-    assert r.returncode != 0 and "lacks column" in r.stderr
-    r = run(["eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={tmp_path / 'nope'}"])
-    assert r.returncode != 0 and "not found" in r.stderr
+    with pytest.raises(SystemExit, match="lacks column"):
+        ev.ceval(trained["model"], get_tokenizer(), str(d), "ppl", split="test")
+    with pytest.raises(SystemExit, match="not found"):
+        ev.ceval(trained["model"], get_tokenizer(), str(tmp_path / "nope"), "ppl")
 
 
 @pytest.fixture(scope="module")
@@ -276,9 +278,8 @@ def test_cli_val_loss_takes_seq_len_and_val_tokens_from_the_checkpoint(checkpoin
     assert abs(loss - ev.val_loss_bpb(checkpoint["model"], checkpoint["data"], 32, 640, 4, "cpu")[0]) < 1e-3
 
 
-def test_cli_explicit_seq_len_beats_the_checkpoint_and_hf_dirs_keep_the_defaults(checkpoint):
-    stdout, loss = _cli_val_loss(checkpoint["ckpt"], checkpoint["data"], "--seq_len=16")
-    assert "seq_len 16 | val_tokens 640" in stdout
-    assert abs(loss - ev.val_loss_bpb(checkpoint["model"], checkpoint["data"], 16, 640, 4, "cpu")[0]) < 1e-3
-    stdout, _ = _cli_val_loss(checkpoint["hf"], checkpoint["data"])
-    assert "seq_len 256 | val_tokens 524,288 (unless given: default)" in stdout   # 2048 capped at max_position 256
+def test_explicit_seq_len_beats_the_checkpoint_and_hf_dirs_keep_the_defaults(checkpoint):
+    assert ev.val_settings(checkpoint["ckpt"], 16, None, 256) == (16, 640, "the checkpoint's training config")
+    assert ev.val_settings(checkpoint["ckpt"], None, 99, 256) == (32, 99, "the checkpoint's training config")
+    assert ev.val_settings(checkpoint["hf"], None, None, 4096) == (2048, 2**19, "default")
+    assert ev.val_settings(checkpoint["hf"], None, None, 256)[0] == 256   # capped at max_position_embeddings
