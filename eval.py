@@ -36,9 +36,11 @@ PPL mode: the option whose continuation has the highest log-likelihood after the
     OpenCompass's PPLInferencer averages the loss per token).
 Speed: only the scored positions are multiplied by the lm_head (never [B, T, vocab] logits), and questions of all
 subjects are sorted by length and packed into right-padded batches of up to --batch_tokens tokens (causal
-attention never looks ahead, so the padding changes nothing). GEN: greedy decoding through generate.py, prompts of
-equal token length batched together; the default style reads the answer with extract_choice (a later "答案…X"
-wins over a leading letter).
+attention never looks ahead, so the padding changes nothing). The text continuations go as four rows
+prompt+option in those same batches: the prompt is computed four times, but there is one code path and no cache
+to manage, in a mode that is not the default. GEN: greedy decoding through generate.py (whose API takes rows of
+equal length, so only prompts of equal token length share a batch); the default style reads the answer with
+extract_choice (an explicit "答案…X" wins over a leading letter).
 """
 import csv, json, math, os, re, sys
 from contextlib import nullcontext
@@ -292,8 +294,9 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
         for row in rows:
             # with split=dev the scored question is one of the dev rows: never show it its own answer
             shot_rows = [s for s in dev if split != "dev" or s != row][:shots]
-            p = {m: enc.encode(build_prompt(name, row, shot_rows, prompt_style, m)) for m in ("ppl", "gen")}
-            questions.append((subject, row, p["ppl"], p["gen"]))
+            ppl, gen = (build_prompt(name, row, shot_rows, prompt_style, m) for m in ("ppl", "gen"))
+            ppl_ids = enc.encode(ppl)
+            questions.append((subject, row, ppl_ids, ppl_ids if gen == ppl else enc.encode(gen)))
     preds = [{"id": row.get("id")} for _, row, _, _ in questions]
     if mode in ("ppl", "both"):
         conts = [[enc.encode(L if ppl_continuation == "letter" else f"{L}. {row[L]}") for L in LETTERS]
