@@ -58,7 +58,7 @@ def write_synthetic_ceval(d, seed=0):
 
 
 def main(smoke=False):
-    """smoke=True (--smoke): a 2-layer model on the CPU over 2 subjects, to check this script without a GPU."""
+    """smoke=True (--smoke): a 2-layer model on the CPU over 1 subject, to check this script without a GPU."""
     import torch
     import eval as ev
     from model import Qwen3, Qwen3Config
@@ -74,7 +74,7 @@ def main(smoke=False):
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if not smoke else torch.autocast("cpu", enabled=False)
     enc = get_tokenizer()
     with tempfile.TemporaryDirectory() as d:
-        subjects = write_synthetic_ceval(d)[:2 if smoke else None]
+        subjects = write_synthetic_ceval(d)[:1 if smoke else None]
         names = json.load(open(os.path.join(d, "subject_mapping.json"), encoding="utf-8"))
         lengths = []
         for s in subjects:
@@ -83,7 +83,8 @@ def main(smoke=False):
                         for r in ev.read_ceval_csv(os.path.join(d, "val", f"{s}_val.csv"), False)]
         n_total = len(lengths)
         run = lambda mode, subs: ev.ceval(model, enc, d, mode, "val", SHOTS, subs, device, amp)
-        run("both", subjects[:1])   # warm-up: CUDA context, cuBLAS, allocator (not timed)
+        if not smoke:
+            run("both", subjects[:1])   # warm-up: CUDA context, cuBLAS, allocator (not timed)
         for mode in ("ppl", "gen"):
             sync()
             if not smoke:
