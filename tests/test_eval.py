@@ -1,6 +1,6 @@
 """Evaluation: val loss and bits per byte by hand, C-Eval PPL/GEN scoring (against a copy of the original slow
 implementation), prompt styles, letter extraction, few-shot hygiene, and the CLI."""
-import copy, csv, json, math, os, shutil
+import csv, json, math, os, shutil
 
 import numpy as np
 import pytest
