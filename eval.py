@@ -3,18 +3,44 @@ Evaluation: validation loss / bits-per-byte, and C-Eval (PPL and GEN modes) from
 
     python eval.py --init_from=out --data_dir=data/demo                      # val loss + bpb, newest checkpoint
     python eval.py --init_from=out/hf --ceval_dir=ceval-exam --mode=both --split=val --shots=5
+    python eval.py --init_from=out/hf --ceval_dir=ceval-exam --shots=5 --prompt_style=opencompass
+
+Val loss uses the checkpoint's own training seq_len and val_tokens (from state.pt's train_config) when
+--init_from is a training checkpoint, so it matches the val loss logged during training; --seq_len / --val_tokens
+win when given; a plain Hugging Face directory uses 2048 / 2**19.
 
 C-Eval layout (the official ceval-exam release): <ceval_dir>/<split>/<subject>_<split>.csv with columns
-id, question, A, B, C, D, answer (dev also has explanation; test has no answer). An optional
-<ceval_dir>/subject_mapping.json (shipped with C-Eval) gives the Chinese subject names used in the prompt.
+id, question, A, B, C, D, answer (dev also has explanation; test has no answer). <ceval_dir>/subject_mapping.json
+(shipped with C-Eval) gives the Chinese subject names used in the prompt; without it the prompt names the subject
+by its id and a warning says so. Few-shot examples are the first k dev rows; with --split=dev a question is never
+its own example (so at most 4 shots there: dev has 5 rows per subject).
 
-Prompt (the standard C-Eval format; k dev examples first when --shots=k):
+Prompt styles (--prompt_style):
+  ceval (default; the standard C-Eval format, k dev examples first when --shots=k):
     以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。\\n\\n
     {question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：{answer}\\n\\n   (x k)
     {question}\\nA. ...\\nD. {D}\\n答案：
-PPL mode: the option whose continuation (its letter, or with --ppl_continuation=text its text) has the highest
-log-likelihood after the prompt; the four continuations go through the model as one batch. GEN mode: greedy
-decoding, then the first option letter found in the output.
+  opencompass: OpenCompass's ceval_ppl / ceval_gen configs (ceval_ppl_578f8d, ceval_gen_5f30c7) as rendered for a
+    base model (no meta template), byte for byte: every shot repeats the subject header, ASCII "答案: ", the answer
+    on its own line; PPL joins shots with "\\n\\n\\n" and puts 5 newlines before the question, GEN joins every
+    part with one "\\n". GEN reads the first capital letter of the output (first_capital_postprocess), decoding
+    until one appears (up to 1024 tokens, OpenCompass's max_out_len for base models; stopping at the first capital
+    changes nothing, since the prediction is decided there). Use it to compare with numbers from OpenCompass.
+
+PPL mode: the option whose continuation has the highest log-likelihood after the prompt. --ppl_continuation:
+  letter (default): the option letter. All four letters are one token after the same prompt, so ONE forward of
+    the prompt scores them (OpenCompass's PPL -- mean loss over prompt+letter -- ranks the options the same way:
+    the four sequences differ only in that last token);
+  text: "{letter}. {option text}", summed log-probs -- favours short options (fewer tokens, fewer penalties);
+  text_mean: the same, divided by its token count (mean log-prob per token; the length-normalised choice, as
+    OpenCompass's PPLInferencer averages the loss per token).
+Speed: only the scored positions are multiplied by the lm_head (never [B, T, vocab] logits), and questions of all
+subjects are sorted by length and packed into right-padded batches of up to --batch_tokens tokens (causal
+attention never looks ahead, so the padding changes nothing). The text continuations go as four rows
+prompt+option in those same batches: the prompt is computed four times, but there is one code path and no cache
+to manage, in a mode that is not the default. GEN: greedy decoding through generate.py (whose API takes rows of
+equal length, so only prompts of equal token length share a batch); the default style reads the answer with
+extract_choice (an explicit "答案…X" wins over a leading letter).
 """
 import csv, json, math, os, re, sys
 from contextlib import nullcontext
@@ -28,6 +54,9 @@ from generate import generate
 from tokenizer import EOT, token_byte_lengths
 
 LETTERS = "ABCD"
+PROMPT_STYLES = ("ceval", "opencompass")
+CONTINUATIONS = ("letter", "text", "text_mean")
+OPENCOMPASS_MAX_OUT = 1024  # OpenCompass's max_out_len for Hugging Face base models
 
 
 @torch.no_grad()
@@ -49,6 +78,26 @@ def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocas
     return total_nats / total_tokens, total_nats / math.log(2) / max(total_bytes, 1)
 
 
+def checkpoint_train_config(model_dir):
+    """The training settings saved with a training checkpoint (state.pt's "train_config"), {} for a plain Hugging
+    Face directory. mmap: only the small config is read, not the optimizer state (GBs for the 0.6B model)."""
+    path = os.path.join(model_dir, "state.pt")
+    if not os.path.isfile(path):
+        return {}
+    return torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("train_config", {}) or {}
+
+
+def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None):
+    """(seq_len, val_tokens, where the defaults came from): explicit values win, then the checkpoint's training
+    config (so the val loss matches the one logged in training), then 2048 / 2**19; seq_len capped at max_len."""
+    train_cfg = checkpoint_train_config(model_dir)
+    seq_len = seq_len if seq_len is not None else train_cfg.get("seq_len", 2048)
+    val_tokens = val_tokens if val_tokens is not None else train_cfg.get("val_tokens", 2**19)
+    if not (isinstance(seq_len, int) and isinstance(val_tokens, int)):
+        raise SystemExit(f"error: --seq_len and --val_tokens must be integers, got {seq_len!r}, {val_tokens!r}")
+    return min(seq_len, max_len or seq_len), val_tokens, "the checkpoint's training config" if train_cfg else "default"
+
+
 # ---------------------------------------------------------------------------------------------- C-Eval
 def read_ceval_csv(path, need_answer):
     if not os.path.isfile(path):
@@ -64,42 +113,115 @@ def read_ceval_csv(path, need_answer):
     return rows
 
 
+def subject_names(ceval_dir):
+    """{subject id: Chinese name} from subject_mapping.json; {} (and a warning) without it."""
+    path = os.path.join(ceval_dir, "subject_mapping.json")
+    if not os.path.isfile(path):
+        print(f"warning: {path} not found: prompts name subjects by their id ('high school physics' instead of "
+              f"'高中物理'), so scores are not comparable with the standard prompt. It ships with C-Eval.",
+              file=sys.stderr)
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {k: v[1] for k, v in json.load(f).items()}
+
+
 def format_question(row, with_answer):
     text = f"{row['question']}\n" + "".join(f"{L}. {row[L]}\n" for L in LETTERS) + "答案："
     return text + (f"{row['answer']}\n\n" if with_answer else "")
 
 
-def build_prompt(subject_name, row, shots):
-    head = f"以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。\n\n"
-    return head + "".join(format_question(s, True) for s in shots) + format_question(row, False)
+def build_prompt(subject_name, row, shots, style="ceval", mode="ppl"):
+    """The text before the answer. For style "ceval" PPL and GEN share it; for "opencompass" they differ, as
+    OpenCompass renders its label-keyed PPL template and its GEN template differently (module docstring); there
+    the PPL prompt ends with the newline before the answer letter."""
+    head = f"以下是中国关于{subject_name}考试的单项选择题，请选出其中的正确答案。"
+    if style == "ceval":
+        return head + "\n\n" + "".join(format_question(s, True) for s in shots) + format_question(row, False)
+    turn = lambda r: f"{head}\n{r['question']}\n" + "".join(f"{L}. {r[L]}\n" for L in LETTERS) + "答案: "
+    if mode == "gen":   # ice separator/eos '' (meta template); every non-empty item joined by '\n'
+        return "\n".join([x for s in shots for x in (turn(s), s["answer"])] + [turn(row)]) if shots else "\n" + turn(row)
+    # PPL: ice separator and ice eos '\n' each become an item of their own, so 3 newlines between shots and 5
+    # after the last; zero-shot leaves the lone eos item: 2 newlines before the question
+    ice = "\n\n\n".join(turn(s) + "\n" + s["answer"] for s in shots) + "\n\n\n\n\n" if shots else "\n\n"
+    return ice + turn(row) + "\n"
 
 
 @torch.no_grad()
-def continuation_logprobs(model, prompt_ids, continuations, device, autocast=nullcontext()):
-    """Sum of log p(continuation tokens | prompt) for each continuation, in one batched forward: the sequences
-    prompt+continuation are right-padded and every continuation token's log-prob is read off its own row.
+def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_tokens=16384, chunk_rows=256):
+    """log p(token | seq[:pos + 1]) for every (pos, token) in queries[i], for all sequences seqs[i].
+
+    Sequences are sorted by length and packed into right-padded batches of at most batch_tokens tokens (padding
+    is harmless: causal attention never looks ahead). Only the queried positions are multiplied by the lm_head:
+    [positions, vocab] logits (chunk_rows at a time) instead of [B, T, vocab] -- the full vocabulary is still
+    needed there, for the log-softmax normaliser. Returns a list (per sequence) of lists (per query)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [None] * len(seqs)
+    i = 0
+    while i < len(order):
+        j = i + 1   # sorted ascending: the newest member is the longest, so rows x length is the padded size
+        while j < len(order) and (j + 1 - i) * len(seqs[order[j]]) <= batch_tokens:
+            j += 1
+        batch = order[i:j]
+        x = torch.zeros(len(batch), len(seqs[batch[-1]]), dtype=torch.long)
+        for b, k in enumerate(batch):
+            x[b, :len(seqs[k])] = torch.tensor(seqs[k])
+        with autocast:
+            h = model.hidden_states(x.to(device))
+        # logits once per distinct (row, position): the four letters after one prompt share one row of logits
+        where = sorted({(b, p) for b, k in enumerate(batch) for p, _ in queries[k]})
+        slot = {bp: n for n, bp in enumerate(where)}
+        rows = torch.tensor([slot[(b, p)] for b, k in enumerate(batch) for p, _ in queries[k]], device=h.device)
+        toks = torch.tensor([t for k in batch for _, t in queries[k]], device=h.device)
+        b_idx, p_idx = (torch.tensor(v, device=h.device) for v in zip(*where))
+        hs, picked = h[b_idx, p_idx], torch.empty(len(rows), device=h.device)
+        for c in range(0, len(where), chunk_rows):
+            with autocast:
+                logits = F.linear(hs[c:c + chunk_rows], model.lm_head_weight)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            sel = (rows >= c) & (rows < c + chunk_rows)
+            picked[sel] = logp[rows[sel] - c, toks[sel]]
+        picked, n = picked.tolist(), 0
+        for k in batch:
+            out[k] = picked[n:n + len(queries[k])]
+            n += len(queries[k])
+        i = j
+    return out
+
+
+def continuation_logprobs(model, prompt_ids, continuations, device, autocast=nullcontext(), reduce="sum"):
+    """Sum (reduce="mean": mean per token) of log p(continuation tokens | prompt) for each continuation. One-token
+    continuations (letters) are all read off one forward of the prompt; longer ones go as rows prompt+continuation.
     The prompt is left-truncated so that the longest sequence fits max_position_embeddings."""
+    return score_continuations(model, [(prompt_ids, continuations)], device, autocast, reduce)[0]
+
+
+def score_continuations(model, items, device, autocast=nullcontext(), reduce="sum", batch_tokens=16384):
+    """continuation_logprobs for many (prompt_ids, continuations) items at once, batched across items."""
     max_len = model.config.max_position_embeddings
-    longest = max(len(c) for c in continuations)
-    prompt_ids = prompt_ids[-(max_len - longest):]
-    seqs = [prompt_ids + c for c in continuations]
-    T = max(len(s) for s in seqs)
-    x = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        x[i, :len(s)] = torch.tensor(s)
-    with autocast:
-        logits, _ = model(x.to(device))  # right padding is harmless: causal attention never looks ahead
-    logp = F.log_softmax(logits.float(), dim=-1)
-    scores = []
-    for i, c in enumerate(continuations):
-        pos = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(c), device=logp.device)
-        scores.append(logp[i, pos, torch.tensor(c, device=logp.device)].sum().item())
-    return scores
+    seqs, queries, owner = [], [], []
+    for n, (prompt_ids, conts) in enumerate(items):
+        prompt_ids = prompt_ids[-(max_len - max(len(c) for c in conts)):]
+        P = len(prompt_ids)
+        if all(len(c) == 1 for c in conts):   # one forward of the prompt scores every one-token continuation
+            seqs.append(prompt_ids), queries.append([(P - 1, c[0]) for c in conts]), owner.append((n, None))
+        else:   # rows prompt+continuation: 4x the prompt compute, but one code path and fully batched
+            for m, c in enumerate(conts):
+                seqs.append(prompt_ids + c), queries.append([(P - 1 + k, t) for k, t in enumerate(c)]), owner.append((n, m))
+    scored = score_positions(model, seqs, queries, device, autocast, batch_tokens)
+    res = [[None] * len(conts) for _, conts in items]
+    for (n, m), lp in zip(owner, scored):
+        if m is None:   # one-token continuations: sum == mean == the one log-prob
+            res[n] = lp
+        else:
+            res[n][m] = sum(lp) / (len(lp) if reduce == "mean" else 1)
+    return res
 
 
 def extract_choice(text):
-    """The answer letter in generated text: '答案：B', '答案是B', '选B', '(B)', 'B.', ' B' ...; None if absent."""
-    for pattern in (r"答案\s*[:：]?\s*(?:是|为|应该是|应选)?\s*[\(（]?\s*([ABCD])", r"选\s*[项择]?\s*[\(（]?\s*([ABCD])",
+    """The answer letter in generated text: '答案：B', '答案是：B', '选B', '(B)', 'B.', ' B' ...; None if absent.
+    An explicit '答案…X' anywhere wins over a leading letter ('B\\n\\n…答案：C' -> C)."""
+    for pattern in (r"答案\s*(?:是|为|应该是|应选|应为)?\s*[:：]?\s*(?:是|为|选)?\s*[\(（【\[]?\s*([ABCD])",
+                    r"选\s*[项择]?\s*[\(（]?\s*([ABCD])",
                     r"^\s*[\(（]?\s*([ABCD])(?![A-Za-z])", r"(?<![A-Za-z])([ABCD])(?![A-Za-z])"):
         m = re.search(pattern, text)
         if m:
@@ -107,50 +229,96 @@ def extract_choice(text):
     return None
 
 
+def first_capital(text):
+    """OpenCompass's first_capital_postprocess: the first upper-case character, whatever it is; None if none."""
+    return next((ch for ch in text if ch.isupper()), None)
+
+
+@torch.no_grad()
+def generate_answers(model, enc, prompts, device, autocast=nullcontext(), max_new_tokens=8, style="ceval",
+                     batch_size=32):
+    """Greedy continuations (decoded text) of prompts (token lists). generate() takes equal-length rows, so
+    prompts of the same token length go together. Style "opencompass" decodes max_new_tokens at a time until a
+    capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the answer is fixed by then."""
+    max_pos = model.config.max_position_embeddings
+    limit = min(OPENCOMPASS_MAX_OUT, max_pos // 2) if style == "opencompass" else max_new_tokens  # // 2: tiny test models
+    ids = [p[-(max_pos - limit):] for p in prompts]
+    new = [[] for _ in prompts]
+    todo = list(range(len(prompts)))
+    while todo:
+        groups = {}
+        for i in todo:
+            groups.setdefault(len(ids[i]) + len(new[i]), []).append(i)
+        todo = []
+        for group in groups.values():
+            for b in range(0, len(group), batch_size):
+                rows = group[b:b + batch_size]
+                x = torch.tensor([ids[i] + new[i] for i in rows], device=device)
+                step = min(max_new_tokens, min(limit - len(new[i]) for i in rows))
+                with autocast:
+                    out = generate(model, x, step, temperature=0, eos=EOT)[:, x.shape[1]:].tolist()
+                for i, toks in zip(rows, out):
+                    new[i] += toks
+                    done = EOT in toks or len(new[i]) >= limit
+                    if style == "opencompass" and not done and first_capital(_decode(enc, new[i])) is None:
+                        todo.append(i)
+    return [_decode(enc, n) for n in new]
+
+
+def _decode(enc, toks):
+    toks = toks[:toks.index(EOT)] if EOT in toks else toks
+    return enc.decode([t for t in toks if t < EOT])
+
+
 def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None, device="cpu",
-          autocast=nullcontext(), ppl_continuation="letter", max_new_tokens=8):
-    """Score every subject; returns {subject: {"n", "ppl_acc", "gen_acc", "predictions"}}."""
+          autocast=nullcontext(), ppl_continuation="letter", max_new_tokens=8, prompt_style="ceval",
+          batch_tokens=16384):
+    """Score every subject; returns {subject: {"n", "ppl_acc", "gen_acc", "predictions"}}. All questions of all
+    subjects are scored together (batched by length), then handed back per subject."""
+    if prompt_style not in PROMPT_STYLES or ppl_continuation not in CONTINUATIONS:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, ppl_continuation one of {CONTINUATIONS}")
     split_dir = os.path.join(ceval_dir, split)
     if not os.path.isdir(split_dir):
         raise SystemExit(f"error: {split_dir} not found (expected the C-Eval layout <dir>/{split}/<subject>_{split}.csv)")
-    names = {}
-    if os.path.isfile(os.path.join(ceval_dir, "subject_mapping.json")):
-        names = {k: v[1] for k, v in json.load(open(os.path.join(ceval_dir, "subject_mapping.json"))).items()}
+    names = subject_names(ceval_dir)
     available = sorted(f[:-len(f"_{split}.csv")] for f in os.listdir(split_dir) if f.endswith(f"_{split}.csv"))
     subjects = subjects or available
     unknown = set(subjects) - set(available)
     if unknown:
         raise SystemExit(f"error: no {split} file for subject(s) {sorted(unknown)} in {split_dir}")
-    results = {}
+    questions = []   # (subject, row, ppl prompt ids, gen prompt ids)
     for subject in subjects:
         rows = read_ceval_csv(os.path.join(split_dir, f"{subject}_{split}.csv"), need_answer=False)
-        has_answer = "answer" in rows[0]
-        shot_rows = read_ceval_csv(os.path.join(ceval_dir, "dev", f"{subject}_dev.csv"), True)[:shots] if shots else []
-        res = {"n": len(rows), "predictions": []}
-        ppl_ok = gen_ok = 0
+        dev = read_ceval_csv(os.path.join(ceval_dir, "dev", f"{subject}_dev.csv"), True) if shots else []
+        name = names.get(subject, subject.replace("_", " "))
         for row in rows:
-            prompt = build_prompt(names.get(subject, subject.replace("_", " ")), row, shot_rows)
-            ids = enc.encode(prompt)
-            pred = {"id": row.get("id")}
-            if mode in ("ppl", "both"):
-                conts = [enc.encode(L if ppl_continuation == "letter" else f"{L}. {row[L]}") for L in LETTERS]
-                scores = continuation_logprobs(model, ids, conts, device, autocast)
-                pred["ppl"] = LETTERS[int(np.argmax(scores))]
-                ppl_ok += has_answer and pred["ppl"] == row["answer"].strip()
-            if mode in ("gen", "both"):
-                x = torch.tensor([ids[-(model.config.max_position_embeddings - max_new_tokens):]], device=device)
-                with autocast:
-                    out = generate(model, x, max_new_tokens, temperature=0, eos=EOT)
-                pred["gen_text"] = enc.decode([t for t in out[0, x.shape[1]:].tolist() if t < EOT])
-                pred["gen"] = extract_choice(pred["gen_text"])
-                gen_ok += has_answer and pred["gen"] == row["answer"].strip()
-            res["predictions"].append(pred)
-        if has_answer:
-            if mode in ("ppl", "both"):
-                res["ppl_acc"] = ppl_ok / len(rows)
-            if mode in ("gen", "both"):
-                res["gen_acc"] = gen_ok / len(rows)
-        results[subject] = res
+            # with split=dev the scored question is one of the dev rows: never show it its own answer
+            shot_rows = [s for s in dev if split != "dev" or s != row][:shots]
+            ppl, gen = (build_prompt(name, row, shot_rows, prompt_style, m) for m in ("ppl", "gen"))
+            ppl_ids = enc.encode(ppl)
+            questions.append((subject, row, ppl_ids, ppl_ids if gen == ppl else enc.encode(gen)))
+    preds = [{"id": row.get("id")} for _, row, _, _ in questions]
+    if mode in ("ppl", "both"):
+        conts = [[enc.encode(L if ppl_continuation == "letter" else f"{L}. {row[L]}") for L in LETTERS]
+                 for _, row, _, _ in questions]
+        reduce = "mean" if ppl_continuation == "text_mean" else "sum"
+        scores = score_continuations(model, [(q[2], c) for q, c in zip(questions, conts)], device, autocast, reduce,
+                                     batch_tokens)
+        for pred, s in zip(preds, scores):
+            pred["ppl"], pred["ppl_scores"] = LETTERS[int(np.argmax(s))], s
+    if mode in ("gen", "both"):
+        texts = generate_answers(model, enc, [q[3] for q in questions], device, autocast, max_new_tokens, prompt_style)
+        for pred, text in zip(preds, texts):
+            pred["gen_text"] = text
+            pred["gen"] = first_capital(text) if prompt_style == "opencompass" else extract_choice(text)
+    results = {}
+    for subject in subjects:
+        mine = [(row, p) for (s, row, _, _), p in zip(questions, preds) if s == subject]
+        res = results[subject] = {"n": len(mine), "predictions": [p for _, p in mine]}
+        if mine and "answer" in mine[0][0]:
+            for m in ("ppl", "gen"):
+                if mode in (m, "both"):
+                    res[f"{m}_acc"] = sum(p[m] == row["answer"].strip() for row, p in mine) / len(mine)
     return results
 
 
@@ -160,22 +328,26 @@ if __name__ == "__main__":
     from tokenizer import get_tokenizer
     init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
     data_dir = ""              # prepared data (python data.py ...): report val loss and bits-per-byte
-    seq_len = 2048
+    seq_len = None             # default: the checkpoint's training seq_len, else 2048
     batch_size = 4
-    val_tokens = 2**19         # the same fixed validation sample as train.py's val_tokens
+    val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19
     ceval_dir = ""             # local C-Eval files: report C-Eval
     mode = "both"              # ppl | gen | both
     split = "val"              # val | dev | test (test has no answers: predictions only)
     shots = 0                  # 0..5 dev examples in the prompt
     subjects = ""              # comma-separated subject ids; empty = all in the split
-    ppl_continuation = "letter"  # letter | text
+    prompt_style = "ceval"     # ceval (standard C-Eval prompt) | opencompass (OpenCompass's templates, comparable numbers)
+    ppl_continuation = "letter"  # letter | text (summed log-prob) | text_mean (mean log-prob per token)
+    max_new_tokens = 8         # GEN: greedy tokens per question (opencompass style: per round, until a capital letter)
+    batch_tokens = 16384       # PPL: tokens per padded batch
     out = "ceval_results.json"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     if mode not in ("ppl", "gen", "both") or split not in ("val", "dev", "test") or not 0 <= shots <= 5 \
-            or ppl_continuation not in ("letter", "text"):
-        sys.exit("error: --mode ppl|gen|both, --split val|dev|test, --shots 0..5, --ppl_continuation letter|text")
+            or ppl_continuation not in CONTINUATIONS or prompt_style not in PROMPT_STYLES:
+        sys.exit("error: --mode ppl|gen|both, --split val|dev|test, --shots 0..5, "
+                 "--ppl_continuation letter|text|text_mean, --prompt_style ceval|opencompass")
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
     model_dir = find_model_dir(init_from)
@@ -183,12 +355,14 @@ if __name__ == "__main__":
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:
-        loss, bpb = val_loss_bpb(model, data_dir, min(seq_len, model.config.max_position_embeddings), val_tokens,
-                                 batch_size, device, amp)
+        seq_len, val_tokens, src = val_settings(model_dir, seq_len, val_tokens, model.config.max_position_embeddings)
+        print(f"seq_len {seq_len} | val_tokens {val_tokens:,} (unless given: {src})")
+        loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp)
         print(f"val loss {loss:.4f} | val bpb {bpb:.4f}")
     if ceval_dir:
         res = ceval(model, get_tokenizer(), ceval_dir, mode, split, shots,
-                    [s for s in subjects.split(",") if s] or None, device, amp, ppl_continuation)
+                    [s for s in subjects.split(",") if s] or None, device, amp, ppl_continuation, max_new_tokens,
+                    prompt_style, batch_tokens)
         print(f"{'subject':<40} {'n':>5} {'PPL':>7} {'GEN':>7}")
         fmt = lambda v: f"{100 * v:6.2f}%" if v is not None else "     - "
         for s, r in res.items():
@@ -199,6 +373,7 @@ if __name__ == "__main__":
               f"{fmt(avg.get('ppl_acc'))} {fmt(avg.get('gen_acc'))}")
         if not avg:
             print(f"note: the {split} split has no answers (C-Eval keeps test answers private); predictions only")
-        json.dump({"model": model_dir, "split": split, "shots": shots, "mode": mode, "average": avg, "subjects": res},
+        json.dump({"model": model_dir, "split": split, "shots": shots, "mode": mode, "prompt_style": prompt_style,
+                   "ppl_continuation": ppl_continuation, "average": avg, "subjects": res},
                   open(out, "w"), ensure_ascii=False, indent=1)
         print(f"wrote {out}")
