@@ -221,11 +221,13 @@ def compare_config(saved, master):
 
 
 def trim_log(path, step):
-    """After a resume at `step`, drop the records the killed run wrote past it, so log.jsonl is one curve."""
+    """After a resume at `step`, drop the records the killed run wrote past it (and its evaluation at `step`,
+    which the resumed run repeats on the same weights), so log.jsonl is one curve."""
     if not os.path.exists(path):
         return
     lines = [l for l in open(path) if l.strip()]
-    keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+    recs = [json.loads(l) for l in lines]
+    keep = [l for l, r in zip(lines, recs) if r.get("step", 0) < step or (r.get("step") == step and "loss" in r)]
     if len(keep) != len(lines):
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
@@ -340,7 +342,7 @@ def main(get_batch=None):
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     while step < max_steps:
-        if eval_interval and step % eval_interval == 0 and (step > 0 or init_from != "resume"):
+        if eval_interval and step % eval_interval == 0:
             evaluate(step)
         if cuda:
             torch.cuda.synchronize(dev)
