@@ -171,6 +171,9 @@ def test_decoder_stops_at_eos_like_the_plain_path():
     assert torch.equal(streamed, plain[:, 4:])
 
 
+CPU = ["--device=cpu", "--dtype=float32"]  # the expected text is computed here on the CPU, also on a GPU machine
+
+
 def _tiny_checkpoint(tmp_path, seed=0):
     torch.manual_seed(seed)
     model = Qwen3(small_config(vocab_size=151936, hidden_size=16, intermediate_size=32, head_dim=8))
@@ -186,7 +189,7 @@ def _greedy_text(model, ids, n):
 
 def test_sample_py_streams_the_models_greedy_text(tmp_path):
     model = _tiny_checkpoint(tmp_path)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0"])
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0", *CPU])
     assert r.returncode == 0, r.stderr
     text = _greedy_text(model, get_tokenizer().encode("你好"), 8)
     assert text, "the model's greedy continuation decodes to nothing: the check below would be vacuous"
@@ -198,7 +201,7 @@ def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftex
     and --num_samples=3 decodes the three as one batch."""
     model = _tiny_checkpoint(tmp_path, seed=2)  # a seed whose greedy continuation of <|endoftext|> is not eos
     r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
-             "--fast=True", "--num_samples=3"])
+             "--fast=True", "--num_samples=3", *CPU])
     assert r.returncode == 0, r.stderr
     text = _greedy_text(model, [EOT], 6)
     assert text.strip(), "vacuous: the greedy continuation is empty"
@@ -209,7 +212,7 @@ def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftex
 def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path):
     _tiny_checkpoint(tmp_path)
     open(tmp_path / "model.safetensors", "wb").write(b"\0" * 100)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2"])
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU])
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "model.safetensors is damaged" in r.stderr
 
@@ -243,8 +246,8 @@ def _same_greedy_up_to_bf16_ties(model, got, want, start):
 def test_cuda_graph_paths_agree_with_plain_path_bf16():
     """On the GPU in bf16 with a fixed seed: the compiled step replayed as a CUDA graph, and the eager step captured
     as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16 near-ties, which a random
-    model has -- also when the graph is replayed again and when the Decoder continues its cache; sampling through
-    the graph stays among the top candidates."""
+    model has -- also when the graph is replayed again and when the Decoder continues its cache; sampling (top-k
+    and top-p inside the compiled graph) stays among the top candidates."""
     model = peaky_model(seed=10, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
     prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
@@ -263,7 +266,7 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
         _same_greedy_up_to_bf16_ties(model, torch.cat([history, out2[:, 4:]], 1),
                                      generate(model, history, 20, temperature=0), history.shape[1])
     dec = Decoder(model, 2, max_len=128)
-    out = dec.generate(prompt, 24, temperature=1.0, top_k=5, generator=torch.Generator("cuda").manual_seed(0))
+    out = dec.generate(prompt, 24, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator("cuda").manual_seed(0))
     with torch.no_grad():
         full = model(out[:, :-1])[0][:, 15:].float()
     top = full.topk(8, -1).indices  # 8, not 5: the recompute's bf16 rounding may reorder near-ties at the edge
