@@ -145,7 +145,8 @@ def compiled_decode_step():
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
     compiled (`compile`) and captured in CUDA graphs (`cuda_graph`) -- both default to on for a CUDA model and are
-    off on the CPU, where the same code runs eagerly. Build it once and reuse it across calls: the compiled code and
+    off on the CPU, where the same code runs eagerly. max_len defaults to max_position_embeddings; a cache sized
+    to prompt + new tokens is smaller and faster (attention reads the whole buffer, masked). Build it once and reuse it across calls: the compiled code and
     the captured graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
@@ -155,9 +156,12 @@ class Decoder:
     def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None):
         cfg, w = model.config, model.model.embed_tokens.weight
         self.model, self.batch_size = model, batch_size
-        self.max_len = max_len or cfg.max_position_embeddings
-        if self.max_len > cfg.max_position_embeddings:
-            raise ValueError(f"max_len {self.max_len} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        max_len = max_len or cfg.max_position_embeddings
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_len {max_len} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        # rounded up to a multiple of 16 (within the model's context): the attention mask's rows stay aligned for
+        # the fused attention kernels, whatever prompt length the caller sized the cache for
+        self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
         on_cuda = w.device.type == "cuda"
         self.compile = on_cuda if compile is None else compile
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph

@@ -119,7 +119,8 @@ def test_sampling_fast_path_equals_plain_path_for_one_seed():
 def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch):
     """decode_step traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations) and the
     traced function emits the eager tokens; aot_eager keeps this fast on the CPU (the GPU uses inductor)."""
-    monkeypatch.setattr(G, "_compiled", torch.compile(decode_step, backend="aot_eager", fullgraph=True))
+    step = lambda *args: decode_step(*args)  # its own code object: dynamo's state for decode_step stays untouched
+    monkeypatch.setattr(G, "_compiled", torch.compile(step, backend="aot_eager", fullgraph=True))
     model = peaky_model(seed=8)
     prompt = torch.randint(0, 320, (2, 5))
     fast = Decoder(model, 2, max_len=32, compile=True).generate(prompt, 12, temperature=0)
@@ -248,6 +249,7 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
     as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16 near-ties, which a random
     model has -- also when the graph is replayed again and when the Decoder continues its cache; sampling (top-k
     and top-p inside the compiled graph) stays among the top candidates."""
+    torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
     model = peaky_model(seed=10, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
     prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
