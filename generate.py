@@ -129,31 +129,39 @@ def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=
     return sample_next(logits, temperature, top_k, top_p, noise)
 
 
-_compiled = None
+def frozen_decode_step(*args):
+    """decode_step under its own code object, so that its compiled (frozen) code never mixes with decode_step's."""
+    return decode_step(*args)
 
 
-def compiled_decode_step():
-    """decode_step under torch.compile, one for every Decoder (made on first use, so importing this file stays
+_compiled = {}
+
+
+def compiled_decode_step(freeze):
+    """decode_step under torch.compile, shared by every Decoder (made on first use, so importing this file stays
     cheap): dynamo guards on shapes, so decoders of the same batch size and max_len share the compiled code, and a
-    second batch size recompiles once with a dynamic batch dimension."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(decode_step, fullgraph=True)
-    return _compiled
+    second batch size recompiles once with a dynamic batch dimension. `freeze`: compiled under inductor's freezing,
+    which makes the weights constants of the compiled code and so lets it concatenate the q/k/v projections into
+    one matmul and gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of)."""
+    if freeze not in _compiled:
+        _compiled[freeze] = torch.compile(frozen_decode_step if freeze else decode_step, fullgraph=True)
+    return _compiled[freeze]
 
 
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
     compiled (`compile`) and captured in CUDA graphs (`cuda_graph`) -- both default to on for a CUDA model and are
     off on the CPU, where the same code runs eagerly. max_len defaults to max_position_embeddings; a cache sized
-    to prompt + new tokens is smaller and faster (attention reads the whole buffer, masked). Build it once and reuse it across calls: the compiled code and
+    to prompt + new tokens is smaller and faster (attention reads the whole buffer, masked). `freeze` (default: with
+    compile) compiles the weights in as constants (see compiled_decode_step): the compiled step then no longer
+    sees later changes to the model's weights -- build Decoders for a model whose weights are final (inference). Build it once and reuse it across calls: the compiled code and
     the captured graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
     every generated token except the last one (`last`), which the next prefill must start with to continue."""
 
-    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None):
+    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None):
         cfg, w = model.config, model.model.embed_tokens.weight
         self.model, self.batch_size = model, batch_size
         max_len = max_len or cfg.max_position_embeddings
@@ -164,6 +172,7 @@ class Decoder:
         self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
         on_cuda = w.device.type == "cuda"
         self.compile = on_cuda if compile is None else compile
+        self.freeze = self.compile if freeze is None else freeze
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
@@ -210,18 +219,25 @@ class Decoder:
         autotuning) happen outside the capture; they write the cache only at input_pos, which the real step
         rewrites."""
         if key not in self.graphs:
-            fn = compiled_decode_step() if self.compile else decode_step
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
                 for _ in range(2):
-                    fn(*args)
+                    self._run(args)
             torch.cuda.current_stream().wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = fn(*args)
+                out = self._run(args)
             self.graphs[key] = (graph, out)
         return self.graphs[key]
+
+    def _run(self, args):
+        """One call of the step, compiled or not. Freezing is read while dynamo traces, so the flag is set around
+        every call (the CUDA graph replays never call Python)."""
+        if not self.compile:
+            return decode_step(*args)
+        with torch._inductor.config.patch(freezing=self.freeze):
+            return compiled_decode_step(self.freeze)(*args)
 
     @torch.no_grad()
     def step(self, tok, temperature=0, top_k=None, top_p=None, generator=None):
@@ -242,7 +258,7 @@ class Decoder:
             graph.replay()
             nxt = out.clone()  # the next replay overwrites `out`
         else:
-            nxt = (compiled_decode_step() if self.compile else decode_step)(*args)
+            nxt = self._run(args)
         self.pos += 1
         return nxt
 

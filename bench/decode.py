@@ -7,13 +7,14 @@ weights, in one process. Prints one JSON object per line:
     python bench/decode.py --device=cpu --small      # a smoke run of the script itself (tests do this)
 
 - "ours" / "hf": batch 1, greedy, a 32-token prompt, 256 new tokens (prefill included, like HF's generate), after
-  warm-up; "compile_s" is the first call (compilation + capture);
+  warm-up; "first_call_s" is the first call (compilation + capture);
 - "roofline": bytes one decode step must read (all weights, the tied embedding once as the lm_head, plus the keys
   and values of the average context) / the copy bandwidth of a 1 GiB tensor copy: the tok/s no batch-1 decoder can
   beat on this card, and our fraction of it;
 - "agreement": greedy tokens of ours vs HF (and vs our plain eager loop) over the first 32, in bf16;
 - "ttft": prompt of 2,000 tokens -> first token on the host (prefill in one call);
-- "variant": the same step captured without compile (CUDA graph only) and the plain eager loop, for scale;
+- "variant": the same step captured without compile (CUDA graph only), the plain eager loop, and (last, if the
+  budget allows) the compiled step without frozen weights, for scale;
 - "batch": batch 8 and 32 throughput (new tokens of all rows / s).
 Budget: < 4 minutes on an H200 including compilation; later stages are skipped (and say so) when time runs out.
 """
@@ -62,13 +63,14 @@ def copy_bandwidth(device, nbytes=1 << 30, reps=10):
 
 
 def ours(model, batch, prompt, reps=3, **decoder_kw):
-    """(tokens, tok/s, first-call seconds) of a Decoder: greedy, NEW tokens per row."""
+    """(tokens, tok/s, first-call seconds, how the step ran) of a Decoder: greedy, NEW tokens per row."""
     from generate import Decoder
     dec = Decoder(model, batch, max_len=PROMPT + NEW, **decoder_kw)
     run = lambda: (dec.reset(), dec.generate(prompt, NEW, temperature=0))[1]
     _, first = timed(run, 1)
     out, dt = timed(run, reps)
-    return out, batch * NEW / dt, first
+    how = "+".join(k for k in ("compile", "freeze", "cuda_graph") if getattr(dec, k)) or "eager"
+    return out, batch * NEW / dt, first, how
 
 
 def agree(a, b):
@@ -109,14 +111,15 @@ def main(argv=()):
     emit("setup", device=torch.cuda.get_device_name() if device == "cuda" else device, torch=torch.__version__,
          prompt=PROMPT, new=NEW, params=sum(p.numel() for p in model.parameters()))
 
-    try:
-        out1, tps1, first = ours(model, 1, prompt)
-        emit("ours", batch=1, tok_per_s=round(tps1, 1), ms_per_token=round(1000 / tps1, 3), compile_s=round(first, 1))
-    except Exception as e:  # noqa: BLE001 -- keep the other numbers: fall back to the uncompiled step in a graph
-        emit("ours", error=f"{type(e).__name__}: {str(e)[:300]}")
-        out1, tps1, first = ours(model, 1, prompt, compile=False)
-        emit("ours", batch=1, fallback="cuda graph, no compile", tok_per_s=round(tps1, 1),
-             ms_per_token=round(1000 / tps1, 3), capture_s=round(first, 1))
+    for kw in ({}, {"freeze": False}, {"compile": False}):  # the default; then fallbacks, should compiling fail
+        try:
+            out1, tps1, first, how = ours(model, 1, prompt, **kw)
+        except Exception as e:  # noqa: BLE001 -- report it, keep the other numbers
+            emit("ours", decoder_kw=kw, error=f"{type(e).__name__}: {str(e)[:300]}")
+            continue
+        emit("ours", batch=1, step=how, tok_per_s=round(tps1, 1), ms_per_token=round(1000 / tps1, 3),
+             first_call_s=round(first, 1))
+        break
 
     def hf_stage():
         import transformers
@@ -166,21 +169,28 @@ def main(argv=()):
 
     def variants():
         if device == "cuda":
-            _, tps, first = ours(model, 1, prompt, cuda_graph=True, compile=False)
-            emit("variant", name="cuda graph, no compile", batch=1, tok_per_s=round(tps, 1), capture_s=round(first, 1))
+            _, tps, first, how = ours(model, 1, prompt, cuda_graph=True, compile=False)
+            emit("variant", step=how, batch=1, tok_per_s=round(tps, 1), first_call_s=round(first, 1))
         _, dt = timed(lambda: generate(model, prompt, 64, temperature=0), 1)
-        emit("variant", name="plain eager loop", batch=1, tok_per_s=round(64 / dt, 1))
+        emit("variant", step="plain eager loop", batch=1, tok_per_s=round(64 / dt, 1))
     if not quick:
         stage("variant", 10, variants)
 
     def batch_stage(batch):
         prompts = torch.randint(0, cfg.vocab_size, (batch, PROMPT), generator=gen).to(device)
-        _, tps, first = ours(model, batch, prompts, reps=2)
-        emit("batch", batch=batch, tok_per_s=round(tps, 1), per_row_tok_per_s=round(tps / batch, 1),
+        _, tps, first, how = ours(model, batch, prompts, reps=2)
+        emit("batch", batch=batch, step=how, tok_per_s=round(tps, 1), per_row_tok_per_s=round(tps / batch, 1),
              first_call_s=round(first, 1))
     if not quick:  # batch 8 recompiles once (dynamic batch dimension), batch 32 reuses that code
         stage("batch", 75, lambda: batch_stage(8))
         stage("batch", 25, lambda: batch_stage(32))
+
+    def unfrozen():
+        _, tps, first, how = ours(model, 1, prompt, freeze=False)
+        emit("variant", step=how + " (weights not frozen: 7 matmuls per layer)", batch=1, tok_per_s=round(tps, 1),
+             first_call_s=round(first, 1))
+    if not quick and device == "cuda":
+        stage("variant", 60, unfrozen)
     emit("done", total_s=round(time.time() - t_start, 1))
 
 

@@ -116,18 +116,20 @@ def test_sampling_fast_path_equals_plain_path_for_one_seed():
     assert torch.equal(fast, plain) and not torch.equal(other, plain)
 
 
-def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch):
-    """decode_step traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations) and the
-    traced function emits the eager tokens; aot_eager keeps this fast on the CPU (the GPU uses inductor)."""
+@pytest.mark.parametrize("freeze", [False, True])
+def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch, freeze):
+    """decode_step traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations; with
+    freeze, the weights as constants) and the traced function emits the eager tokens; aot_eager keeps this fast on
+    the CPU (the GPU uses inductor)."""
     step = lambda *args: decode_step(*args)  # its own code object: dynamo's state for decode_step stays untouched
-    monkeypatch.setattr(G, "_compiled", torch.compile(step, backend="aot_eager", fullgraph=True))
+    monkeypatch.setattr(G, "_compiled", {freeze: torch.compile(step, backend="aot_eager", fullgraph=True)})
     model = peaky_model(seed=8)
     prompt = torch.randint(0, 320, (2, 5))
-    fast = Decoder(model, 2, max_len=32, compile=True).generate(prompt, 12, temperature=0)
+    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, temperature=0)
     assert torch.equal(fast, generate(model, prompt, 12, temperature=0))
     g = lambda: torch.Generator().manual_seed(3)
     kw = dict(temperature=0.7, top_k=30, top_p=0.9)
-    fast = Decoder(model, 2, max_len=32, compile=True).generate(prompt, 12, generator=g(), **kw)
+    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, generator=g(), **kw)
     assert torch.equal(fast, generate(model, prompt, 12, generator=g(), **kw))
 
 
@@ -245,21 +247,21 @@ def _same_greedy_up_to_bf16_ties(model, got, want, start):
 
 @cuda
 def test_cuda_graph_paths_agree_with_plain_path_bf16():
-    """On the GPU in bf16 with a fixed seed: the compiled step replayed as a CUDA graph, and the eager step captured
-    as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16 near-ties, which a random
-    model has -- also when the graph is replayed again and when the Decoder continues its cache; sampling (top-k
-    and top-p inside the compiled graph) stays among the top candidates."""
+    """On the GPU in bf16 with a fixed seed: the compiled step (weights frozen or not) replayed as a CUDA graph, and
+    the eager step captured as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16
+    near-ties, which a random model has -- also when the graph is replayed again and when the Decoder continues its
+    cache; sampling (top-k and top-p inside the compiled graph) stays among the top candidates."""
     torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
     model = peaky_model(seed=10, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
     prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
     plain = generate(model, prompt, 32, temperature=0)
-    for compile in (True, False):
-        dec = Decoder(model, 2, max_len=128, compile=compile)
+    for compile, freeze in ((True, True), (True, False), (False, False)):
+        dec = Decoder(model, 2, max_len=128, compile=compile, freeze=freeze)
         assert dec.cuda_graph
         fast = dec.generate(prompt, 32, temperature=0)
         agreed = _same_greedy_up_to_bf16_ties(model, fast, plain, 16)
-        print(f"compile={compile}: {agreed} of 32 greedy tokens agree with the plain path")
+        print(f"compile={compile} freeze={freeze}: {agreed} of 32 greedy tokens agree with the plain path")
         dec.reset()
         assert torch.equal(dec.generate(prompt, 32, temperature=0), fast)  # replayed, not recaptured: identical
         more = torch.randint(0, 4096, (2, 3), device="cuda")
