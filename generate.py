@@ -11,6 +11,10 @@ Two paths, one function (tests/test_generate.py proves they emit the same tokens
   recipe). Sampling runs inside the step; randomness comes from a noise buffer filled before each replay.
   Nothing waits for the GPU except what the caller reads (the streamed token).
 
+    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: compiled + CUDA graphs
+    out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
+                                                                   # dec.stream continue the cache instead
+
 The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [T] tensor of
 positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
 """
@@ -42,7 +46,8 @@ class KVCache:
 
 def new_caches(model, batch, max_len, device, dtype):
     c = model.config
-    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype) for _ in range(c.num_hidden_layers)]
+    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype)
+            for _ in range(c.num_hidden_layers)]
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, noise=None, generator=None):
@@ -151,11 +156,13 @@ def compiled_decode_step(freeze):
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
     compiled (`compile`) and captured in CUDA graphs (`cuda_graph`) -- both default to on for a CUDA model and are
-    off on the CPU, where the same code runs eagerly. max_len defaults to max_position_embeddings; a cache sized
-    to prompt + new tokens is smaller and faster (attention reads the whole buffer, masked). `freeze` (default: with
-    compile) compiles the weights in as constants (see compiled_decode_step): the compiled step then no longer
-    sees later changes to the model's weights -- build Decoders for a model whose weights are final (inference). Build it once and reuse it across calls: the compiled code and
+    off on the CPU, where the same code runs eagerly. Build it once and reuse it across calls: the compiled code and
     the captured graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
+
+    max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
+    attention reads the whole buffer, masked). `freeze` (default: with compile) compiles the weights in as constants
+    (see compiled_decode_step), so the compiled step does not see later changes to the model's weights: build
+    Decoders for a model whose weights are final (inference), not for one still training.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and

@@ -60,7 +60,8 @@ if __name__ == "__main__":
     decoder = Decoder(model, num_samples, max_len=len(ids) + max_new_tokens) if use_decoder else None
     x = torch.tensor([ids] * num_samples, device=device)
     t0, count = time.time(), 0
-    decs, texts, finished = [StreamDecoder(enc) for _ in range(num_samples)], [prompt] * num_samples, [False] * num_samples
+    decs = [StreamDecoder(enc) for _ in range(num_samples)]
+    texts, finished = [prompt] * num_samples, [False] * num_samples
     if num_samples == 1:
         print(prompt, end="", flush=True)
     for col in stream(model, x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT, decoder=decoder):

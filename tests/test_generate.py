@@ -170,7 +170,8 @@ def test_decoder_stops_at_eos_like_the_plain_path():
     plain = generate(model, prompt, 30, temperature=0, eos=eos)
     fast = generate(model, prompt, 30, temperature=0, eos=eos, decoder=Decoder(model, 2, max_len=64))
     assert torch.equal(fast, plain) and plain.shape[1] < 4 + 30
-    streamed = torch.cat(list(stream(model, prompt, 30, temperature=0, eos=eos, decoder=Decoder(model, 2, max_len=64))), 1)
+    dec = Decoder(model, 2, max_len=64)
+    streamed = torch.cat(list(stream(model, prompt, 30, temperature=0, eos=eos, decoder=dec)), 1)
     assert torch.equal(streamed, plain[:, 4:])
 
 
@@ -192,7 +193,8 @@ def _greedy_text(model, ids, n):
 
 def test_sample_py_streams_the_models_greedy_text(tmp_path):
     model = _tiny_checkpoint(tmp_path)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0", *CPU])
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0",
+             *CPU])
     assert r.returncode == 0, r.stderr
     text = _greedy_text(model, get_tokenizer().encode("你好"), 8)
     assert text, "the model's greedy continuation decodes to nothing: the check below would be vacuous"
@@ -270,7 +272,8 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
         _same_greedy_up_to_bf16_ties(model, torch.cat([history, out2[:, 4:]], 1),
                                      generate(model, history, 20, temperature=0), history.shape[1])
     dec = Decoder(model, 2, max_len=128)
-    out = dec.generate(prompt, 24, temperature=1.0, top_k=5, top_p=0.9, generator=torch.Generator("cuda").manual_seed(0))
+    out = dec.generate(prompt, 24, temperature=1.0, top_k=5, top_p=0.9,
+                       generator=torch.Generator("cuda").manual_seed(0))
     with torch.no_grad():
         full = model(out[:, :-1])[0][:, 15:].float()
     top = full.topk(8, -1).indices  # 8, not 5: the recompute's bf16 rounding may reorder near-ties at the edge
