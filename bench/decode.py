@@ -193,8 +193,9 @@ def main(argv=()):
     if not quick and device == "cuda":
         stage("variant", 60, unfrozen)
     hf_tps = res.get("hf_tps")
-    emit("done", total_s=round(time.time() - t_start, 1), targets={  # the issue's: >= 1,000 tok/s, >= 3.5x HF static
-        "ours_tok_per_s_ge_1000": tps1 >= 1000, "ours_over_hf_ge_3.5": None if hf_tps is None else tps1 >= 3.5 * hf_tps})
+    targets = {"ours_tok_per_s_ge_1000": tps1 >= 1000,  # the targets, batch 1
+               "ours_over_hf_ge_3.5": None if hf_tps is None else tps1 >= 3.5 * hf_tps}
+    emit("done", total_s=round(time.time() - t_start, 1), targets=targets)
 
 
 if __name__ == "__main__":
