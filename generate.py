@@ -1,21 +1,43 @@
 """
 Generation: a KV cache, sampling (temperature, top-k, top-p) and the token loop, as module functions over a Qwen3.
 
-The model (model.py) only knows how to run a chunk of tokens starting at position `start` against per-layer
-caches (anything with `update(start, k, v) -> (keys, values)`); everything about decoding lives here.
+Two paths, one function (tests/test_generate.py proves they emit the same tokens):
+- the plain path, `stream` / `generate`: a Python loop that runs the model on one token at a time against caches
+  that grow by slicing. It works anywhere (CPU, tests, eval.py) but on a GPU it is launch-bound: 28 layers x ~15
+  small kernels per token, each launched from Python.
+- the fast path, `Decoder`: a static KV cache preallocated to `max_len`, the prompt prefilled in one call, and a
+  one-token `decode_step` whose shapes never change (the position arrives as a tensor, the attention mask is built
+  from it), so it is compiled once and captured once in a CUDA graph, then replayed for every token (the gpt-fast
+  recipe). Sampling runs inside the step; randomness comes from a noise buffer filled before each replay.
+  Nothing waits for the GPU except what the caller reads (the streamed token).
+
+    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: compiled + CUDA graphs
+    out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
+                                                                   # dec.stream continue the cache instead
+
+The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [T] tensor of
+positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
 """
 import torch
 import torch.nn.functional as F
 
 
 class KVCache:
-    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]."""
+    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim].
+
+    update(start, k, v) with an int `start` (the plain path, prefill) writes positions start.. and returns the
+    filled prefix; with a [T] tensor of positions (the decode step) it writes there and returns the whole buffer,
+    so the shapes do not depend on the position (the attention masks what lies beyond it)."""
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
     def update(self, start, k, v):
+        if torch.is_tensor(start):
+            self.k[:, :, start] = k.to(self.k.dtype)  # index_put: inductor turns it into an in-place scatter
+            self.v[:, :, start] = v.to(self.v.dtype)
+            return self.k, self.v
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -24,29 +46,52 @@ class KVCache:
 
 def new_caches(model, batch, max_len, device, dtype):
     c = model.config
-    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype) for _ in range(c.num_hidden_layers)]
+    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype)
+            for _ in range(c.num_hidden_layers)]
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
-    """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling."""
-    if temperature == 0:
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, noise=None, generator=None):
+    """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling.
+
+    temperature and top_p may be numbers or device tensors (the Decoder's: one captured graph then serves every
+    value). Sampling is the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. picks index i with
+    probability probs[i], like torch.multinomial, but without a host sync, so it can live inside a CUDA graph.
+    `noise` is E ([B, V] float32); by default it is drawn here from `generator` (None = torch's default)."""
+    if not torch.is_tensor(temperature) and temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None and (torch.is_tensor(top_p) or top_p < 1.0):
         sorted_logits, order = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_probs = sorted_logits.softmax(-1)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix whose mass reaches top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1)
+    probs = logits.softmax(-1)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(generator=generator)
+    # E can be exactly 0; clamping keeps a filtered token (prob 0) at 0 instead of 0/0 = nan, which argmax would pick
+    return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1, keepdim=True)
+
+
+def _eos_update(nxt, eos, done):
+    """Rows that already produced eos keep emitting it (eos[0]); marks the rows that just produced one."""
+    nxt = torch.where(done[:, None], eos[0], nxt)
+    done |= torch.isin(nxt[:, 0], eos)
+    return nxt
 
 
 @torch.no_grad()
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None):
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, decoder=None,
+           generator=None):
     """Yields the next token column [B, 1] at each step. temperature 0 means greedy. Stops early once every
-    row has produced `eos` (an id or a list of ids)."""
+    row has produced `eos` (an id or a list of ids). With `decoder` (a Decoder for this model and batch size) the
+    fast path runs instead, from an emptied cache; `generator` seeds the sampling noise."""
+    if decoder is not None:
+        decoder.reset()
+        yield from decoder.stream(idx, max_new_tokens, temperature, top_k, top_p, eos, generator)
+        return
     eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     total = idx.shape[1] + max_new_tokens
@@ -59,17 +104,209 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         h = model.hidden_states(inp, caches, pos)
         logits = F.linear(h[:, -1], model.lm_head_weight).float()
         pos += inp.shape[1]
-        nxt = sample_next(logits, temperature, top_k, top_p)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator=generator)
         if eos.numel():
-            nxt = torch.where(done[:, None], eos[0], nxt)  # finished rows keep emitting eos
-            done |= torch.isin(nxt[:, 0], eos)
+            nxt = _eos_update(nxt, eos, done)
         inp = nxt
         yield nxt
         if eos.numel() and done.all():
             return
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None):
-    """Autoregressive sampling with a KV cache; returns idx with the new tokens appended."""
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos))
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, decoder=None,
+             generator=None):
+    """Autoregressive sampling with a KV cache; returns idx with the new tokens appended. With `decoder`, the
+    fast path (see Decoder.generate)."""
+    if decoder is not None:
+        decoder.reset()
+        return decoder.generate(idx, max_new_tokens, temperature, top_k, top_p, eos, generator)
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos, generator=generator))
     return torch.cat([idx] + new, dim=1)
+
+
+# ------------------------------------------------------------------------------------------------ fast path
+def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=None, noise=None):
+    """The token tok [B, 1] at position input_pos (a [1] long tensor) -> the next token [B, 1]; tok's keys and
+    values are written into the caches on the way. No shape depends on the position, so this is compiled once and
+    captured once in a CUDA graph. temperature 0 (a number) = greedy; otherwise temperature / top_p are tensors."""
+    h = model.hidden_states(tok, caches, input_pos)
+    logits = F.linear(h[:, -1], model.lm_head_weight).float()
+    return sample_next(logits, temperature, top_k, top_p, noise)
+
+
+def frozen_decode_step(*args):
+    """decode_step under its own code object, so that its compiled (frozen) code never mixes with decode_step's."""
+    return decode_step(*args)
+
+
+_compiled = {}
+
+
+def compiled_decode_step(freeze):
+    """decode_step under torch.compile, shared by every Decoder (made on first use, so importing this file stays
+    cheap): dynamo guards on shapes, so decoders of the same batch size and max_len share the compiled code, and a
+    second batch size recompiles once with a dynamic batch dimension. `freeze`: compiled under inductor's freezing,
+    which makes the weights constants of the compiled code and so lets it concatenate the q/k/v projections into
+    one matmul and gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of)."""
+    if freeze not in _compiled:
+        _compiled[freeze] = torch.compile(frozen_decode_step if freeze else decode_step, fullgraph=True)
+    return _compiled[freeze]
+
+
+class Decoder:
+    """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
+    compiled (`compile`) and captured in CUDA graphs (`cuda_graph`) -- both default to on for a CUDA model and are
+    off on the CPU, where the same code runs eagerly. Build it once and reuse it across calls: the compiled code and
+    the captured graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
+
+    max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
+    attention reads the whole buffer, masked). `freeze` (default: with compile) compiles the weights in as constants
+    (see compiled_decode_step), so the compiled step does not see later changes to the model's weights: build
+    Decoders for a model whose weights are final (inference), not for one still training.
+
+    The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
+    keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
+    every generated token except the last one (`last`), which the next prefill must start with to continue."""
+
+    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None):
+        cfg, w = model.config, model.model.embed_tokens.weight
+        self.model, self.batch_size = model, batch_size
+        max_len = max_len or cfg.max_position_embeddings
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_len {max_len} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        # rounded up to a multiple of 16 (within the model's context): the attention mask's rows stay aligned for
+        # the fused attention kernels, whatever prompt length the caller sized the cache for
+        self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
+        on_cuda = w.device.type == "cuda"
+        self.compile = on_cuda if compile is None else compile
+        self.freeze = self.compile if freeze is None else freeze
+        self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
+        if self.cuda_graph and not on_cuda:
+            raise ValueError("cuda_graph needs the model on a CUDA device")
+        self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
+        # the step's inputs live at fixed addresses, because a captured graph reads them from there
+        self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
+        self.input_pos = torch.zeros(1, dtype=torch.long, device=w.device)
+        self.temperature = torch.ones(1, device=w.device)
+        self.top_p = torch.ones(1, device=w.device)
+        self.noise = None  # [B, vocab] float32, allocated on the first sampled step
+        self.graphs = {}
+        self.pos = 0       # positions filled, known on the host so that nothing needs to read it back
+        self.last = None
+
+    def reset(self, pos=0):
+        """Forget everything from position `pos` on (what lies beyond is masked, then overwritten)."""
+        self.pos, self.last = pos, None
+
+    @torch.no_grad()
+    def prefill(self, idx):
+        """Runs idx [B, T] at positions pos..pos+T-1 in one call (eager: any T, no recompilation), appends its keys
+        and values to the cache, and returns the float logits of the last position [B, vocab]."""
+        B, T = idx.shape
+        if B != self.batch_size:
+            raise ValueError(f"this Decoder holds batch size {self.batch_size}, got {B} rows")
+        if self.pos + T > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + {T} do not fit")
+        h = self.model.hidden_states(idx, self.caches, self.pos)  # int start: the plain path's causal attention
+        self.pos += T
+        return F.linear(h[:, -1], self.model.lm_head_weight).float()
+
+    def _sampling(self, temperature, top_k, top_p):
+        """decode_step's sampling arguments: the numbers go into the fixed tensors the graph reads."""
+        if temperature == 0:
+            return 0, None, None
+        self.temperature.fill_(temperature)
+        if top_p is not None and top_p < 1.0:
+            self.top_p.fill_(top_p)
+            return self.temperature, top_k or None, self.top_p
+        return self.temperature, top_k or None, None
+
+    def _graph(self, key, args):
+        """The CUDA graph of the step for this sampling mode, captured on first use. The warm-up runs (compilation,
+        autotuning) happen outside the capture; they write the cache only at input_pos, which the real step
+        rewrites."""
+        if key not in self.graphs:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):
+                    self._run(args)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._run(args)
+            self.graphs[key] = (graph, out)
+        return self.graphs[key]
+
+    def _run(self, args):
+        """One call of the step, compiled or not. Freezing is read while dynamo traces, so the flag is set around
+        every call (the CUDA graph replays never call Python)."""
+        if not self.compile:
+            return decode_step(*args)
+        with torch._inductor.config.patch(freezing=self.freeze):
+            return compiled_decode_step(self.freeze)(*args)
+
+    @torch.no_grad()
+    def step(self, tok, temperature=0, top_k=None, top_p=None, generator=None):
+        """Appends tok [B, 1] at position pos and returns the next token [B, 1] (no host sync)."""
+        if self.pos >= self.max_len:
+            raise ValueError(f"the cache is full ({self.max_len} positions)")
+        self.tok.copy_(tok)
+        self.input_pos.fill_(self.pos)
+        temperature, top_k, top_p = self._sampling(temperature, top_k, top_p)
+        sampled = torch.is_tensor(temperature)
+        if sampled:
+            if self.noise is None:
+                self.noise = torch.empty(self.batch_size, self.model.config.vocab_size, device=self.tok.device)
+            self.noise.exponential_(generator=generator)  # the draw the plain path makes inside sample_next
+        args = (self.model, self.caches, self.tok, self.input_pos, temperature, top_k, top_p, self.noise)
+        if self.cuda_graph:
+            graph, out = self._graph((sampled, top_k, top_p is not None), args)
+            graph.replay()
+            nxt = out.clone()  # the next replay overwrites `out`
+        else:
+            nxt = self._run(args)
+        self.pos += 1
+        return nxt
+
+    def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every):
+        """Prefill idx, then yield max_new_tokens columns [B, 1], as the plain `stream` does; whether every row has
+        produced eos is read back (a host sync) only every `check_every` tokens."""
+        if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + prompt {idx.shape[1]} + "
+                             f"{max_new_tokens} new tokens do not fit")
+        if max_new_tokens <= 0:
+            return
+        eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        nxt = sample_next(self.prefill(idx), temperature, top_k, top_p, generator=generator)
+        for i in range(max_new_tokens):
+            if i:
+                nxt = self.step(nxt, temperature, top_k, top_p, generator)
+            if eos.numel():
+                nxt = _eos_update(nxt, eos, done)
+            self.last = nxt
+            yield nxt
+            if eos.numel() and (i + 1) % check_every == 0 and done.all():
+                return
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
+        """Like the module's `stream`, continuing from the cache's current position."""
+        yield from self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
+        """Like the module's `generate`, continuing from the cache's current position. It reads nothing back
+        while decoding (eos is checked every 16 tokens), then trims the columns generated after every row
+        finished, so the result equals the plain path's."""
+        cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16))
+        if not cols:
+            return idx
+        new = torch.cat(cols, 1)
+        if eos is not None:
+            eos = torch.tensor([eos] if isinstance(eos, int) else eos, device=idx.device)
+            hit = torch.isin(new, eos)
+            if hit.any(1).all():  # the plain path stops at the first column where every row has finished
+                new = new[:, :int(hit.int().argmax(1).max()) + 1]
+        return torch.cat([idx, new], dim=1)

@@ -100,7 +100,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(start, k, v)
-        if start == 0:  # training and prefill: plain causal
+        if torch.is_tensor(start):
+            # Static cache (generate.Decoder): `start` holds the positions, k and v are the whole preallocated buffer
+            # and the query at position p sees keys 0..p, so no shape depends on the position. The query heads that
+            # share a kv head are folded into the query rows: attention with a mask then needs no GQA support (with
+            # enable_gqa and a mask SDPA falls back to its math kernel, which copies the whole cache to repeat k, v).
+            rep = self.n_heads // self.n_kv
+            mask = (torch.arange(k.shape[2], device=x.device) <= start[:, None]).repeat(rep, 1)  # [rep * T, keys]
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep * T, self.head_dim), k, v, attn_mask=mask)
+            y = y.reshape(B, self.n_heads, T, self.head_dim)
+        elif start == 0:  # training and prefill: plain causal
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         else:  # decoding after a prefix: query i sits at position start+i and sees keys 0..start+i
             mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
@@ -235,10 +244,12 @@ class Qwen3(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hidden_states(self, idx, caches=None, start=0):
-        """Token ids [B, T] -> final-normed hidden states [B, T, hidden]."""
+        """Token ids [B, T] -> final-normed hidden states [B, T, hidden]. `start` is the position of idx[:, 0], or
+        (with caches: generate.Decoder's decode step) a [T] long tensor of the positions, so that one compiled,
+        CUDA-graph-captured step serves every position."""
         x = self.model.embed_tokens(idx)
-        cos, sin = rope_cos_sin(torch.arange(start, start + idx.shape[1], device=idx.device),
-                                self.config.head_dim, self.config.rope_theta)
+        pos = start if torch.is_tensor(start) else torch.arange(start, start + idx.shape[1], device=idx.device)
+        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, None if caches is None else caches[i], start)
         return self.model.norm(x)

@@ -4,6 +4,12 @@ Sample from a trained model, streaming text as it is generated.
     python sample.py --prompt "你好"                          # newest checkpoint in out/
     python sample.py --init_from=out_tiny --prompt "Python is" --max_new_tokens=100 --temperature=0.8
     python sample.py --init_from=/path/to/hf_qwen3_dir --prompt "..." --top_p 0.9
+    python sample.py --bench                                  # the decode benchmark (bench/decode.py), on a GPU
+
+On CUDA it decodes through generate.Decoder (static KV cache, compiled step replayed as a CUDA graph: the first
+call compiles for ~a minute); on the CPU through the plain loop. --num_samples > 1 decodes the samples as one
+batch and prints them one after another; a single sample streams as it is generated. An empty prompt starts from
+<|endoftext|>, the token that begins every pretraining document.
 """
 import os
 import sys
@@ -11,7 +17,7 @@ import time
 
 import torch
 
-from generate import stream
+from generate import Decoder, stream
 from model import find_model_dir, from_pretrained
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
@@ -25,6 +31,11 @@ num_samples = 1
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+fast = None             # None: the Decoder (compiled + CUDA graph) on CUDA, the plain loop elsewhere
+if __name__ == "__main__" and "--bench" in sys.argv:
+    from bench.decode import main as bench_main
+    bench_main(sys.argv[1:])
+    sys.exit()
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 
 
@@ -33,21 +44,41 @@ if __name__ == "__main__":
         sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
     torch.manual_seed(seed)
     model_dir = find_model_dir(init_from)
-    model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
+    try:
+        model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
+    except (ValueError, FileNotFoundError) as e:  # a damaged or foreign checkpoint: one line, not a traceback
+        sys.exit(f"error: {e}")
     enc = get_tokenizer()
-    ids = enc.encode(prompt, allowed_special="all")
-    if max(ids, default=0) >= model.config.vocab_size:
+    ids = enc.encode(prompt, allowed_special="all") or [EOT]  # an empty prompt starts a document
+    if max(ids) >= model.config.vocab_size:
         sys.exit(f"error: the prompt has token ids >= the model's vocab_size {model.config.vocab_size}")
+    if len(ids) + max_new_tokens > model.config.max_position_embeddings:
+        sys.exit(f"error: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                 f"max_position_embeddings {model.config.max_position_embeddings}")
     print(f"[{model_dir}]", file=sys.stderr)
-    for n in range(num_samples):
-        x = torch.tensor([ids], device=device)
-        dec = StreamDecoder(enc)
+    use_decoder = device.startswith("cuda") if fast is None else fast
+    decoder = Decoder(model, num_samples, max_len=len(ids) + max_new_tokens) if use_decoder else None
+    x = torch.tensor([ids] * num_samples, device=device)
+    t0, count = time.time(), 0
+    decs = [StreamDecoder(enc) for _ in range(num_samples)]
+    texts, finished = [prompt] * num_samples, [False] * num_samples
+    if num_samples == 1:
         print(prompt, end="", flush=True)
-        t0, count = time.time(), 0
-        for tok in stream(model, x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT):
-            count += 1
-            if tok.item() == EOT:
-                break
-            print(dec.push(tok.item()), end="", flush=True)
-        print(dec.flush())
-        print(f"--- {count} tokens, {count / (time.time() - t0):.1f} tok/s", file=sys.stderr)
+    for col in stream(model, x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT, decoder=decoder):
+        count += 1
+        for i, tok in enumerate(col[:, 0].tolist()):  # the one host sync per token: the text has to be printed
+            finished[i] |= tok == EOT
+            if finished[i] or tok >= enc.n_vocab:  # ids past the tokenizer's (unused embedding rows) print nothing
+                continue
+            piece = decs[i].push(tok)
+            if num_samples == 1:
+                print(piece, end="", flush=True)
+            texts[i] += piece
+    if num_samples == 1:
+        print(decs[0].flush())
+    else:
+        for i, (text, d) in enumerate(zip(texts, decs)):
+            print(f"--- sample {i + 1}\n{text}{d.flush()}")
+    print(f"--- {count} steps x {num_samples} samples, {count * num_samples / (time.time() - t0):.1f} tok/s "
+          f"({'compiled decoder: includes compilation on the first call' if use_decoder else 'plain loop'})",
+          file=sys.stderr)

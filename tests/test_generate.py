@@ -1,26 +1,136 @@
-"""Generation: the KV cache, sampling filters, eos, and sample.py end to end."""
-import torch
-from conftest import run, small_config
+"""Generation: the KV caches (plain and static), the Decoder's fast path against the plain path and Hugging Face,
+sampling filters and the exponential race, eos, sample.py end to end, and the decode benchmark's smoke run."""
+import json
 
-from generate import generate, sample_next
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import cuda, run, small_config
+
+import generate as G
+from generate import Decoder, KVCache, decode_step, generate, new_caches, sample_next, stream
 from model import Qwen3, save_pretrained
 from tokenizer import EOT, get_tokenizer, save_tokenizer
 
 
-def test_kv_cache_greedy_equals_full_recompute():
-    """Greedy decoding with the cache == re-running the whole sequence through the model at every step."""
-    torch.manual_seed(2)
-    model = Qwen3(small_config()).eval()
+def peaky_model(seed=2, **kw):
+    """A small model whose logits are peaky enough that greedy paths are nontrivial and not decided by rounding."""
+    torch.manual_seed(seed)
+    model = Qwen3(small_config(**kw)).eval()
     for p in model.parameters():
-        p.data.add_(torch.randn_like(p) * 0.1)  # make the logits peaky enough that greedy paths are nontrivial
-    prompt = torch.randint(0, 320, (3, 11))
-    cached = generate(model, prompt, 40, temperature=0)
+        p.data.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def full_recompute_greedy(model, prompt, n):
     seq = prompt
     with torch.no_grad():
-        for _ in range(40):
+        for _ in range(n):
             seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, seq) and cached.shape == (3, 51)
+    return seq
+
+
+def test_kv_cache_greedy_equals_full_recompute():
+    """Greedy decoding with the cache == re-running the whole sequence through the model at every step."""
+    model = peaky_model()
+    prompt = torch.randint(0, 320, (3, 11))
+    cached = generate(model, prompt, 40, temperature=0)
+    assert torch.equal(cached, full_recompute_greedy(model, prompt, 40)) and cached.shape == (3, 51)
     assert len(set(cached[0, 11:].tolist())) > 1
+
+
+def test_fast_path_greedy_equals_plain_path_and_transformers(tmp_path):
+    """The Decoder's code (static cache + decode_step, run eagerly on the CPU) emits the plain path's greedy tokens,
+    and both emit Hugging Face's, for 80 tokens in float32."""
+    from transformers import AutoModelForCausalLM
+    model = peaky_model(seed=3)
+    prompt = torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(0))
+    plain = generate(model, prompt, 80, temperature=0)
+    dec = Decoder(model, batch_size=2, max_len=96)
+    assert not dec.compile and not dec.cuda_graph  # the CPU runs the same code eagerly
+    fast = dec.generate(prompt, 80, temperature=0)
+    save_pretrained(model, tmp_path, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=80,
+                      min_new_tokens=80, pad_token_id=0)
+    assert torch.equal(plain, ref), (plain[:, 7:] != ref[:, 7:]).nonzero()[:1]
+    assert torch.equal(fast, plain)
+    assert len(set(plain[0, 7:].tolist())) > 3
+
+
+def test_static_cache_logits_match_full_recompute_at_every_position():
+    """Teacher-forced through the static path up to max_position_embeddings (64): at every position the logits of
+    the one-token step (tensor positions, whole-buffer attention under the mask) equal a full forward's; a chunk of
+    4 positions at once exercises the folded-GQA mask with several query rows."""
+    model = peaky_model(seed=4, max_position_embeddings=64)
+    seq = torch.randint(0, 320, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(seq)[0]
+        caches = new_caches(model, 2, 64, "cpu", torch.float32)
+        h = model.hidden_states(seq[:, :3], caches, 0)  # prefill: the int-start path
+        assert torch.allclose(F.linear(h, model.lm_head_weight), full[:, :3], atol=1e-4)
+        p = 3
+        while p < 64:
+            n = 4 if p == 10 else 1
+            h = model.hidden_states(seq[:, p:p + n], caches, torch.arange(p, p + n))
+            err = (F.linear(h, model.lm_head_weight) - full[:, p:p + n]).abs().max()
+            assert err < 1e-4, (p, err)
+            p += n
+
+
+def test_decoder_generates_until_the_cache_is_full():
+    model = peaky_model(seed=5, max_position_embeddings=64)
+    prompt = torch.randint(0, 320, (2, 5))
+    dec = Decoder(model, batch_size=2)  # max_len defaults to max_position_embeddings
+    out = dec.generate(prompt, 59, temperature=0)
+    assert out.shape == (2, 64) and torch.equal(out, full_recompute_greedy(model, prompt, 59))
+    assert dec.pos == 63  # the last token is not in the cache yet
+    dec.reset()
+    with pytest.raises(ValueError, match="64 positions"):
+        dec.generate(prompt, 60, temperature=0)
+
+
+def test_decoder_continues_from_its_cache_like_a_chat():
+    """Turn 2 appends [last generated token, new tokens] at the cache's position: the same tokens as generating
+    from the whole history with the plain path."""
+    model = peaky_model(seed=6)
+    turn1, turn2 = torch.randint(0, 320, (1, 9)), torch.randint(0, 320, (1, 4))
+    dec = Decoder(model, max_len=128)
+    out1 = dec.generate(turn1, 12, temperature=0)
+    out2 = dec.generate(torch.cat([dec.last, turn2], 1), 15, temperature=0)
+    history = torch.cat([out1, turn2], 1)
+    assert torch.equal(out2[:, 5:], generate(model, history, 15, temperature=0)[:, history.shape[1]:])
+    assert dec.pos == history.shape[1] + 14
+
+
+def test_sampling_fast_path_equals_plain_path_for_one_seed():
+    """Temperature, top-k and top-p sampling draw the same noise from the same generator on both paths, so the
+    same seed gives the same tokens (and different seeds different ones)."""
+    model = peaky_model(seed=7)
+    prompt = torch.randint(0, 320, (3, 6))
+    kw = dict(temperature=1.5, top_k=40, top_p=0.95)
+    plain = generate(model, prompt, 30, generator=torch.Generator().manual_seed(11), **kw)
+    fast = generate(model, prompt, 30, decoder=Decoder(model, 3, max_len=64),
+                    generator=torch.Generator().manual_seed(11), **kw)
+    other = generate(model, prompt, 30, generator=torch.Generator().manual_seed(12), **kw)
+    assert torch.equal(fast, plain) and not torch.equal(other, plain)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch, freeze):
+    """decode_step traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations; with
+    freeze, the weights as constants) and the traced function emits the eager tokens; aot_eager keeps this fast on
+    the CPU (the GPU uses inductor)."""
+    step = lambda *args: decode_step(*args)  # its own code object: dynamo's state for decode_step stays untouched
+    monkeypatch.setattr(G, "_compiled", {freeze: torch.compile(step, backend="aot_eager", fullgraph=True)})
+    model = peaky_model(seed=8)
+    prompt = torch.randint(0, 320, (2, 5))
+    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, temperature=0)
+    assert torch.equal(fast, generate(model, prompt, 12, temperature=0))
+    g = lambda: torch.Generator().manual_seed(3)
+    kw = dict(temperature=0.7, top_k=30, top_p=0.9)
+    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, generator=g(), **kw)
+    assert torch.equal(fast, generate(model, prompt, 12, generator=g(), **kw))
 
 
 def test_top_k_and_top_p_filter_the_candidates():
@@ -28,23 +138,143 @@ def test_top_k_and_top_p_filter_the_candidates():
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]] * 200)
     assert set(sample_next(logits, 1.0, top_k=2).flatten().tolist()) == {0, 1}
     assert set(sample_next(logits, 1.0, top_p=0.5).flatten().tolist()) == {0}
+    t = lambda x: torch.tensor([x])  # the Decoder passes its settings as tensors
+    assert set(sample_next(logits, t(1.0), top_k=2, top_p=t(0.5)).flatten().tolist()) == {0}
+
+
+def test_exponential_race_samples_the_softmax_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.log().expand(40000, 4)
+    counts = torch.bincount(sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0))[:, 0], minlength=4)
+    assert counts[3] == 0 and (counts[:3] / 40000 - probs[:3]).abs().max() < 0.01, counts
+    # E = 0 exactly must not let a filtered token (probability 0) win through 0 / 0 = nan
+    assert sample_next(torch.tensor([[0.0, float("-inf")]]), 1.0, noise=torch.tensor([[1.0, 0.0]])).item() == 0
 
 
 def test_generation_stops_when_every_row_has_produced_eos():
     model = Qwen3(small_config()).eval()
     out = generate(model, torch.zeros(2, 3, dtype=torch.long), 20, temperature=1.0, eos=list(range(320)))
     assert out.shape[1] == 4  # every token is an eos: one step and stop
+    out = generate(model, torch.zeros(2, 3, dtype=torch.long), 20, temperature=1.0, eos=list(range(320)),
+                   decoder=Decoder(model, 2, max_len=32))
+    assert out.shape[1] == 4
 
 
-def test_sample_py_streams_the_models_greedy_text(tmp_path):
-    torch.manual_seed(0)
+def test_decoder_stops_at_eos_like_the_plain_path():
+    """Rows finishing at different steps: finished rows repeat eos, the output ends where the last row finished,
+    on both paths (the Decoder checks only every 16 tokens, then trims)."""
+    model = peaky_model(seed=9)
+    prompt = torch.randint(0, 320, (2, 4), generator=torch.Generator().manual_seed(2))
+    free = generate(model, prompt, 30, temperature=0)[:, 4:]
+    eos = [free[0, 3].item(), free[1, 7].item()]  # row 0 stops by step 4, row 1 by step 8
+    plain = generate(model, prompt, 30, temperature=0, eos=eos)
+    fast = generate(model, prompt, 30, temperature=0, eos=eos, decoder=Decoder(model, 2, max_len=64))
+    assert torch.equal(fast, plain) and plain.shape[1] < 4 + 30
+    dec = Decoder(model, 2, max_len=64)
+    streamed = torch.cat(list(stream(model, prompt, 30, temperature=0, eos=eos, decoder=dec)), 1)
+    assert torch.equal(streamed, plain[:, 4:])
+
+
+CPU = ["--device=cpu", "--dtype=float32"]  # the expected text is computed here on the CPU, also on a GPU machine
+
+
+def _tiny_checkpoint(tmp_path, seed=0):
+    torch.manual_seed(seed)
     model = Qwen3(small_config(vocab_size=151936, hidden_size=16, intermediate_size=32, head_dim=8))
     save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
     save_tokenizer(tmp_path)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0"])
+    return model
+
+
+def _greedy_text(model, ids, n):
+    new = generate(model, torch.tensor([ids]), n, temperature=0, eos=EOT)[0, len(ids):].tolist()
+    return get_tokenizer().decode(new[:new.index(EOT)] if EOT in new else new).replace("\ufffd", "")
+
+
+def test_sample_py_streams_the_models_greedy_text(tmp_path):
+    model = _tiny_checkpoint(tmp_path)
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0",
+             *CPU])
     assert r.returncode == 0, r.stderr
-    ids = get_tokenizer().encode("你好")
-    new = generate(model, torch.tensor([ids]), 8, temperature=0, eos=EOT)[0, len(ids):].tolist()
-    text = get_tokenizer().decode(new[:new.index(EOT)] if EOT in new else new).replace("\ufffd", "")
+    text = _greedy_text(model, get_tokenizer().encode("你好"), 8)
     assert text, "the model's greedy continuation decodes to nothing: the check below would be vacuous"
     assert r.stdout.startswith("你好" + text)
+
+
+def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftext(tmp_path):
+    """--prompt '' (once a dtype crash) continues <|endoftext|>; --fast=True runs the Decoder (eagerly, on the CPU)
+    and --num_samples=3 decodes the three as one batch."""
+    model = _tiny_checkpoint(tmp_path, seed=2)  # a seed whose greedy continuation of <|endoftext|> is not eos
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
+             "--fast=True", "--num_samples=3", *CPU])
+    assert r.returncode == 0, r.stderr
+    text = _greedy_text(model, [EOT], 6)
+    assert text.strip(), "vacuous: the greedy continuation is empty"
+    assert r.stdout.count("--- sample") == 3 and r.stdout.count(f"\n{text}\n") == 3, r.stdout
+    assert "6 steps x 3 samples" in r.stderr and "compiled decoder" in r.stderr  # one batch of 3 rows, the Decoder
+
+
+def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path):
+    _tiny_checkpoint(tmp_path)
+    open(tmp_path / "model.safetensors", "wb").write(b"\0" * 100)
+    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU])
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "model.safetensors is damaged" in r.stderr
+
+
+def test_decode_bench_smoke_run_on_cpu(capsys):
+    """bench/decode.py's own code path with a small model on the CPU (the real run needs a GPU): valid JSON lines."""
+    from bench.decode import main
+    main(["--device=cpu", "--small", "--no-hf", "--quick"])
+    lines = {d["what"]: d for d in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert lines["ours"]["tok_per_s"] > 0 and lines["agreement"]["ours_vs_plain"]["prefix"] == 16
+    assert lines["ttft"]["ms"] > 0 and lines["roofline"]["roofline_tok_per_s"] > 0 and "done" in lines
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+def _same_greedy_up_to_bf16_ties(model, got, want, start):
+    """got == want after `start`, or equal up to a step where the two choices are a near-tie of the model's logits
+    (a few bf16 roundings apart): two correct bf16 implementations may order a near-tie differently, a wrong cache
+    or mask diverges where the choice is clear. Returns how many leading new tokens agree."""
+    diff = (got[:, start:] != want[:, start:]).any(0).nonzero()
+    if len(diff) == 0:
+        return got.shape[1] - start
+    d = start + diff[0].item()
+    with torch.no_grad():
+        logits = model(want[:, :d])[0][:, -1].float()
+    gap = (logits.gather(1, want[:, d:d + 1]) - logits.gather(1, got[:, d:d + 1])).abs()
+    assert (gap <= 0.02 * logits.abs().amax(-1, keepdim=True)).all(), (d - start, gap.flatten().tolist())
+    return d - start
+
+
+@cuda
+def test_cuda_graph_paths_agree_with_plain_path_bf16():
+    """On the GPU in bf16 with a fixed seed: the compiled step (weights frozen or not) replayed as a CUDA graph, and
+    the eager step captured as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16
+    near-ties, which a random model has -- also when the graph is replayed again and when the Decoder continues its
+    cache; sampling (top-k and top-p inside the compiled graph) stays among the top candidates."""
+    torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
+    model = peaky_model(seed=10, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                        head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
+    prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
+    plain = generate(model, prompt, 32, temperature=0)
+    for compile, freeze in ((True, True), (True, False), (False, False)):
+        dec = Decoder(model, 2, max_len=128, compile=compile, freeze=freeze)
+        assert dec.cuda_graph
+        fast = dec.generate(prompt, 32, temperature=0)
+        agreed = _same_greedy_up_to_bf16_ties(model, fast, plain, 16)
+        print(f"compile={compile} freeze={freeze}: {agreed} of 32 greedy tokens agree with the plain path")
+        dec.reset()
+        assert torch.equal(dec.generate(prompt, 32, temperature=0), fast)  # replayed, not recaptured: identical
+        more = torch.randint(0, 4096, (2, 3), device="cuda")
+        out2 = dec.generate(torch.cat([dec.last, more], 1), 20, temperature=0)
+        history = torch.cat([fast, more], 1)
+        _same_greedy_up_to_bf16_ties(model, torch.cat([history, out2[:, 4:]], 1),
+                                     generate(model, history, 20, temperature=0), history.shape[1])
+    dec = Decoder(model, 2, max_len=128)
+    out = dec.generate(prompt, 24, temperature=1.0, top_k=5, top_p=0.9,
+                       generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        full = model(out[:, :-1])[0][:, 15:].float()
+    top = full.topk(8, -1).indices  # 8, not 5: the recompute's bf16 rounding may reorder near-ties at the edge
+    assert (top == out[:, 16:, None]).any(-1).all()  # every sampled token is among its step's top candidates
