@@ -42,7 +42,7 @@ to manage, in a mode that is not the default. GEN: greedy decoding through gener
 equal length, so only prompts of equal token length share a batch); the default style reads the answer with
 extract_choice (an explicit "答案…X" wins over a leading letter).
 """
-import csv, json, math, os, re, sys
+import copy, csv, json, math, os, re, sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from data import val_batches
-from generate import generate
+from generate import Decoder, generate
 from tokenizer import EOT, token_byte_lengths
 
 LETTERS = "ABCD"
@@ -239,8 +239,14 @@ def generate_answers(model, enc, prompts, device, autocast=nullcontext(), max_ne
                      batch_size=32):
     """Greedy continuations (decoded text) of prompts (token lists). generate() takes equal-length rows, so
     prompts of the same token length go together. Style "opencompass" decodes max_new_tokens at a time until a
-    capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the answer is fixed by then."""
+    capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the answer is fixed by then.
+    On CUDA the fast decoder (generate.Decoder: compiled step in a CUDA graph) runs one question at a time on a
+    bf16 copy of the weights -- autocast's bf16 matmuls without autocast, whose cast cache a graph must not read."""
     max_pos = model.config.max_position_embeddings
+    decoder = None
+    if str(device).startswith("cuda"):
+        fast = copy.deepcopy(model).to(torch.bfloat16).eval()
+        decoder, batch_size, autocast = Decoder(fast, batch_size=1, max_len=max_pos), 1, nullcontext()
     limit = min(OPENCOMPASS_MAX_OUT, max_pos // 2) if style == "opencompass" else max_new_tokens  # // 2: tiny test models
     ids = [p[-(max_pos - limit):] for p in prompts]
     new = [[] for _ in prompts]
@@ -256,7 +262,7 @@ def generate_answers(model, enc, prompts, device, autocast=nullcontext(), max_ne
                 x = torch.tensor([ids[i] + new[i] for i in rows], device=device)
                 step = min(max_new_tokens, min(limit - len(new[i]) for i in rows))
                 with autocast:
-                    out = generate(model, x, step, temperature=0, eos=EOT)[:, x.shape[1]:].tolist()
+                    out = generate(model, x, step, temperature=0, eos=EOT, decoder=decoder)[:, x.shape[1]:].tolist()
                 for i, toks in zip(rows, out):
                     new[i] += toks
                     done = EOT in toks or len(new[i]) >= limit
