@@ -231,3 +231,27 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         res[mask] = losses(tmp_path / f"o{mask}")
     assert res[True][1] != res[False][1] and all(np.isfinite(list(res[True].values())))
+
+
+def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
+    """Piped turns to chat.py print, turn by turn, the greedy answer to the whole conversation so far (recomputed
+    here from scratch with generate()); a small max_context makes it drop old exchanges and carry on."""
+    from generate import generate
+    model = chat_model(seed=3).eval()
+    save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
+    save_tokenizer(tmp_path)
+    enc, turns = get_tokenizer(), ["你好", "今天天气怎么样？", "谢谢"]
+    r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--system", "简短回答。"],
+            input="\n".join(turns) + "\n", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids, expected = sft.render([("system", "简短回答。")])[0], ""
+    for t in turns:
+        ids = ids + sft.render([("user", t)], add_generation_prompt=True)[0]
+        out = generate(model, torch.tensor([ids]), 6, temperature=0, eos=[IM_END, EOT])[0, len(ids):].tolist()
+        said = [x for x in out if x not in (IM_END, EOT)]
+        expected += enc.decode(said) + "\n"
+        ids = ids + said + [IM_END] + enc.encode_ordinary("\n")
+    assert len(expected) > 3 * 2 and r.stdout.replace("\ufffd", "") == expected.replace("\ufffd", "")
+    r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
+            input="\n".join(turns * 2) + "\n", timeout=300)
+    assert r.returncode == 0 and "history trimmed" in r.stderr, r.stderr[-2000:]
