@@ -111,12 +111,14 @@ _flex_attention = None
 
 
 def flex_attention(q, k, v, block_mask):
-    """FlexAttention, compiled once on first use (uncompiled it is a slow reference that builds the full scores)."""
+    """FlexAttention, compiled once on first use (uncompiled it is a slow reference that builds the full scores).
+    Unlike SDPA it is not autocast-aware: q and k (float32 after the fp32 QK-norm gain) take v's dtype, which is
+    what SDPA's autocast cast does."""
     global _flex_attention
     from torch.nn.attention import flex_attention as fa
     if _flex_attention is None:
         _flex_attention = torch.compile(fa.flex_attention, dynamic=False) if q.is_cuda else fa.flex_attention
-    return _flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    return _flex_attention(q.to(v.dtype), k.to(v.dtype), v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
