@@ -20,6 +20,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import flex_attention as flexattn
 from torch.utils.checkpoint import checkpoint
 
 
@@ -99,26 +100,28 @@ def doc_mask(doc_ids, flex):
     if not flex:
         same = doc_ids[:, :, None] == doc_ids[:, None, :]
         return (same & torch.ones(same.shape[-2:], dtype=torch.bool, device=doc_ids.device).tril())[:, None]
-    from torch.nn.attention.flex_attention import create_block_mask
 
     def same_doc_causal(b, h, q, kv):
         return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
     B, T = doc_ids.shape
-    return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device, _compile=doc_ids.is_cuda)
+    if doc_ids.is_cuda and not _compiled:  # here, not in Attention: outside any region torch.compile traces
+        _compiled.update(attention=torch.compile(flexattn.flex_attention, dynamic=False),
+                         block_mask=torch.compile(flexattn.create_block_mask))
+    make = _compiled["block_mask"] if doc_ids.is_cuda else flexattn.create_block_mask
+    return make(same_doc_causal, B, None, T, T, device=doc_ids.device)
 
 
-_flex_attention = None
+# FlexAttention and create_block_mask compiled, made on the first CUDA doc_mask. Uncompiled, FlexAttention is a
+# slow reference that builds the full scores (what runs on a CPU, forward only), and create_block_mask
+# materialises the [B, T, T] mask.
+_compiled = {}
 
 
 def flex_attention(q, k, v, block_mask):
-    """FlexAttention, compiled once on first use (uncompiled it is a slow reference that builds the full scores).
-    Unlike SDPA it is not autocast-aware: q and k (float32 after the fp32 QK-norm gain) take v's dtype, which is
-    what SDPA's autocast cast does."""
-    global _flex_attention
-    from torch.nn.attention import flex_attention as fa
-    if _flex_attention is None:
-        _flex_attention = torch.compile(fa.flex_attention, dynamic=False) if q.is_cuda else fa.flex_attention
-    return _flex_attention(q.to(v.dtype), k.to(v.dtype), v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    """FlexAttention with GQA. Unlike SDPA it is not autocast-aware: q and k (float32 after the fp32 QK-norm
+    gain) take v's dtype, which is what SDPA's autocast cast does."""
+    fn = _compiled["attention"] if q.is_cuda else flexattn.flex_attention
+    return fn(q.to(v.dtype), k.to(v.dtype), v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
