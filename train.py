@@ -206,8 +206,9 @@ def compare_config(saved, master):
     the model, unless allow_config_change."""
     ignore = ("init_from", "overwrite", "export_only", "allow_config_change")
     diff = {k: (saved[k], config[k]) for k in config if k in saved and k not in ignore and saved[k] != config[k]}
-    if "data_dir" in diff and os.path.abspath(diff["data_dir"][0]) == os.path.abspath(diff["data_dir"][1]):
-        del diff["data_dir"]
+    for k in ("data_dir", "sft_data"):   # the same directory, named differently
+        if k in diff and diff[k][0] and diff[k][1] and os.path.abspath(diff[k][0]) == os.path.abspath(diff[k][1]):
+            del diff[k]
     if master:
         for k, (old, new) in diff.items():
             print(f"resume: {k} {old!r} -> {new!r}")
