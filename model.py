@@ -10,6 +10,8 @@ One function, two speeds. The plain path (CPU or GPU, any PyTorch) is the defini
 torch.compile (which fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend
 with native GQA, and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936]
 logits never exist. tests/test_cuda.py proves the two agree. Generation (KV cache, sampling) is generate.py's.
+Packed rows (SFT, pretraining with --doc_mask) pass doc_ids: attention stays within each document (a boolean
+SDPA mask by definition, FlexAttention's block mask on CUDA) and positions restart at 0 for each document.
 """
 import json
 import math
