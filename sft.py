@@ -133,8 +133,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
                 ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
             toks, masks, lens = parts["val" if _is_val(line, val_fraction) else "train"]
             toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
-    side = {"input": os.path.abspath(path), "skipped": skips, "truncated": truncated, "conversations": {},
-            "tokens": {}, "loss_tokens": {}}
+    side = {"input": os.path.abspath(path), "stat": _stat(path), "skipped": skips, "truncated": truncated,
+            "conversations": {}, "tokens": {}, "loss_tokens": {}}
     for split, (toks, masks, lens) in parts.items():
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         cat = lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.uint32)
@@ -149,8 +149,13 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
     return side
 
 
+def _stat(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
 def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False):
-    """Tokenize every .jsonl input (skipping those already done with the same settings), write meta.json."""
+    """Tokenize every .jsonl input (skipping those already done, unless the file changed since), write meta.json."""
     if overlong not in ("drop", "truncate"):
         raise SystemExit(f"error: --overlong must be drop|truncate, got {overlong!r}")
     files = sorted({p for spec in inputs for p in ([spec] if os.path.isfile(spec) else
@@ -165,8 +170,8 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
     sides = []
     for path in files:
         side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")
-        sides.append(json.load(open(side_path)) if os.path.exists(side_path) else
-                     prepare_file(path, out_dir, max_len, overlong, val_fraction))
+        side = json.load(open(side_path)) if os.path.exists(side_path) else {}
+        sides.append(side if side.get("stat") == _stat(path) else prepare_file(path, out_dir, max_len, overlong, val_fraction))
     total = lambda key: {s: sum(x[key][s] for x in sides) for s in ("train", "val")}
     skipped = {}
     for x in sides:

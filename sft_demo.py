@@ -63,10 +63,13 @@ def build_data(demo_dir=DEMO_DIR, out_dir=SFT_DIR):
     labels = {t: l for t, l in labelled_reviews().items() if len(t) <= MAX_CHARS}
     rows = [(t, l) for t, l in sorted(labels.items()) if t in train and t not in val]
     heldout = [(t, l) for t, l in sorted(labels.items()) if t in val and t not in train]
-    os.makedirs(os.path.join(out_dir, "raw"), exist_ok=True)
-    with open(os.path.join(out_dir, "raw", "train.jsonl"), "w", encoding="utf-8") as f:
-        for t, l in rows:
-            f.write(json.dumps({"instruction": INSTRUCTION + t, "input": "", "output": l}, ensure_ascii=False) + "\n")
+    text = "".join(json.dumps({"instruction": INSTRUCTION + t, "input": "", "output": l}, ensure_ascii=False) + "\n"
+                   for t, l in rows)
+    path = os.path.join(out_dir, "raw", "train.jsonl")
+    if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:  # new, or the split changed
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
     json.dump(heldout, open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8"), ensure_ascii=False)
     sft.prepare([os.path.join(out_dir, "raw")], out_dir, max_len=256, val_fraction=0.02)
     return heldout
