@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import losses, run, small_config, small_train_args
+from conftest import cuda, losses, run, small_config, small_train_args
 
 import sft
 from model import Qwen3, doc_mask, doc_positions, rope_cos_sin, save_pretrained
@@ -255,3 +255,26 @@ def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
     r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
             input="\n".join(turns * 2) + "\n", timeout=300)
     assert r.returncode == 0 and "history trimmed" in r.stderr, r.stderr[-2000:]
+
+
+@cuda
+def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition():
+    """On CUDA, hidden_states uses FlexAttention (compiled); the boolean SDPA mask is the definition: same loss
+    and gradients in float32 on a packed batch."""
+    import model as M
+    torch.manual_seed(0)
+    m = Qwen3(small_config(head_dim=16)).cuda()
+    doc = torch.tensor([[0] * 100 + [1] * 90 + [2] * 66, [0] * 256]).cuda()
+    x, y = torch.randint(0, 320, (2, 256)).cuda(), torch.randint(0, 320, (2, 256)).cuda()
+    out, definition = {}, M.doc_mask
+    for flex in (False, True):
+        M.doc_mask = lambda d, flex_, forced=flex: definition(d, forced)
+        try:
+            m.zero_grad(set_to_none=True)
+            loss = m(x, y, doc)[1]
+            loss.backward()
+            out[flex] = (loss.item(), [p.grad.clone() for p in m.parameters()])
+        finally:
+            M.doc_mask = definition
+    assert abs(out[True][0] - out[False][0]) < 1e-4
+    assert all((a - b).norm() <= 1e-3 * a.norm() + 1e-6 for a, b in zip(out[True][1], out[False][1]))
