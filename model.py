@@ -10,6 +10,8 @@ One function, two speeds. The plain path (CPU or GPU, any PyTorch) is the defini
 torch.compile (which fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend
 with native GQA, and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936]
 logits never exist. tests/test_cuda.py proves the two agree. Generation (KV cache, sampling) is generate.py's.
+Packed rows (SFT, pretraining with --doc_mask) pass doc_ids: attention stays within each document (a boolean
+SDPA mask by definition, FlexAttention's block mask on CUDA) and positions restart at 0 for each document.
 """
 import json
 import math
@@ -20,6 +22,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import flex_attention as flexattn
 from torch.utils.checkpoint import checkpoint
 
 
@@ -63,21 +66,64 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions, head_dim, theta):
-    """cos/sin tables for `positions` (1-D long tensor), always computed in float32 (a bf16 table loses the
-    low bits of large angles). Half-split layout: frequencies repeated twice, matching rotate_half."""
+    """cos/sin tables for `positions` ([T], or [B, T] for packed rows), always computed in float32 (a bf16 table
+    loses the low bits of large angles). Half-split layout: frequencies repeated twice, matching rotate_half."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
 
 def apply_rope(q, k, cos, sin):
-    """q, k: [B, heads, T, head_dim]; cos, sin: [T, head_dim]. Rotates pairs (i, i + head_dim/2) -- the
+    """q, k: [B, heads, T, head_dim]; cos, sin: [T, head_dim] (or [B, 1, T, head_dim]). Rotates pairs (i, i + head_dim/2) -- the
     'rotate_half' convention of HF (same signature as HF's apply_rotary_pos_emb: q and k together)."""
     def rotate(x):
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
     return rotate(q), rotate(k)
+
+
+# ------------------------------------------------------------------------- document masking (packed rows)
+# A packed row holds several documents (SFT conversations, or pretraining documents with --doc_mask). doc_ids
+# [B, T] gives each position's document; a query then sees only earlier keys of its own document, and RoPE
+# positions restart at 0 for each document, so a packed document is computed exactly as if it were alone.
+def doc_positions(doc_ids):
+    """Position of each token within its document: t - (index where its document starts)."""
+    t = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+
+
+def doc_mask(doc_ids, flex):
+    """The attention mask 'same document and causal'. flex=False: a boolean [B, 1, T, T] tensor for SDPA (the
+    definition; memory O(B T^2)). flex=True: a FlexAttention BlockMask (CUDA), which also skips the blocks that
+    are entirely masked out, so attention costs grow with the documents' lengths, not the row's."""
+    if not flex:
+        same = doc_ids[:, :, None] == doc_ids[:, None, :]
+        return (same & torch.ones(same.shape[-2:], dtype=torch.bool, device=doc_ids.device).tril())[:, None]
+
+    def same_doc_causal(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+    B, T = doc_ids.shape
+    if doc_ids.is_cuda and not _compiled:  # here, not in Attention: outside any region torch.compile traces
+        _compiled.update(attention=torch.compile(flexattn.flex_attention, dynamic=False),
+                         block_mask=torch.compile(flexattn.create_block_mask))
+    make = _compiled["block_mask"] if doc_ids.is_cuda else flexattn.create_block_mask
+    return make(same_doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+# FlexAttention and create_block_mask compiled, made on the first CUDA doc_mask. Uncompiled, FlexAttention is a
+# slow reference that builds the full scores (what runs on a CPU, forward only), and create_block_mask
+# materialises the [B, T, T] mask.
+_compiled = {}
+
+
+def flex_attention(q, k, v, block_mask):
+    """FlexAttention with GQA. Unlike SDPA it is not autocast-aware: q and k (float32 after the fp32 QK-norm
+    gain) take v's dtype, which is what SDPA's autocast cast does."""
+    fn = _compiled["attention"] if q.is_cuda else flexattn.flex_attention
+    return fn(q.to(v.dtype), k.to(v.dtype), v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
@@ -92,7 +138,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
+    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
@@ -106,9 +152,13 @@ class Attention(nn.Module):
             # share a kv head are folded into the query rows: attention with a mask then needs no GQA support (with
             # enable_gqa and a mask SDPA falls back to its math kernel, which copies the whole cache to repeat k, v).
             rep = self.n_heads // self.n_kv
-            mask = (torch.arange(k.shape[2], device=x.device) <= start[:, None]).repeat(rep, 1)  # [rep * T, keys]
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep * T, self.head_dim), k, v, attn_mask=mask)
+            visible = (torch.arange(k.shape[2], device=x.device) <= start[:, None]).repeat(rep, 1)  # [rep * T, keys]
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep * T, self.head_dim), k, v, attn_mask=visible)
             y = y.reshape(B, self.n_heads, T, self.head_dim)
+        elif mask is not None and not isinstance(mask, torch.Tensor):  # packed documents, CUDA: a BlockMask
+            y = flex_attention(q, k, v, mask)
+        elif mask is not None:  # packed documents: the boolean 'same document and causal' mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         elif start == 0:  # training and prefill: plain causal
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
         else:  # decoding after a prefix: query i sits at position start+i and sees keys 0..start+i
@@ -139,17 +189,18 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.checkpointing = checkpointing
 
-    def forward(self, x, cos, sin, cache=None, start=0):
+    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
         # The checkpoint sits inside forward so that a compiled block compiles it too (torch.compile traces
         # non-reentrant checkpoints and selective-checkpoint policies into its graph).
         if self.checkpointing == "block" and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False)
+            return checkpoint(self._forward, x, cos, sin, None, 0, mask, use_reentrant=False)
         if self.checkpointing == "selective" and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, use_reentrant=False, context_fn=_save_matmuls_context())
-        return self._forward(x, cos, sin, cache, start)
+            return checkpoint(self._forward, x, cos, sin, None, 0, mask, use_reentrant=False,
+                              context_fn=_save_matmuls_context())
+        return self._forward(x, cos, sin, cache, start, mask)
 
-    def _forward(self, x, cos, sin, cache=None, start=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
+    def _forward(self, x, cos, sin, cache=None, start=0, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -243,24 +294,39 @@ class Qwen3(nn.Module):
     def lm_head_weight(self):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, idx, caches=None, start=0):
+    def hidden_states(self, idx, caches=None, start=0, doc_ids=None):
         """Token ids [B, T] -> final-normed hidden states [B, T, hidden]. `start` is the position of idx[:, 0], or
         (with caches: generate.Decoder's decode step) a [T] long tensor of the positions, so that one compiled,
-        CUDA-graph-captured step serves every position."""
+        CUDA-graph-captured step serves every position. With doc_ids ([B, T] document index of each position, for
+        packed rows; not with caches) attention stays within each document and positions restart at 0 for each:
+        the mask is a FlexAttention BlockMask on CUDA, a boolean SDPA mask elsewhere."""
         x = self.model.embed_tokens(idx)
-        pos = start if torch.is_tensor(start) else torch.arange(start, start + idx.shape[1], device=idx.device)
-        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta)
+        mask = None
+        if doc_ids is not None:
+            positions, mask = doc_positions(doc_ids), doc_mask(doc_ids, flex=idx.is_cuda)
+        elif torch.is_tensor(start):
+            positions = start
+        else:
+            positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        if doc_ids is not None:
+            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, head_dim]: broadcast over heads
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, None if caches is None else caches[i], start)
+            x = block(x, cos, sin, None if caches is None else caches[i], start, mask)
         return self.model.norm(x)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, doc_ids=None):
         """nanoGPT convention: returns (logits, loss). Without targets: full logits [B, T, vocab], loss None.
         With targets ([B, T] next-token ids, -100 = ignore): logits None -- the loss is computed without
-        materialising them -- and the mean cross-entropy."""
-        h = self.hidden_states(idx)
+        materialising them -- and the mean cross-entropy over the targets that are not ignored. doc_ids: packed
+        rows (see hidden_states); their ignored targets (SFT: everything but the assistant's tokens) skip the
+        lm_head altogether, which changes nothing but the cost."""
+        h = self.hidden_states(idx, doc_ids=doc_ids)
         if targets is None:
             return F.linear(h, self.lm_head_weight), None
+        if doc_ids is not None:
+            keep = targets != -100
+            h, targets = h[keep], targets[keep]
         if self.loss == "liger" and h.is_cuda:
             return None, liger_cross_entropy(h, self.lm_head_weight, targets)
         return None, chunked_cross_entropy(h, self.lm_head_weight, targets)

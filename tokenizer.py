@@ -99,9 +99,10 @@ def _bpe_split(ranks, token, max_rank):
         parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
 
 
-def save_tokenizer(out_dir):
+def save_tokenizer(out_dir, chat_template=None):
     """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json so that
-    transformers.AutoTokenizer.from_pretrained(out_dir) reproduces get_tokenizer() id for id, offline."""
+    transformers.AutoTokenizer.from_pretrained(out_dir) reproduces get_tokenizer() id for id, offline.
+    chat_template (Jinja, sft.CHAT_TEMPLATE) goes into tokenizer_config.json for apply_chat_template."""
     os.makedirs(out_dir, exist_ok=True)
     ranks = load_ranks()
     b2u = _bytes_to_unicode()
@@ -133,6 +134,7 @@ def save_tokenizer(out_dir):
         "clean_up_tokenization_spaces": False, "split_special_tokens": False, "add_prefix_space": False,
         "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
         "additional_special_tokens": [t for t, special in SPECIALS if special],
+        **({"chat_template": chat_template} if chat_template else {}),
     }
     files = {"tokenizer.json": tokenizer_json, "tokenizer_config.json": config, "vocab.json": vocab}
     for name, obj in files.items():

@@ -2,6 +2,7 @@
 Pretrain Qwen3 from scratch (or continue a Hugging Face Qwen3) with Muon + AdamW.
 
     python train.py config/tiny.py                           # CPU demo: prepares data/demo if missing
+    python train.py config/sft_demo.py                       # instruction tuning (SFT) of that model (sft.py)
     torchrun --nproc_per_node=8 train.py config/h800.py      # the reference recipe
     torchrun --nproc_per_node=4 train.py config/h800.py --init_from=resume   # any GPU count resumes exactly
 
@@ -24,11 +25,14 @@ from eval import val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained
 from muon import build_optimizer
-from tokenizer import EOT, QWEN_VOCAB, save_tokenizer
+from sft import CHAT_TEMPLATE, PackedConversations, SFTBatches, val_loss as sft_val_loss
+from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
 out_dir = "out"
 data_dir = DEMO_DIR
+sft_data = ""                 # instruction tuning: a directory made by sft.py (packed conversations, loss on answers)
+doc_mask = False              # pretraining: attention and positions restart at each <|endoftext|> within a window
 init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) | a model dir (HF, checkpoint, out_dir)
 overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
@@ -73,7 +77,7 @@ peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not kno
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
-SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir") + tuple(f.name for f in fields(Qwen3Config))
+SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + tuple(f.name for f in fields(Qwen3Config))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -209,8 +213,9 @@ def compare_config(saved, master):
     the model, unless allow_config_change."""
     ignore = ("init_from", "overwrite", "export_only", "allow_config_change")
     diff = {k: (saved[k], config[k]) for k in config if k in saved and k not in ignore and saved[k] != config[k]}
-    if "data_dir" in diff and os.path.abspath(diff["data_dir"][0]) == os.path.abspath(diff["data_dir"][1]):
-        del diff["data_dir"]
+    for k in ("data_dir", "sft_data"):   # the same directory, named differently
+        if k in diff and diff[k][0] and diff[k][1] and os.path.abspath(diff[k][0]) == os.path.abspath(diff[k][1]):
+            del diff[k]
     if master:
         for k, (old, new) in diff.items():
             print(f"resume: {k} {old!r} -> {new!r}")
@@ -250,23 +255,40 @@ def start_out_dir(master):
 
 def export_hf(model, path):
     """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
-    id fits the embedding -- the tokenizer files."""
+    id fits the embedding -- the tokenizer files with the ChatML chat template. A chat (SFT) model stops
+    generating at <|im_end|>."""
     fits = model.config.vocab_size >= QWEN_VOCAB
-    save_pretrained(model, path, eos_token_id=EOT if fits else None,
-                    generation={"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20})
+    generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    if fits and sft_data:
+        generation["eos_token_id"] = [IM_END, EOT]
+    save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
     if fits:
-        save_tokenizer(path)
+        save_tokenizer(path, chat_template=CHAT_TEMPLATE)
     print(f"exported a Hugging Face directory to {path}")
+
+
+def adopt_model_shape(shape, only_defaults=False):
+    """The model's shape is the weights' when training starts from weights: record it in the settings, so that
+    the checkpoints' train_config is true and a resume rebuilds the same model without restating it. With
+    only_defaults (a resume), a field set on the command line or in a config file is kept (compare_config then
+    refuses the change unless allow_config_change)."""
+    for f in fields(Qwen3Config):
+        if f.name in shape and not (only_defaults and globals()[f.name] != f.default):
+            globals()[f.name] = config[f.name] = shape[f.name]
 
 
 def build_model(dev, use_liger, master):
     """The model (fresh, from weights, or resumed from out_dir's newest checkpoint) and its optimizer, on `dev`.
     Returns (model, optimizer, step to continue from)."""
     fast = dict(compile=compile, loss="liger" if use_liger else "chunked", checkpointing=checkpointing)
+    ckpts = list_checkpoints(out_dir) if init_from == "resume" else []
+    if ckpts:
+        adopt_model_shape(json.load(open(os.path.join(ckpts[-1], "config.json"))), only_defaults=True)
     if init_from in ("scratch", "resume"):
         model = Qwen3(Qwen3Config(**{f.name: globals()[f.name] for f in fields(Qwen3Config)}), **fast)
-    else:  # continue pretraining from weights: a HF Qwen3 directory, a checkpoint, or a training out_dir
+    else:  # continue pretraining, or fine-tune, from weights: a HF Qwen3 directory, a checkpoint, or an out_dir
         model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, **fast)
+        adopt_model_shape({f.name: getattr(model.config, f.name) for f in fields(Qwen3Config)})
     if seq_len > model.config.max_position_embeddings:
         sys.exit(f"error: seq_len {seq_len} > max_position_embeddings {model.config.max_position_embeddings}")
     model.to(dev)
@@ -275,7 +297,6 @@ def build_model(dev, use_liger, master):
     if init_from != "resume":
         start_out_dir(master)
         return model, optimizer, 0
-    ckpts = list_checkpoints(out_dir)
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
     step = load_checkpoint(ckpts[-1], model, optimizer, master)
@@ -285,9 +306,38 @@ def build_model(dev, use_liger, master):
     return model, optimizer, step
 
 
+def make_batches(model, world, rank, grad_accum, dev, master, ddp):
+    """get_batch(step, micro_step) for the configured data: packed SFT conversations -> (x, y, doc_ids), or
+    pretraining windows -> (x, y), plus doc_ids cut at <|endoftext|> with doc_mask."""
+    if sft_data:
+        if model.config.vocab_size < QWEN_VOCAB:
+            sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {model.config.vocab_size}")
+        rows = PackedConversations(sft_data, "train", seq_len, seed, quiet=not master)
+        if not rows.n_rows:
+            sys.exit(f"error: {sft_data} has no training conversation of at most seq_len {seq_len} tokens")
+        if master:
+            print(f"SFT: {len(rows.conv):,} conversations in {rows.n_rows:,} rows of {seq_len} ({100 * rows.fill:.0f}% filled)")
+        return SFTBatches(rows, micro_batch, world, rank, grad_accum, dev).get
+    if master and os.path.abspath(data_dir) == DEMO_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
+        print("preparing the demo dataset (one time)...")
+        build_demo(quiet=True)
+    if ddp:
+        dist.barrier()
+    windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
+    get = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
+    if not doc_mask:
+        return get
+
+    def get_with_doc_ids(step, micro_step):
+        x, y = get(step, micro_step)
+        eot = (x == EOT).long()
+        return x, y, eot.cumsum(1) - eot   # a document ends with (and includes) its <|endoftext|>
+    return get_with_doc_ids
+
+
 def main(get_batch=None):
-    """Train. `get_batch(step, micro_step) -> (x, y)` on the device replaces the dataset (mfu.py --bench feeds
-    random tokens through it). Returns the per-step records."""
+    """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
+    (mfu.py --bench feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
@@ -304,14 +354,7 @@ def main(get_batch=None):
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
     # ----------------------------------------------------------------------------------------- data
-    if get_batch is None:
-        if master and os.path.abspath(data_dir) == DEMO_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
-            print("preparing the demo dataset (one time)...")
-            build_demo(quiet=True)
-        if ddp:
-            dist.barrier()
-        windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
-        get_batch = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
+    get_batch = get_batch or make_batches(model, world, rank, grad_accum, dev, master, ddp)
     tokens_per_step = global_batch * seq_len
     peak, peak_src = peak_tflops(torch.cuda.get_device_name(dev) if cuda else "cpu", peak_tflops_override)
     flops_per_token = flops_per_token_6n(model.config, seq_len)
@@ -334,6 +377,11 @@ def main(get_batch=None):
                 wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
     def evaluate(at_step):
+        if sft_data:  # loss per assistant token on the held-out conversations
+            loss = sft_val_loss(model, sft_data, seq_len, micro_batch, dev, autocast)
+            if loss is not None:
+                log({"step": at_step, "val_loss": loss}, f"step {at_step}: val loss {loss:.4f}")
+            return
         loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast)
         log({"step": at_step, "val_loss": loss, "val_bpb": bpb}, f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
@@ -351,10 +399,10 @@ def main(get_batch=None):
             g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
         loss_sum = torch.zeros((), device=dev)
         for micro in range(grad_accum):
-            x, y = get_batch(step, micro)
+            batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
             sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
             with (nullcontext() if sync else train_model.no_sync()), autocast:
-                _, loss = train_model(x, y)
+                _, loss = train_model(*batch)
             (loss / grad_accum).backward()
             loss_sum += loss.detach()
         if ddp:

@@ -1,0 +1,121 @@
+"""
+Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in ChatML (sft.py's template).
+
+    python chat.py --init_from=out_sft                                   # newest checkpoint of an SFT run
+    python chat.py --init_from=out_sft/hf --system "你是一个乐于助人的助手。" --temperature=0.7
+    printf '你好\\n再见\\n' | python chat.py --init_from=out_sft --temperature=0   # piped: a line is a turn
+
+The KV cache lives across turns: a turn feeds only its new tokens (the last answer's <|im_end|>\\n, the user's
+message, the generation prompt), never the history again. When a turn would not fit in max_context (with room
+for max_new_tokens), the oldest exchanges are dropped (the system message stays) and what is kept is encoded
+once more. /reset starts over. The decoding itself is `reply()`, the one piece a faster decoder replaces.
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from generate import new_caches, sample_next
+from model import find_model_dir, from_pretrained
+from sft import render
+from tokenizer import EOT, IM_END, StreamDecoder, get_tokenizer
+
+init_from = "out_sft"   # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
+system = ""             # the system message ("" = none)
+max_new_tokens = 512    # per answer
+max_context = 0         # tokens of history kept in the cache; 0 = the model's max_position_embeddings
+temperature = 0.7       # 0 = greedy
+top_k = 20              # 0 = off
+top_p = 0.8             # 1.0 = off
+seed = 1337
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+STOP = (IM_END, EOT)
+
+
+@torch.no_grad()
+def reply(model, caches, pos, new_ids):
+    """Feed new_ids at cache position pos, then sample; yields each sampled id, the last one a STOP id unless
+    max_new_tokens ran out. The sampled ids themselves are fed back, so the cache holds exactly what was said."""
+    inp = torch.tensor([new_ids], device=device)
+    for _ in range(max_new_tokens):
+        h = model.hidden_states(inp, caches, pos)
+        pos += inp.shape[1]
+        nxt = sample_next(F.linear(h[:, -1], model.lm_head_weight).float(), temperature, top_k or None, top_p)
+        yield nxt.item()
+        if nxt.item() in STOP:
+            return
+        inp = nxt
+
+
+class Conversation:
+    """The messages so far and how many of their tokens the cache holds; `pending` are tokens of the
+    conversation not yet in the cache (the closing <|im_end|>\\n of the last answer)."""
+
+    def __init__(self, model, ctx):
+        self.model, self.ctx = model, ctx
+        self.caches = new_caches(model, 1, ctx, device, model.model.embed_tokens.weight.dtype)
+        self.reset()
+
+    def reset(self):
+        self.messages = [("system", system)] if system else []
+        self.pos, self.pending = 0, render(self.messages)[0]
+
+    def turn(self, text):
+        """Stream the answer to one user message to stdout."""
+        new = self.pending + render([("user", text)], add_generation_prompt=True)[0]
+        if self.pos + len(new) + max_new_tokens > self.ctx:   # trim: re-encode the newest exchanges that fit
+            keep = self.messages[:1] if system else []
+            rest = self.messages[len(keep):]
+            while rest and len(render(keep + rest + [("user", text)], True)[0]) + max_new_tokens > self.ctx:
+                rest = rest[2:]   # the oldest user message and its answer
+            self.messages, self.pos = keep + rest, 0
+            new = render(self.messages + [("user", text)], add_generation_prompt=True)[0]
+            print(f"[history trimmed to {len(rest) // 2} earlier exchange(s) to fit {self.ctx} tokens]", file=sys.stderr)
+            if len(new) + max_new_tokens > self.ctx:
+                print("[message too long for the context; not sent]", file=sys.stderr)
+                self.reset()
+                return
+        dec, said, sampled = StreamDecoder(get_tokenizer()), [], 0
+        for tok in reply(self.model, self.caches, self.pos, new):
+            sampled += 1
+            if tok in STOP:
+                break
+            said.append(tok)
+            print(dec.push(tok), end="", flush=True)
+        print(dec.flush(), flush=True)
+        # the cache now holds `new` and every sampled id but the last (never fed back); the answer is closed
+        # with <|im_end|>\n when the next turn is fed (a stop id sampled is replaced by <|im_end|>)
+        self.pos += len(new) + sampled - 1
+        self.pending = (said[-1:] if sampled == len(said) else []) + [IM_END] + get_tokenizer().encode_ordinary("\n")
+        self.messages += [("user", text), ("assistant", get_tokenizer().decode(said))]
+
+
+def main():
+    if dtype not in ("float32", "bfloat16", "float16"):
+        sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
+    torch.manual_seed(seed)
+    model_dir = find_model_dir(init_from)
+    model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
+    if model.config.vocab_size <= IM_END:
+        sys.exit(f"error: {model_dir} has vocab_size {model.config.vocab_size}: no room for the chat tokens")
+    ctx = min(max_context or model.config.max_position_embeddings, model.config.max_position_embeddings)
+    if ctx <= max_new_tokens:
+        sys.exit(f"error: max_context {ctx} leaves no room beyond max_new_tokens {max_new_tokens}")
+    chat, tty = Conversation(model, ctx), sys.stdin.isatty()
+    print(f"[{model_dir}] context {ctx} tokens; /reset starts over" + ("; Ctrl-D quits" if tty else ""), file=sys.stderr)
+    while True:
+        try:
+            text = input("> " if tty else "")
+        except EOFError:
+            break
+        if text.strip() == "/reset":
+            chat.reset()
+        elif text.strip():
+            chat.turn(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""
+Instruction tuning data: chat conversations -> ChatML token ids + a loss mask -> packed rows for train.py.
+
+1. formats: one conversation per .jsonl line, in any of the common layouts
+       {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}          (OpenAI)
+       {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}            (ShareGPT)
+       {"instruction": "...", "input": "...", "output": "...", "system": "..."(optional)}     (Alpaca)
+2. the template: Qwen's ChatML, `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message; the loss mask is 1 on
+   what the assistant says (its content tokens and its <|im_end|>) and 0 on everything else (system and user
+   text, `<|im_start|>assistant\\n`, the newline after <|im_end|>). CHAT_TEMPLATE is the same template in Jinja
+   for the exported Hugging Face tokenizer (apply_chat_template gives exactly render()'s ids; tests prove it);
+3. preparation: `python sft.py --input FILES --out DIR` tokenizes once into shards like data.py (per input
+   file and split: tokens, loss mask and conversation lengths, three data.write_shard files) plus meta.json,
+   counting bad rows by reason;
+4. the loader (train.py --sft_data=DIR): conversations packed greedily into seq_len rows, with doc_ids so that
+   attention never crosses conversations and positions restart at 0 (model.py). As data.DistributedBatches,
+   the row at global position g depends only on g: any world size, exact resume from the step alone.
+
+`python sft.py --demo` is the offline end-to-end demo (sft_demo.py).
+"""
+import argparse, hashlib, json, os, sys
+
+import numpy as np
+import torch
+
+from data import DistributedBatches, _shard_name, open_shard, write_shard
+from tokenizer import EOT, IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
+
+# ------------------------------------------------------------------------------------------------ template
+# ChatML exactly as render() writes it; no default system prompt is added (the one given, if any, is used).
+CHAT_TEMPLATE = ("{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                 "+ '<|im_end|>\\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+                 "{%- endif -%}")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
+class BadRow(Exception):
+    """A row that cannot be used; str(e) is the reason it is counted under."""
+
+
+def to_messages(row):
+    """A parsed JSON row in any supported format -> [(role, content), ...], or BadRow(reason)."""
+    if not isinstance(row, dict):
+        raise BadRow("unknown_format")
+    if "messages" in row or "conversations" in row:
+        sharegpt = "messages" not in row
+        turns = row["conversations"] if sharegpt else row["messages"]
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise BadRow("wrong_type")
+        role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
+        msgs = []
+        for t in turns:
+            role = t.get(role_key)
+            role = SHAREGPT_ROLES.get(role) if sharegpt and isinstance(role, str) else role
+            if role not in ROLES:
+                raise BadRow("unknown_role")
+            msgs.append((role, t.get(text_key)))
+    elif "instruction" in row and "output" in row:  # Alpaca: the input, if any, follows the instruction
+        inp = row.get("input") or ""
+        if not isinstance(inp, str) or not isinstance(row["instruction"], str):
+            raise BadRow("wrong_type")
+        msgs = ([("system", row["system"])] if row.get("system") else []) + [
+            ("user", row["instruction"] + ("\n\n" + inp if inp else "")), ("assistant", row["output"])]
+    else:
+        raise BadRow("unknown_format")
+    if not all(isinstance(c, str) for _, c in msgs):
+        raise BadRow("wrong_type")
+    if any(r == "system" for r, _ in msgs[1:]):
+        raise BadRow("system_not_first")
+    if not any(r == "assistant" for r, _ in msgs):
+        raise BadRow("no_assistant_turn")
+    if any(r == "assistant" and not c.strip() for r, c in msgs):
+        raise BadRow("empty_assistant_turn")
+    if any(tok in c for _, c in msgs for tok, _ in SPECIALS):  # would be read as a template token by HF
+        raise BadRow("special_token_in_text")
+    return msgs
+
+
+def render(messages, add_generation_prompt=False):
+    """[(role, content), ...] -> (ids, loss mask), both lists. Text goes through encode_ordinary (never parsed
+    for special tokens), the template's special ids are inserted directly. 'role\\ncontent' is encoded as one
+    piece, exactly as a HF tokenizer splits the rendered string at its special tokens; an assistant token is
+    trained on when any of its bytes belong to the content."""
+    enc, ids, mask = get_tokenizer(), [], []
+    nl = enc.encode_ordinary("\n")
+    for role, content in messages:
+        head = role + "\n"
+        piece = enc.encode_ordinary(head + content)
+        ids += [IM_START] + piece + [IM_END] + nl
+        if role == "assistant":
+            ends = np.cumsum([len(enc.decode_single_token_bytes(t)) for t in piece])
+            mask += [0] + (ends > len(head.encode())).astype(int).tolist() + [1] + [0] * len(nl)
+        else:
+            mask += [0] * (len(piece) + 2 + len(nl))
+    if add_generation_prompt:
+        ids += [IM_START] + enc.encode_ordinary("assistant\n")
+        mask += [0] * (len(ids) - len(mask))
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------------ preparation
+def _is_val(line, val_fraction):
+    """Per conversation, by the hash of its raw JSON line: the same conversation always lands in the same split."""
+    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little") < val_fraction * 2**64
+
+
+def prepare_file(path, out_dir, max_len, overlong, val_fraction):
+    """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
+    last: its presence means 'this input is done')."""
+    name, skips, truncated = _shard_name(path), {}, 0
+    parts = {s: ([], [], []) for s in ("train", "val")}  # token arrays, mask arrays, lengths
+    bad = lambda why: skips.__setitem__(why, skips.get(why, 0) + 1)
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                ids, mask = render(to_messages(json.loads(line.decode("utf-8"))))
+            except UnicodeDecodeError:
+                bad("invalid_utf8")
+                continue
+            except json.JSONDecodeError:
+                bad("bad_json")
+                continue
+            except BadRow as e:
+                bad(str(e))
+                continue
+            if len(ids) > max_len:
+                if overlong == "drop" or not any(mask[:max_len]):  # nothing of the answer would be left
+                    bad("overlong")
+                    continue
+                ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
+            toks, masks, lens = parts["val" if _is_val(line, val_fraction) else "train"]
+            toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
+    side = {"input": os.path.abspath(path), "stat": _stat(path), "skipped": skips, "truncated": truncated,
+            "conversations": {}, "tokens": {}, "loss_tokens": {}}
+    for split, (toks, masks, lens) in parts.items():
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        cat = lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.uint32)
+        for kind, arr in (("tokens", cat(toks)), ("mask", cat(masks)), ("lens", np.array(lens, dtype=np.uint32))):
+            write_shard(os.path.join(out_dir, split, f"{name}.{kind}.bin"), arr)
+        side["conversations"][split], side["tokens"][split] = len(lens), int(sum(lens))
+        side["loss_tokens"][split] = int(sum(int(m.sum()) for m in masks))
+    os.makedirs(os.path.join(out_dir, "done"), exist_ok=True)
+    tmp = os.path.join(out_dir, "done", name + ".json.tmp")
+    json.dump(side, open(tmp, "w"))
+    os.replace(tmp, tmp[:-4])
+    return side
+
+
+def _stat(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False):
+    """Tokenize every .jsonl input (skipping those already done, unless the file changed since), write meta.json."""
+    if overlong not in ("drop", "truncate"):
+        raise SystemExit(f"error: --overlong must be drop|truncate, got {overlong!r}")
+    files = sorted({p for spec in inputs for p in ([spec] if os.path.isfile(spec) else
+                    [os.path.join(r, f) for r, _, fs in os.walk(spec) for f in fs] if os.path.isdir(spec) else [])
+                    if p.endswith(".jsonl")})
+    if not files:
+        raise SystemExit(f"error: --input {inputs} names no .jsonl file")
+    settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction}
+    old = os.path.join(out_dir, "meta.json")
+    if os.path.exists(old) and {k: json.load(open(old)).get(k) for k in settings} != settings:
+        raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
+    sides = []
+    for path in files:
+        side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")
+        side = json.load(open(side_path)) if os.path.exists(side_path) else {}
+        sides.append(side if side.get("stat") == _stat(path) else prepare_file(path, out_dir, max_len, overlong, val_fraction))
+    total = lambda key: {s: sum(x[key][s] for x in sides) for s in ("train", "val")}
+    skipped = {}
+    for x in sides:
+        for k, v in x["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+    meta = {"format": "sft-chatml", "tokenizer_sha256": RANKS_SHA256, **settings,
+            "shards": [{"name": _shard_name(p), "input": x["input"], "conversations": x["conversations"]}
+                       for p, x in zip(files, sides)],
+            "conversations": total("conversations"), "tokens": total("tokens"), "loss_tokens": total("loss_tokens"),
+            "truncated": sum(x["truncated"] for x in sides), "skipped_rows": skipped}
+    json.dump(meta, open(old + ".tmp", "w"), indent=1)
+    os.replace(old + ".tmp", old)
+    if not quiet:
+        print(f"{len(files)} files -> {meta['conversations']['train']:,} train / {meta['conversations']['val']:,} val "
+              f"conversations, {meta['tokens']['train']:,} train tokens ({meta['loss_tokens']['train']:,} trained on); "
+              f"truncated {meta['truncated']}; skipped rows: {skipped or 'none'}")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------ loader
+class PackedConversations:
+    """The conversations of a split, packed once: shuffled with `seed`, then greedily into rows of at most
+    seq_len tokens (a conversation that does not fit closes the row; conversations are never split). Each epoch
+    visits the rows in a new seeded order. row(r) -> (x, y, doc_ids), each [seq_len]: y is the next token where
+    the loss mask says so and -100 elsewhere; padding (EOT) is a document of its own with no targets."""
+
+    def __init__(self, data_dir, split, seq_len, seed=1337, quiet=True):
+        meta_path = os.path.join(data_dir, "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python sft.py --input ... --out {data_dir})")
+        meta = json.load(open(meta_path))
+        if meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256:
+            raise ValueError(f"{data_dir} is not SFT data made by sft.py with this tokenizer")
+        self.T, self.seed, self.tokens, self.masks, conv = seq_len, seed, [], [], []
+        for s in meta["shards"]:
+            base = os.path.join(data_dir, split, s["name"])
+            lens = np.asarray(open_shard(base + ".lens.bin"), dtype=np.int64)
+            self.tokens.append(open_shard(base + ".tokens.bin")), self.masks.append(open_shard(base + ".mask.bin"))
+            starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+            conv.append(np.stack([np.full_like(lens, len(self.tokens) - 1), starts, lens], 1))
+        conv = np.concatenate(conv) if conv else np.zeros((0, 3), dtype=np.int64)
+        too_long = conv[:, 2] > seq_len
+        if too_long.any() and not quiet:
+            print(f"note: {int(too_long.sum())} {split} conversations are longer than seq_len {seq_len} and are not "
+                  f"used (prepare with --max_len={seq_len} --overlong=truncate to keep them, truncated)")
+        self.conv = conv[~too_long][np.random.default_rng(seed).permutation(int((~too_long).sum()))]
+        bounds, used = [0], 0
+        for i, n in enumerate(self.conv[:, 2].tolist()):  # greedy packing in the shuffled order
+            if used + n > seq_len:
+                bounds.append(i)
+                used = 0
+            used += n
+        self.bounds = np.array(bounds + [len(self.conv)], dtype=np.int64)
+        self.n_rows = len(self.bounds) - 1 if len(self.conv) else 0
+        self.fill = float(self.conv[:, 2].sum()) / max(1, self.n_rows * seq_len)  # packing efficiency
+        self._order = (None, None)
+
+    def row_index(self, g):
+        """Global position g -> row: epoch g // n_rows, rows in a seeded order per epoch."""
+        epoch, i = divmod(int(g), self.n_rows)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_rows))
+        return int(self._order[1][i])
+
+    def row(self, r):
+        T, x = self.T, np.full(self.T, EOT, dtype=np.int64)
+        m, doc = np.zeros(T, dtype=bool), np.zeros(T, dtype=np.int64)
+        at = 0
+        for d, (s, start, n) in enumerate(self.conv[self.bounds[r]:self.bounds[r + 1]].tolist()):
+            x[at:at + n], m[at:at + n], doc[at:at + n] = self.tokens[s][start:start + n], self.masks[s][start:start + n], d
+            at += n
+        doc[at:] = doc[at - 1] + 1 if at else 0
+        y = np.full(T, -100, dtype=np.int64)
+        ok = m[1:] & (doc[1:] == doc[:-1])  # the first token of a conversation is <|im_start|>: never a target
+        y[:-1][ok] = x[1:][ok]
+        return x, y, doc
+
+
+class SFTBatches(DistributedBatches):
+    """data.DistributedBatches over packed rows: get(step, micro) -> (x, y, doc_ids) on the device, the rows at
+    the same global positions as pretraining's windows (world-size independent, resumable from the step)."""
+
+    def get(self, step, micro_step):
+        rows = [self.w.row(self.w.row_index(g)) for g in self.positions(step, micro_step)]
+        out = [torch.from_numpy(np.stack(a)) for a in zip(*rows)]
+        if str(self.device).startswith("cuda"):
+            out = [t.pin_memory().to(self.device, non_blocking=True) for t in out]
+        return tuple(out)
+
+
+@torch.no_grad()
+def val_loss(model, data_dir, seq_len, batch_size, device, autocast):
+    """Mean loss per assistant token over the val split (None if it is empty), packed as in training."""
+    try:
+        p = PackedConversations(data_dir, "val", seq_len)
+    except FileNotFoundError:
+        return None
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    for i in range(0, p.n_rows, batch_size):
+        x, y, doc = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*[p.row(r) for r in range(i, min(i + batch_size, p.n_rows))]))
+        with autocast:
+            _, loss = model(x, y, doc)
+        n = int((y != -100).sum())
+        total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    return total / count if count else None
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Tokenize chat conversations (.jsonl) for train.py --sft_data (see README).")
+    ap.add_argument("--input", nargs="+", help=".jsonl files or directories (OpenAI messages, ShareGPT or Alpaca rows)")
+    ap.add_argument("--out", help="output directory (shards + meta.json)")
+    ap.add_argument("--seq_len", type=int, default=2048, help="the training seq_len; default for --max_len")
+    ap.add_argument("--max_len", type=int, default=None, help="longest conversation in tokens (default: --seq_len)")
+    ap.add_argument("--overlong", default="drop", choices=("drop", "truncate"), help="what to do with longer ones")
+    ap.add_argument("--val_fraction", type=float, default=0.01)
+    ap.add_argument("--demo", action="store_true", help="the offline demo: SFT the demo base model on review "
+                    "sentiment, report held-out accuracy before and after (sft_demo.py)")
+    a = ap.parse_args()
+    if a.demo:
+        import sft_demo
+        sft_demo.main()
+    elif not a.input or not a.out:
+        ap.error("--input and --out are required (or --demo)")
+    else:
+        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction)
+        sys.exit(0 if meta["conversations"]["train"] else 1)

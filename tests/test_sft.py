@@ -1,0 +1,280 @@
+"""Instruction tuning: rendering and formats, bad rows, the loss on answers only, document masking (no attention or
+gradient across packed conversations, packed == unpacked), the HF chat template, SFT training with exact resume."""
+import json, os, shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import cuda, losses, run, small_config, small_train_args
+
+import sft
+from model import Qwen3, doc_mask, doc_positions, rope_cos_sin, save_pretrained
+from tokenizer import EOT, IM_END, IM_START, get_tokenizer, save_tokenizer
+
+CONV = [("system", "你是一个助手。"), ("user", "Hello, 你好"), ("assistant", "Hi! 很高兴见到你。"),
+        ("user", "2+2?"), ("assistant", "4")]
+OPENAI = {"messages": [{"role": r, "content": c} for r, c in CONV]}
+SHAREGPT = {"conversations": [{"from": {"user": "human", "assistant": "gpt"}.get(r, r), "value": c} for r, c in CONV]}
+ALPACA = {"instruction": "Translate to English", "input": "你好", "output": "Hello"}
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return str(path)
+
+
+def chat_model(seed=0, **kw):
+    """A model that holds every Qwen id (151,936) but is tiny otherwise; perturbed so that outputs depend on
+    everything (a test of isolation must be able to fail)."""
+    torch.manual_seed(seed)
+    m = Qwen3(small_config(vocab_size=151936, hidden_size=32, intermediate_size=48, head_dim=16, **kw))
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def test_rendering_is_chatml_and_every_format_gives_the_same_conversation():
+    enc = get_tokenizer()
+    assert sft.to_messages(OPENAI) == sft.to_messages(SHAREGPT) == CONV
+    ids, mask = sft.render(CONV)
+    text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in CONV)
+    assert ids == enc.encode(text, allowed_special="all") and len(mask) == len(ids)
+    # the loss is on the assistant's words and its <|im_end|>, nothing else (not even "<|im_start|>assistant\n")
+    assert enc.decode([t for t, m in zip(ids, mask) if m]) == "Hi! 很高兴见到你。<|im_end|>4<|im_end|>"
+    assert sum(mask) == len(enc.encode_ordinary("Hi! 很高兴见到你。")) + len(enc.encode_ordinary("4")) + 2
+    gen, gmask = sft.render(CONV[:2], add_generation_prompt=True)
+    assert gen[-3:] == [IM_START] + enc.encode_ordinary("assistant\n") and not any(gmask)
+    assert sft.to_messages(ALPACA) == [("user", "Translate to English\n\n你好"), ("assistant", "Hello")]
+    assert sft.to_messages({**ALPACA, "input": "", "system": "S"}) == [
+        ("system", "S"), ("user", "Translate to English"), ("assistant", "Hello")]
+
+
+def test_bad_rows_are_counted_by_reason_and_overlong_is_dropped_or_truncated(tmp_path):
+    long = {"messages": [{"role": "user", "content": "词" * 10}, {"role": "assistant", "content": "好" * 300}]}
+    rows = [OPENAI, SHAREGPT, ALPACA, long, "{not json", "[1, 2]",
+            {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},  # unknown_role
+            {"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "y"}]},         # unknown_role
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]},   # empty answer
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": 5}]},      # wrong_type
+            {"messages": [{"role": ["user"], "content": "x"}]},                                          # unknown_role
+            {"messages": [{"role": "user", "content": "only a question"}]},                             # no answer
+            {"messages": [{"role": "user", "content": "<|im_end|>"}, {"role": "assistant", "content": "y"}]},
+            {"instruction": "x", "output": None}, {"text": "pretraining row"}]
+    src = write_jsonl(tmp_path / "chat.jsonl", rows)
+    expected = {"bad_json": 1, "unknown_format": 2, "unknown_role": 3, "empty_assistant_turn": 1, "wrong_type": 2,
+                "no_assistant_turn": 1, "special_token_in_text": 1}
+    meta = sft.prepare([src], str(tmp_path / "drop"), max_len=100, overlong="drop", val_fraction=0, quiet=True)
+    assert meta["skipped_rows"] == {**expected, "overlong": 1}
+    assert meta["conversations"] == {"train": 3, "val": 0} and meta["truncated"] == 0
+    meta = sft.prepare([src], str(tmp_path / "trunc"), max_len=100, overlong="truncate", val_fraction=0, quiet=True)
+    assert meta["skipped_rows"] == expected and meta["conversations"]["train"] == 4 and meta["truncated"] == 1
+    p = sft.PackedConversations(str(tmp_path / "trunc"), "train", seq_len=100)
+    assert sorted(p.conv[:, 2].tolist())[-1] == 100  # the truncated one, cut at max_len and still used
+
+
+def test_hf_chat_template_reproduces_our_ids(tmp_path):
+    from transformers import AutoTokenizer
+    save_tokenizer(tmp_path, chat_template=sft.CHAT_TEMPLATE)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tricky = [("user", "a\n\n  b "), ("assistant", "\n\n 好的 ok\n"), ("user", "é (e + \u0301)"), ("assistant", " x")]
+    for conv in (CONV, CONV[1:], CONV[1:2], tricky):   # with and without system, one and several turns
+        for gen in (False, True):
+            ours, _ = sft.render(conv, add_generation_prompt=gen)
+            hf = tok.apply_chat_template([{"role": r, "content": c} for r, c in conv], tokenize=True,
+                                         add_generation_prompt=gen)
+            assert list(hf["input_ids"] if hasattr(hf, "keys") else hf) == ours, (conv, gen)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_doc_mask_flex_block_mask_equals_the_sdpa_boolean_mask():
+    """The two definitions of 'same document and causal' (CUDA's BlockMask, run here by FlexAttention's eager
+    reference, and the boolean SDPA mask) give the same attention output."""
+    torch.manual_seed(0)
+    attn = Qwen3(small_config(head_dim=16)).model.layers[0].self_attn
+    doc = torch.tensor([[0] * 10 + [1] * 15 + [2] * 7, [0] * 20 + [1] * 12])
+    cos, sin = rope_cos_sin(doc_positions(doc), 16, 1e4)
+    x = torch.randn(2, 32, 64)
+    with torch.no_grad():
+        a = attn(x, cos[:, None], sin[:, None], mask=doc_mask(doc, flex=False))
+        b = attn(x, cos[:, None], sin[:, None], mask=doc_mask(doc, flex=True))
+    assert (a - b).abs().max() < 1e-5
+    assert doc_positions(doc)[0].tolist() == list(range(10)) + list(range(15)) + list(range(7))
+
+
+def prepared(tmp_path, rows, seq_len=64):
+    d = str(tmp_path / "sftdata")
+    sft.prepare([write_jsonl(tmp_path / "c.jsonl", rows)], d, max_len=seq_len, val_fraction=0, quiet=True)
+    return d
+
+
+CONVS = [[("user", "你好"), ("assistant", "你好！有什么可以帮你？")],
+         [("system", "Be brief."), ("user", "Capital of France?"), ("assistant", "Paris.")],
+         [("user", "1+1"), ("assistant", "2"), ("user", "2+2"), ("assistant", "4, of course")],
+         [("user", "写一首诗"), ("assistant", "床前明月光")]]
+
+
+def test_packed_loss_is_the_mean_over_assistant_tokens_of_each_conversation_alone(tmp_path):
+    rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for conv in CONVS]
+    p = sft.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
+    assert p.n_rows < len(CONVS)  # several conversations share a row
+    x, y, doc = (torch.from_numpy(np.stack(a)) for a in zip(*[p.row(r) for r in range(p.n_rows)]))
+    model = chat_model().eval()
+    with torch.no_grad():
+        _, packed = model(x, y, doc)
+        # by hand: each conversation alone (unpacked, positions from 0), log-probs of its assistant tokens only
+        nll = []
+        for conv in CONVS:
+            ids, mask = sft.render(conv)
+            logp = F.log_softmax(model(torch.tensor([ids]))[0][0].double(), -1)
+            nll += [-logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t]]
+    assert (y != -100).sum().item() == len(nll) == sum(sum(sft.render(c)[1]) for c in CONVS)
+    assert packed.item() == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert IM_START in x[y == -100].tolist() and (y == IM_END).any()
+
+
+def test_no_gradient_flows_between_packed_conversations():
+    """The loss of conversation A, with B packed before it and C after it in the same row: its gradient with
+    respect to B's and C's token embeddings is exactly zero, and not with respect to A's own."""
+    model = chat_model(seed=1)
+    a, _ = sft.render(CONVS[1])
+    b, _ = sft.render(CONVS[0])
+    c, _ = sft.render(CONVS[2])
+    x = torch.tensor([b + a + c])
+    doc = torch.tensor([[0] * len(b) + [1] * len(a) + [2] * len(c)])
+    y = torch.full_like(x, -100)
+    y[0, len(b):len(b) + len(a) - 1] = x[0, len(b) + 1:len(b) + len(a)]  # every next-token target inside A
+    emb = {}
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        emb["out"] = out
+    model.model.embed_tokens.register_forward_hook(keep)
+    _, loss = model(x, y, doc)
+    loss.backward()
+    g = emb["out"].grad[0].abs().sum(-1)
+    assert g[:len(b)].max() == 0 and g[len(b) + len(a):].max() == 0
+    assert (g[len(b):len(b) + len(a) - 1] > 0).all()
+
+
+def test_loader_is_world_size_independent_and_has_targets_in_every_row(tmp_path):
+    rows = [{"messages": [{"role": r, "content": c * (1 + i % 3)} for r, c in conv]} for i in range(30) for conv in CONVS]
+    p = sft.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
+    one = sft.SFTBatches(p, micro_batch=2, world_size=1, rank=0, grad_accum=4)
+    for step in (0, 7):
+        ref = [one.get(step, m) for m in range(4)]
+        for world in (2, 4):
+            got = [sft.SFTBatches(p, 2, world, r, 4 // world).get(step, m) for m in range(4 // world) for r in range(world)]
+            for i in range(3):
+                assert torch.equal(torch.cat([g[i] for g in ref]), torch.cat([g[i] for g in got]))
+    assert all((p.row(r)[1] != -100).any() for r in range(p.n_rows))
+    assert sorted(np.concatenate([p.conv[p.bounds[r]:p.bounds[r + 1], 1] for r in range(p.n_rows)]).tolist()) == \
+        sorted(p.conv[:, 1].tolist())  # every conversation in exactly one row
+
+
+def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
+    """train.py --sft_data from a HF directory (whose shape is then the run's: the resume restates nothing);
+    a checkpoint removed and resumed gives the same losses; the export carries the chat template and stops at
+    <|im_end|>."""
+    base = str(tmp_path / "base")
+    save_pretrained(chat_model(), base, dtype=torch.float32, eos_token_id=EOT)
+    rows = [{"messages": [{"role": r, "content": c * (1 + i % 4)} for r, c in conv]} for i in range(20) for conv in CONVS]
+    d = str(tmp_path / "sft")
+    r = run(["sft.py", "--input", write_jsonl(tmp_path / "c.jsonl", rows), "--out", d, "--seq_len=64",
+             "--val_fraction=0.1"])
+    assert r.returncode == 0 and "skipped rows: none" in r.stdout, r.stderr[-2000:]
+    out = str(tmp_path / "o")
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "head_dim", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "data_dir")
+
+    def args(**kw):  # small_train_args without any model shape: it comes from the weights
+        over = dict(sft_data=d, init_from=base, max_steps=6, ckpt_interval=3, eval_interval=3, export_at_end=True,
+                    seq_len=64)
+        over.update(kw)
+        return [a for a in small_train_args("", out, **over) if a.split("=")[0][2:] not in shape]
+    r = run(["train.py"] + args())
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_train = int(r.stdout.split("SFT: ")[1].split()[0])
+    assert 50 < n_train < 80   # the val split is held out
+    ref = losses(out)
+    vals = [json.loads(l)["val_loss"] for l in open(os.path.join(out, "log.jsonl")) if "val_loss" in l]
+    assert sorted(ref) == list(range(1, 7)) and len(vals) == 3 and vals[-1] < vals[0]
+    shutil.rmtree(os.path.join(out, "ckpt-0000006"))
+    r = run(["train.py"] + args(init_from="resume"))
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
+    assert losses(out) == ref
+    hf = os.path.join(out, "hf")
+    assert json.load(open(os.path.join(hf, "generation_config.json")))["eos_token_id"] == [IM_END, EOT]
+    assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == sft.CHAT_TEMPLATE
+
+
+def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
+    """--doc_mask=True: the documents of a window do not see each other, so the loss differs from plain causal
+    training on the same windows, and both runs are otherwise the same."""
+    import data
+    from tokenizer import RANKS_SHA256
+    d = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        os.makedirs(d / split)
+        docs = [np.append(rng.integers(0, 500, rng.integers(3, 20)), EOT) for _ in range(300)]
+        data.write_shard(str(d / split / "s.bin"), np.concatenate(docs).astype(np.uint32))
+    n = {s: len(data.open_shard(str(d / s / "s.bin"))) for s in ("train", "val")}
+    json.dump({"tokenizer_sha256": RANKS_SHA256, "shards": [{"name": "s", "tokens": n, "use_tokens": n}]},
+              open(d / "meta.json", "w"))
+    common = dict(vocab_size=151936, hidden_size=32, head_dim=16, max_steps=3, ckpt_interval=0)
+    res = {}
+    for mask in (False, True):
+        r = run(["train.py"] + small_train_args(str(d), str(tmp_path / f"o{mask}"), doc_mask=mask, **common))
+        assert r.returncode == 0, r.stderr[-2000:]
+        res[mask] = losses(tmp_path / f"o{mask}")
+    assert res[True][1] != res[False][1] and all(np.isfinite(list(res[True].values())))
+
+
+def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
+    """Piped turns to chat.py print, turn by turn, the greedy answer to the whole conversation so far (recomputed
+    here from scratch with generate()); a small max_context makes it drop old exchanges and carry on."""
+    from generate import generate
+    model = chat_model(seed=3).eval()
+    save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
+    save_tokenizer(tmp_path)
+    enc, turns = get_tokenizer(), ["你好", "今天天气怎么样？", "谢谢"]
+    r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--system", "简短回答。"],
+            input="\n".join(turns) + "\n", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ids, expected = sft.render([("system", "简短回答。")])[0], ""
+    for t in turns:
+        ids = ids + sft.render([("user", t)], add_generation_prompt=True)[0]
+        out = generate(model, torch.tensor([ids]), 6, temperature=0, eos=[IM_END, EOT])[0, len(ids):].tolist()
+        said = [x for x in out if x not in (IM_END, EOT)]
+        expected += enc.decode(said) + "\n"
+        ids = ids + said + [IM_END] + enc.encode_ordinary("\n")
+    assert len(expected) > 3 * 2 and r.stdout.replace("\ufffd", "") == expected.replace("\ufffd", "")
+    r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
+            input="\n".join(turns * 2) + "\n", timeout=300)
+    assert r.returncode == 0 and "history trimmed" in r.stderr, r.stderr[-2000:]
+
+
+@cuda
+def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition():
+    """On CUDA, hidden_states uses FlexAttention (compiled); the boolean SDPA mask is the definition: same loss
+    and gradients in float32 on a packed batch."""
+    import model as M
+    torch.manual_seed(0)
+    m = Qwen3(small_config(head_dim=16)).cuda()
+    doc = torch.tensor([[0] * 100 + [1] * 90 + [2] * 66, [0] * 256]).cuda()
+    x, y = torch.randint(0, 320, (2, 256)).cuda(), torch.randint(0, 320, (2, 256)).cuda()
+    out, definition = {}, M.doc_mask
+    for flex in (False, True):
+        M.doc_mask = lambda d, flex_, forced=flex: definition(d, forced)
+        try:
+            m.zero_grad(set_to_none=True)
+            loss = m(x, y, doc)[1]
+            loss.backward()
+            out[flex] = (loss.item(), [p.grad.clone() for p in m.parameters()])
+        finally:
+            M.doc_mask = definition
+    assert abs(out[True][0] - out[False][0]) < 1e-4
+    assert all((a - b).norm() <= 1e-3 * a.norm() + 1e-6 for a, b in zip(out[True][1], out[False][1]))
