@@ -9,6 +9,7 @@ FlexAttention path and the definition (SDPA with the boolean same-document causa
 gradients (eager blocks, so that only attention differs).
 
     python bench/sft.py [--micro_batch=12] [--steps=10]      # one CUDA GPU; < 4 min on an H200
+    python bench/sft.py --micro_batch=6 --checkpointing=selective --steps=4   # config/24gb.py's setting: memory
     python bench/sft.py --smoke=1                            # the same code on a CPU with a tiny model (no numbers)
 
 Prints one JSON line per mode (BENCH_SFT {...}: tok/s counting every position of a row, padding included; step
@@ -84,7 +85,8 @@ if __name__ == "__main__":
     sft_dir = write_random_sft_dir(os.path.join(tmp, "sft"), seq)
     sys.argv = ["train.py", f"--out_dir={tmp}/out", "--init_from=scratch", "--eval_interval=0", "--ckpt_interval=0",
                 "--export_at_end=False", "--wandb_log=False", f"--max_steps={warmup + steps}", f"--seq_len={seq}",
-                f"--micro_batch={micro}", f"--global_batch={micro}", "--log_interval=1"] + (tiny if smoke else [])
+                f"--micro_batch={micro}", f"--global_batch={micro}", "--log_interval=1",
+                f"--checkpointing={opts.get('checkpointing', 'none')}"] + (tiny if smoke else [])
     os.chdir(ROOT)
     import torch
     import train
