@@ -25,7 +25,7 @@ import torch
 
 from data import DistributedBatches, open_shard, write_shard
 from prepare import _shard_name
-from tokenizer import EOT, IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
+from tokenizer import EOT, IM_END, IM_START, QWEN_VOCAB, RANKS_SHA256, SPECIALS, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ template
 # ChatML exactly as render() writes it; no default system prompt is added (the one given, if any, is used).
@@ -264,6 +264,18 @@ class SFTBatches(DistributedBatches):
 
 
 @torch.no_grad()
+def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, master):
+    """train.py's SFT data: the packed training conversations of data_dir as SFTBatches, or a clear exit."""
+    if vocab_size < QWEN_VOCAB:
+        sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {vocab_size}")
+    rows = PackedConversations(data_dir, "train", seq_len, seed, quiet=not master)
+    if not rows.n_rows:
+        sys.exit(f"error: {data_dir} has no training conversation of at most seq_len {seq_len} tokens")
+    if master:
+        print(f"SFT: {len(rows.conv):,} conversations in {rows.n_rows:,} rows of {seq_len} ({100 * rows.fill:.0f}% filled)")
+    return SFTBatches(rows, micro_batch, world, rank, grad_accum, device)
+
+
 def val_loss(model, data_dir, seq_len, batch_size, device, autocast):
     """Mean loss per assistant token over the val split (None if it is empty), packed as in training."""
     try:

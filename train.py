@@ -26,7 +26,7 @@ from eval import val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained
 from muon import build_optimizer
-from sft import CHAT_TEMPLATE, PackedConversations, SFTBatches, val_loss as sft_val_loss
+from sft import CHAT_TEMPLATE, sft_batches, val_loss as sft_val_loss
 from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
@@ -152,11 +152,8 @@ def stop_non_finite(what, master):
 
 
 def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)   # a file or a directory: both must reach the disk
+    os.fsync(fd), os.close(fd)
 
 
 def save_checkpoint(model, optimizer, step):
@@ -311,14 +308,8 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
     """get_batch(step, micro_step) for the configured data: packed SFT conversations -> (x, y, doc_ids), or
     pretraining windows -> (x, y), plus doc_ids cut at <|endoftext|> with doc_mask."""
     if sft_data:
-        if model.config.vocab_size < QWEN_VOCAB:
-            sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {model.config.vocab_size}")
-        rows = PackedConversations(sft_data, "train", seq_len, seed, quiet=not master)
-        if not rows.n_rows:
-            sys.exit(f"error: {sft_data} has no training conversation of at most seq_len {seq_len} tokens")
-        if master:
-            print(f"SFT: {len(rows.conv):,} conversations in {rows.n_rows:,} rows of {seq_len} ({100 * rows.fill:.0f}% filled)")
-        return SFTBatches(rows, micro_batch, world, rank, grad_accum, dev).get
+        return sft_batches(sft_data, seq_len, seed, model.config.vocab_size, micro_batch, world, rank, grad_accum, dev,
+                           master).get
     if master and os.path.abspath(data_dir) == DEMO_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
         print("preparing the demo dataset (one time)...")
         build_demo(quiet=True)
