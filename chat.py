@@ -8,15 +8,15 @@ Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in C
 The KV cache lives across turns: a turn feeds only its new tokens (the last answer's <|im_end|>\\n, the user's
 message, the generation prompt), never the history again. When a turn would not fit in max_context (with room
 for max_new_tokens), the oldest exchanges are dropped (the system message stays) and what is kept is encoded
-once more. /reset starts over. The decoding itself is `reply()`, the one piece a faster decoder replaces.
+once more. /reset starts over. Decoding is generate.Decoder's: on CUDA its compiled one-token step replays as a
+CUDA graph.
 """
 import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from generate import new_caches, sample_next
+from generate import Decoder, sample_next
 from model import find_model_dir, from_pretrained
 from sft import render
 from tokenizer import EOT, IM_END, StreamDecoder, get_tokenizer
@@ -36,18 +36,17 @@ STOP = (IM_END, EOT)
 
 
 @torch.no_grad()
-def reply(model, caches, pos, new_ids):
-    """Feed new_ids at cache position pos, then sample; yields each sampled id, the last one a STOP id unless
-    max_new_tokens ran out. The sampled ids themselves are fed back, so the cache holds exactly what was said."""
-    inp = torch.tensor([new_ids], device=device)
-    for _ in range(max_new_tokens):
-        h = model.hidden_states(inp, caches, pos)
-        pos += inp.shape[1]
-        nxt = sample_next(F.linear(h[:, -1], model.lm_head_weight).float(), temperature, top_k or None, top_p)
+def reply(decoder, new_ids):
+    """Append new_ids to the decoder's cache in one prefill, then sample token by token (generate.Decoder: on
+    CUDA a compiled step replayed as a CUDA graph, elsewhere the same step eagerly); yields each sampled id, the
+    last one a STOP id unless max_new_tokens ran out. Each sampled id but the last is appended to the cache by the
+    step that follows it, so the cache holds exactly what was said."""
+    nxt = sample_next(decoder.prefill(torch.tensor([new_ids], device=device)), temperature, top_k or None, top_p)
+    for i in range(max_new_tokens):
         yield nxt.item()
-        if nxt.item() in STOP:
+        if nxt.item() in STOP or i == max_new_tokens - 1:
             return
-        inp = nxt
+        nxt = decoder.step(nxt, temperature, top_k or None, top_p)
 
 
 class Conversation:
@@ -56,22 +55,24 @@ class Conversation:
 
     def __init__(self, model, ctx):
         self.model, self.ctx = model, ctx
-        self.caches = new_caches(model, 1, ctx, device, model.model.embed_tokens.weight.dtype)
+        self.decoder = Decoder(model, batch_size=1, max_len=ctx)   # one static KV cache for the whole chat
         self.reset()
 
     def reset(self):
         self.messages = [("system", system)] if system else []
-        self.pos, self.pending = 0, render(self.messages)[0]
+        self.decoder.reset(0)
+        self.pending = render(self.messages)[0]
 
     def turn(self, text):
         """Stream the answer to one user message to stdout."""
         new = self.pending + render([("user", text)], add_generation_prompt=True)[0]
-        if self.pos + len(new) + max_new_tokens > self.ctx:   # trim: re-encode the newest exchanges that fit
+        if self.decoder.pos + len(new) + max_new_tokens > self.ctx:   # trim: re-encode the newest exchanges that fit
             keep = self.messages[:1] if system else []
             rest = self.messages[len(keep):]
             while rest and len(render(keep + rest + [("user", text)], True)[0]) + max_new_tokens > self.ctx:
                 rest = rest[2:]   # the oldest user message and its answer
-            self.messages, self.pos = keep + rest, 0
+            self.messages = keep + rest
+            self.decoder.reset(0)
             new = render(self.messages + [("user", text)], add_generation_prompt=True)[0]
             print(f"[history trimmed to {len(rest) // 2} earlier exchange(s) to fit {self.ctx} tokens]", file=sys.stderr)
             if len(new) + max_new_tokens > self.ctx:
@@ -79,7 +80,7 @@ class Conversation:
                 self.reset()
                 return
         dec, said, sampled = StreamDecoder(get_tokenizer()), [], 0
-        for tok in reply(self.model, self.caches, self.pos, new):
+        for tok in reply(self.decoder, new):
             sampled += 1
             if tok in STOP:
                 break
@@ -88,7 +89,6 @@ class Conversation:
         print(dec.flush(), flush=True)
         # the cache now holds `new` and every sampled id but the last (never fed back); the answer is closed
         # with <|im_end|>\n when the next turn is fed (a stop id sampled is replaced by <|im_end|>)
-        self.pos += len(new) + sampled - 1
         self.pending = (said[-1:] if sampled == len(said) else []) + [IM_END] + get_tokenizer().encode_ordinary("\n")
         self.messages += [("user", text), ("assistant", get_tokenizer().decode(said))]
 
