@@ -26,20 +26,31 @@ def _write_inputs(d):
     return good_pq + ["jsonl 文档一", "jsonl doc two 🤖", "A whole text file is one document.\n第二行。"]
 
 
-def test_prepare_counts_skips_errors_and_is_resumable(tmp_path):
+def _prepared(tmp_path):
     docs = _write_inputs(tmp_path / "in")
-    enc = get_tokenizer()
     out = str(tmp_path / "out")
-    meta = prepare.prepare([str(tmp_path / "in")], out, val_fraction=0.0, workers=2, quiet=True)
+    return docs, out, prepare.prepare([str(tmp_path / "in")], out, val_fraction=0.0, workers=2, quiet=True)
+
+
+def test_prepare_tokenizes_every_good_document_exactly(tmp_path):
+    docs, out, meta = _prepared(tmp_path)
+    enc = get_tokenizer()
     assert meta["tokens"]["train"] == sum(len(enc.encode_ordinary(t)) + 1 for t in docs)
-    assert meta["skipped_rows"] == {"not_string": 2, "empty": 1, "bad_json": 1, "invalid_utf8": 1, "missing_field": 1}
-    assert len(meta["errors"]) == 1 and "bad.parquet" in meta["errors"][0]
     all_tokens = np.concatenate([data.open_shard(f) for f in sorted(glob.glob(out + "/train/*.bin"))])
     direct = np.concatenate([enc.encode_ordinary(t) + [EOT] for t in docs])
     assert sorted(all_tokens.tolist()) == sorted(direct.tolist())
+
+
+def test_prepare_counts_bad_rows_by_reason_and_names_broken_files(tmp_path):
+    _, _, meta = _prepared(tmp_path)
+    assert meta["skipped_rows"] == {"not_string": 2, "empty": 1, "bad_json": 1, "invalid_utf8": 1, "missing_field": 1}
+    assert len(meta["errors"]) == 1 and "bad.parquet" in meta["errors"][0]
+
+
+def test_prepare_resumes_after_a_kill_to_byte_identical_shards(tmp_path):
+    """One input finished, one killed mid-write (a .tmp and a shard without sidecar), the rest never started."""
+    _, out, meta = _prepared(tmp_path)
     snapshot = {os.path.basename(f): open(f, "rb").read() for f in glob.glob(out + "/*/*.bin")}
-    # simulated interruption: one input finished, one killed mid-write (a .tmp and a shard without sidecar),
-    # the rest never started; re-running must produce byte-identical shards
     out2 = str(tmp_path / "out2")
     prepare.prepare([str(tmp_path / "in" / "a.parquet")], out2, val_fraction=0.0, quiet=True)
     name_b = prepare._shard_name(str(tmp_path / "in" / "b.jsonl"))
@@ -48,7 +59,10 @@ def test_prepare_counts_skips_errors_and_is_resumable(tmp_path):
     meta2 = prepare.prepare([str(tmp_path / "in")], out2, val_fraction=0.0, workers=2, quiet=True)
     assert {os.path.basename(f): open(f, "rb").read() for f in glob.glob(out2 + "/*/*.bin")} == snapshot
     assert meta2["tokens"] == meta["tokens"]
-    # CLI: structural errors give exit code 1 and a message naming the file
+
+
+def test_prepare_cli_exits_1_naming_a_broken_file_or_a_missing_field(tmp_path):
+    _write_inputs(tmp_path / "in")
     r = run(["prepare.py", "--input", str(tmp_path / "in" / "bad.parquet"), "--out", str(tmp_path / "o3")])
     assert r.returncode == 1 and "bad.parquet" in r.stderr
     r = run(["prepare.py", "--input", str(tmp_path / "in" / "b.jsonl"), "--out", str(tmp_path / "o4"), "--text_field", "body"])
@@ -68,39 +82,37 @@ def test_prepare_mixing_weights(tmp_path):
     assert abs(per[0] / per[1] - 3.0) < 0.05, per
 
 
-def test_loader_epoch_coverage_disjoint_ranks_world_size_independence(tmp_path):
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    w = data.TokenWindows(d, "train", 64, seed=5)
+def test_loader_visits_every_window_once_per_epoch_in_a_new_order(tmp_path):
+    w = data.TokenWindows(synthetic_dataset(str(tmp_path / "ds")), "train", 64, seed=5)
     ids = [w.window_index(g) for g in range(w.n_windows)]
-    assert sorted(ids) == list(range(w.n_windows))                      # each window exactly once per epoch
+    assert sorted(ids) == list(range(w.n_windows)) and ids != list(range(w.n_windows))
     ids2 = [w.window_index(g) for g in range(w.n_windows, 2 * w.n_windows)]
-    assert sorted(ids2) == list(range(w.n_windows)) and ids2 != ids       # next epoch: new order
-    assert ids != list(range(w.n_windows))
-    # global batch of 16 for world sizes 1, 2, 4, 8 with accumulation adjusted
-    def global_batch(world, step):
+    assert sorted(ids2) == list(range(w.n_windows)) and ids2 != ids
+
+
+def test_global_batch_is_the_same_on_1_2_4_8_ranks_and_ranks_are_disjoint(tmp_path):
+    w = data.TokenWindows(synthetic_dataset(str(tmp_path / "ds")), "train", 64, seed=5)
+
+    def global_batch(world, step):   # 16 sequences: micro-batch 2, accumulation 16 / (2 x world)
         accum = 16 // (2 * world)
-        rows = []
-        for r in range(world):
-            b = data.DistributedBatches(w, 2, world, r, accum)
-            per_rank = [b.get(step, m)[0] for m in range(accum)]
-            rows.append(torch.cat(per_rank))
-            assert len({p for m in range(accum) for p in b.positions(step, m)}) == 2 * accum
-        return rows
+        batches = [data.DistributedBatches(w, 2, world, r, accum) for r in range(world)]
+        pos = [set(b.positions(step, m)) for b in batches for m in range(accum)]
+        assert all(a.isdisjoint(b) for i, a in enumerate(pos) for b in pos[i + 1:])
+        return torch.cat([b.get(step, m)[0] for b in batches for m in range(accum)])
     for step in (0, 3, 50):
-        ref = torch.cat(global_batch(1, step))
+        ref = sorted(map(tuple, global_batch(1, step).tolist()))
         for world in (2, 4, 8):
-            rows = global_batch(world, step)
-            pos = [set(data.DistributedBatches(w, 2, world, r, 16 // (2 * world)).positions(step, m))
-                   for r in range(world) for m in range(16 // (2 * world))]
-            assert all(a.isdisjoint(b) for i, a in enumerate(pos) for b in pos[i + 1:])  # ranks disjoint
-            assert sorted(map(tuple, torch.cat(rows).tolist())) == sorted(map(tuple, ref.tolist()))
-    # resume: a fresh loader at step s yields what the uninterrupted one yields
-    a = data.DistributedBatches(w, 2, 1, 0, 4)
+            assert sorted(map(tuple, global_batch(world, step).tolist())) == ref
+
+
+def test_a_fresh_loader_at_step_s_yields_what_the_uninterrupted_one_yields(tmp_path):
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    a = data.DistributedBatches(data.TokenWindows(d, "train", 64, seed=5), 2, 1, 0, 4)
     seq = [a.get(s, m)[0] for s in range(6) for m in range(4)]
     b = data.DistributedBatches(data.TokenWindows(d, "train", 64, seed=5), 2, 1, 0, 4)
     assert all(torch.equal(seq[4 * 3 + m], b.get(3, m)[0]) for m in range(4))
     x, y = a.get(0, 0)
-    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(x[:, 1:], y[:, :-1])   # targets are the next tokens
 
 
 def test_bad_shards_refused(tmp_path):
