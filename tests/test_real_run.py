@@ -34,16 +34,22 @@ def test_real_run_rehearsal_prepare_kill_resume_elsewhere_export_eval_sample(tmp
             langs.add("zh" if len(prepare.ZH_CHAR.findall(text)) > len(prepare.EN_CHAR.findall(text)) / 4 else "en")
     assert langs == {"zh", "en"}
 
-    # two processes, killed (the whole launcher group, as a dead machine would be) once the step-8 checkpoint exists
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "train.py"]
-    p = subprocess.Popen(cmd + _args(prepared, out), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    # two processes (started by hand, as torchrun would: a torchrun agent runs its workers in sessions of their own,
+    # out of reach of a kill aimed at the agent), both SIGKILLed -- a dead machine -- once the step-8 checkpoint exists
+    port = free_port()
+    procs = [subprocess.Popen([PY, "train.py"] + _args(prepared, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                                                                  MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r),
+                                                                  WORLD_SIZE="2"))
+             for r in range(2)]
     deadline = time.time() + TIMEOUT
-    while not os.path.exists(os.path.join(out, "ckpt-0000008", "state.pt")) and p.poll() is None and time.time() < deadline:
+    while not os.path.exists(os.path.join(out, "ckpt-0000008", "state.pt")) and time.time() < deadline \
+            and all(p.poll() is None for p in procs):
         time.sleep(0.01)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait(timeout=60)
-    assert os.path.isdir(os.path.join(out, "ckpt-0000008")) and not os.path.isdir(os.path.join(out, "hf"))
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    assert [p.wait(timeout=60) for p in procs] == [-signal.SIGKILL] * 2, "a rank ended before it could be killed"
+    assert os.path.isdir(os.path.join(out, "ckpt-0000008")) and not os.path.isdir(os.path.join(out, "ckpt-0000012"))
 
     # resume on one process with half the learning rates: a clean exit and one clean curve
     r = run(["train.py"] + _args(prepared, out, init_from="resume", muon_lr=0.01, adamw_lr=1.5e-3))
