@@ -363,7 +363,10 @@ if __name__ == "__main__":
     if data_dir:
         seq_len, val_tokens, src = val_settings(model_dir, seq_len, val_tokens, model.config.max_position_embeddings)
         print(f"seq_len {seq_len} | val_tokens {val_tokens:,} (unless given: {src})")
-        loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp)
+        try:
+            loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp)
+        except (OSError, ValueError) as e:   # data.py names the file and what to do
+            sys.exit(f"error: {e}")
         print(f"val loss {loss:.4f} | val bpb {bpb:.4f}")
     if ceval_dir:
         res = ceval(model, get_tokenizer(), ceval_dir, mode, split, shots,

@@ -300,10 +300,13 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     if not quiet:
         kept = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}"
         print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
-              f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio']}; "
+              f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio'] or 'n/a (no English)'}; "
               f"skipped rows: {dict(skipped) or 'none'}{kept if min_score is not None else ''}")
         if source_field:
             print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
+        if val_fraction > 0 and meta["tokens"]["train"] and not meta["tokens"]["val"]:
+            print(f"WARNING no document fell into the val split (--val_fraction {val_fraction}): train.py's evaluation "
+                  "needs one; raise --val_fraction or add data", file=sys.stderr)
         more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
         for w in warnings[:20] + more:
             print(f"WARNING {w}", file=sys.stderr)

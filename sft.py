@@ -211,7 +211,7 @@ class PackedConversations:
             base = os.path.join(data_dir, split, s["name"])
             lens = np.asarray(open_shard(base + ".lens.bin"), dtype=np.int64)
             self.tokens.append(open_shard(base + ".tokens.bin")), self.masks.append(open_shard(base + ".mask.bin"))
-            starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+            starts = (np.cumsum(lens) - lens).astype(np.int64)   # also right for a file with no conversation here
             conv.append(np.stack([np.full_like(lens, len(self.tokens) - 1), starts, lens], 1))
         conv = np.concatenate(conv) if conv else np.zeros((0, 3), dtype=np.int64)
         too_long = conv[:, 2] > seq_len

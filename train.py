@@ -45,10 +45,7 @@ seq_len = 2048
 micro_batch = 12              # sequences per GPU per micro-step
 global_batch = 384            # sequences per optimizer step
 # optimizer and WSD schedule: linear warmup, constant, linear decay to min_lr_frac x lr over the last decay_steps
-max_steps = 100_000
-warmup_steps = 20_000
-decay_steps = 60_000
-min_lr_frac = 0.0
+max_steps, warmup_steps, decay_steps, min_lr_frac = 100_000, 20_000, 60_000, 0.0
 muon_lr = 0.02                # hidden 2-D matrices
 muon_lr_rule = "original"     # original: sqrt(max(1, rows/cols)) | match_rms_adamw: 0.2*sqrt(max(rows, cols))
 muon_momentum = 0.95
@@ -59,13 +56,9 @@ grad_clip = 1.0               # 0 = off
 # evaluation, logging, checkpoints
 eval_interval = 1000
 val_tokens = 2**19            # size of the fixed validation sample (data.py val_batches; eval.py uses the same)
-log_interval = 1
-ckpt_interval = 1000
-keep_ckpts = 3
+log_interval, ckpt_interval, keep_ckpts = 1, 1000, 3   # steps, steps, checkpoints kept
 export_at_end = True
-wandb_log = False
-wandb_project = "qwen3-pretrain"
-wandb_run_name = "run"
+wandb_log, wandb_project, wandb_run_name = False, "qwen3-pretrain", "run"
 # system
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"   # autocast dtype; master weights are fp32
@@ -115,10 +108,10 @@ def check_settings(world):
                     f"no micro_batch does: make global_batch a multiple of {world}"))
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
-    if dtype not in ("float32", "bfloat16"):
-        sys.exit(f"error: dtype must be bfloat16|float32, got {dtype!r}")
-    if sdpa_backend not in ("auto", "cudnn", "flash", "efficient"):
-        sys.exit(f"error: sdpa_backend must be auto|cudnn|flash|efficient, got {sdpa_backend!r}")
+    for key, allowed in (("dtype", ("bfloat16", "float32")), ("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
+                         ("checkpointing", ("none", "block", "selective"))):
+        if globals()[key] not in allowed:
+            sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {globals()[key]!r}")
     if export_only and init_from != "resume":
         sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
     return global_batch // (micro_batch * world)
@@ -148,6 +141,9 @@ def stop_non_finite(what, master):
         print(f"error: {what}. " + (f"The newest checkpoint, {ckpts[-1]}, is from before it: lower the lr and resume "
                                     "from it (--init_from=resume)." if ckpts else
                                     "No checkpoint has been written yet: lower the lr and start again."))
+    if dist.is_initialized():  # every rank is here (same verdict): leave the group together, then exit
+        dist.barrier()
+        dist.destroy_process_group()
     sys.exit(2)
 
 
@@ -287,8 +283,9 @@ def build_model(dev, use_liger, master):
     else:  # continue pretraining, or fine-tune, from weights: a HF Qwen3 directory, a checkpoint, or an out_dir
         model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, **fast)
         adopt_model_shape({f.name: getattr(model.config, f.name) for f in fields(Qwen3Config)})
-    if seq_len > model.config.max_position_embeddings:
-        sys.exit(f"error: seq_len {seq_len} > max_position_embeddings {model.config.max_position_embeddings}")
+    if seq_len > model.config.max_position_embeddings and not export_only:
+        sys.exit(f"error: seq_len {seq_len} > the model's max_position_embeddings {model.config.max_position_embeddings}: "
+                 f"pass --seq_len={model.config.max_position_embeddings} or less (or the config file it was trained with)")
     model.to(dev)
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
@@ -327,6 +324,15 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
     return get_with_doc_ids
 
 
+def data_or_exit(fn, *args):
+    """fn(*args), a data problem (data.py and sft.py raise it naming the file and what to do) as one line. Every
+    rank reads the same files, so every rank stops."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
 def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (mfu.py --bench feeds random tokens through it). Returns the per-step records."""
@@ -346,7 +352,7 @@ def main(get_batch=None):
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
     # ----------------------------------------------------------------------------------------- data
-    get_batch = get_batch or make_batches(model, world, rank, grad_accum, dev, master, ddp)
+    get_batch = get_batch or data_or_exit(make_batches, model, world, rank, grad_accum, dev, master, ddp)
     tokens_per_step = global_batch * seq_len
     peak, peak_src = peak_tflops(torch.cuda.get_device_name(dev) if cuda else "cpu", peak_tflops_override)
     flops_per_token = flops_per_token_6n(model.config, seq_len)
@@ -374,7 +380,7 @@ def main(get_batch=None):
             if loss is not None:
                 log({"step": at_step, "val_loss": loss}, f"step {at_step}: val loss {loss:.4f}")
             return
-        loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast)
+        loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast)
         log({"step": at_step, "val_loss": loss, "val_bpb": bpb}, f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
     # ---------------------------------------------------------------------------------------- train

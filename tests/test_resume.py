@@ -121,3 +121,26 @@ def test_init_from_a_missing_directory_is_one_clear_line(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     r = run(["train.py"] + small_train_args(d, str(tmp_path / "o"), init_from="resmue"))
     assert r.returncode != 0 and "Traceback" not in r.stderr and "resmue" in r.stderr.strip().splitlines()[-1]
+
+
+def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path):
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    r = run(["train.py"] + small_train_args(str(tmp_path / "nowhere"), str(tmp_path / "o")))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "meta.json" in r.stderr.strip().splitlines()[-1]
+    from conftest import small_config
+    from model import Qwen3, save_pretrained
+    save_pretrained(Qwen3(small_config()), str(tmp_path / "m"))
+    open(os.path.join(d, "meta.json"), "w").write("{broken")
+    r = run(["eval.py", f"--data_dir={d}", f"--init_from={tmp_path / 'm'}", "--seq_len=32"])
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "is broken" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_export_only_needs_no_seq_len_that_fits_the_model(tmp_path):
+    """Exporting writes weights; a seq_len longer than the model's context (e.g. the reference config's 2048 on the
+    demo model) must not stop it."""
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    out = str(tmp_path / "o")
+    assert run(["train.py"] + small_train_args(d, out, max_steps=2, ckpt_interval=2)).returncode == 0
+    r = run(["train.py"] + small_train_args(d, out, init_from="resume", export_only=True, seq_len=4096,
+                                             allow_config_change=True))
+    assert r.returncode == 0 and os.path.isfile(os.path.join(out, "hf", "config.json")), r.stderr[-1500:]

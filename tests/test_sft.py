@@ -278,3 +278,12 @@ def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition():
             M.doc_mask = definition
     assert abs(out[True][0] - out[False][0]) < 1e-4
     assert all((a - b).norm() <= 1e-3 * a.norm() + 1e-6 for a, b in zip(out[True][1], out[False][1]))
+
+
+def test_input_files_without_a_val_conversation_are_fine(tmp_path):
+    """Small files often get no conversation of the 1% val split: the split is then just smaller (here: empty)."""
+    files = [write_jsonl(tmp_path / f"{i}.jsonl", [OPENAI, SHAREGPT, ALPACA]) for i in range(2)]
+    d = str(tmp_path / "sft")
+    sft.prepare(files, d, max_len=128, val_fraction=0, quiet=True)
+    assert sft.PackedConversations(d, "val", seq_len=128).n_rows == 0
+    assert sft.PackedConversations(d, "train", seq_len=128).n_rows > 0
