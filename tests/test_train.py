@@ -39,7 +39,7 @@ def test_sigkill_resume_is_exact_and_world_size_independent(tmp_path):
     while not os.path.exists(os.path.join(out, "ckpt-0000010", "state.pt")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.002)
     p.send_signal(signal.SIGKILL)
-    assert p.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert p.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     shutil.copytree(out, out + "_2procs")
     res = run(["train.py"] + small_train_args(d, out, init_from="resume"))
     assert res.returncode == 0, res.stderr[-2000:]
