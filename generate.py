@@ -75,6 +75,17 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, noise=None, gen
     return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1, keepdim=True)
 
 
+def _eos_ids(eos, device):
+    """eos as given (an id, a list of ids, or None) -> a 1-D tensor of ids (empty: no eos)."""
+    return torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=device)
+
+
+def last_logits(model, idx, caches, start):
+    """Runs idx [B, T] from position `start` against the caches; float logits of the last position [B, vocab]."""
+    h = model.hidden_states(idx, caches, start)
+    return F.linear(h[:, -1], model.lm_head_weight).float()
+
+
 def _eos_update(nxt, eos, done):
     """Rows that already produced eos keep emitting it (eos[0]); marks the rows that just produced one."""
     nxt = torch.where(done[:, None], eos[0], nxt)
@@ -92,7 +103,7 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         decoder.reset()
         yield from decoder.stream(idx, max_new_tokens, temperature, top_k, top_p, eos, generator)
         return
-    eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
+    eos = _eos_ids(eos, idx.device)
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     total = idx.shape[1] + max_new_tokens
     if total > model.config.max_position_embeddings:
@@ -101,8 +112,7 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     caches = new_caches(model, idx.shape[0], total, idx.device, model.model.embed_tokens.weight.dtype)
     inp, pos = idx, 0
     for _ in range(max_new_tokens):
-        h = model.hidden_states(inp, caches, pos)
-        logits = F.linear(h[:, -1], model.lm_head_weight).float()
+        logits = last_logits(model, inp, caches, pos)
         pos += inp.shape[1]
         nxt = sample_next(logits, temperature, top_k, top_p, generator=generator)
         if eos.numel():
@@ -129,9 +139,7 @@ def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=
     """The token tok [B, 1] at position input_pos (a [1] long tensor) -> the next token [B, 1]; tok's keys and
     values are written into the caches on the way. No shape depends on the position, so this is compiled once and
     captured once in a CUDA graph. temperature 0 (a number) = greedy; otherwise temperature / top_p are tensors."""
-    h = model.hidden_states(tok, caches, input_pos)
-    logits = F.linear(h[:, -1], model.lm_head_weight).float()
-    return sample_next(logits, temperature, top_k, top_p, noise)
+    return sample_next(last_logits(model, tok, caches, input_pos), temperature, top_k, top_p, noise)
 
 
 def frozen_decode_step(*args):
@@ -207,9 +215,9 @@ class Decoder:
             raise ValueError(f"this Decoder holds batch size {self.batch_size}, got {B} rows")
         if self.pos + T > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + {T} do not fit")
-        h = self.model.hidden_states(idx, self.caches, self.pos)  # int start: the plain path's causal attention
+        logits = last_logits(self.model, idx, self.caches, self.pos)  # int start: the plain path's causal attention
         self.pos += T
-        return F.linear(h[:, -1], self.model.lm_head_weight).float()
+        return logits
 
     def _sampling(self, temperature, top_k, top_p):
         """decode_step's sampling arguments: the numbers go into the fixed tensors the graph reads."""
@@ -277,7 +285,7 @@ class Decoder:
                              f"{max_new_tokens} new tokens do not fit")
         if max_new_tokens <= 0:
             return
-        eos = torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=idx.device)
+        eos = _eos_ids(eos, idx.device)
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         nxt = sample_next(self.prefill(idx), temperature, top_k, top_p, generator=generator)
         for i in range(max_new_tokens):
@@ -304,8 +312,8 @@ class Decoder:
         if not cols:
             return idx
         new = torch.cat(cols, 1)
-        if eos is not None:
-            eos = torch.tensor([eos] if isinstance(eos, int) else eos, device=idx.device)
+        eos = _eos_ids(eos, idx.device)
+        if eos.numel():
             hit = torch.isin(new, eos)
             if hit.any(1).all():  # the plain path stops at the first column where every row has finished
                 new = new[:, :int(hit.int().argmax(1).max()) + 1]
