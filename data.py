@@ -16,7 +16,7 @@ import json, math, os
 import numpy as np
 import torch
 
-from tokenizer import RANKS_SHA256
+from tokenizer import EOT, RANKS_SHA256
 
 # ------------------------------------------------------------------------------------------------ shards
 MAGIC, VERSION, HEADER_BYTES = b"QWTOKSHD", 1, 32  # magic, u32 version, u32 bytes per token, u64 count, pad
@@ -191,12 +191,20 @@ def val_window_ids(n_windows, seq_len, n_tokens, seed=VAL_SEED):
     return lo + (np.random.default_rng(seed).random(n) * (hi - lo)).astype(np.int64)
 
 
-def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu"):
+def doc_ids_at_endoftext(x):
+    """--doc_mask: the document index of each position of the windows x [B, T], counted from 0 in each window; a
+    document ends with (and includes) its <|endoftext|>."""
+    eot = (x == EOT).long()
+    return eot.cumsum(1) - eot
+
+
+def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu", doc_mask=False):
     """The held-out set of about n_tokens target tokens (val_window_ids): the same windows for every evaluation
-    of every run, whatever the batch size, in train.py and eval.py alike."""
+    of every run, whatever the batch size, in train.py and eval.py alike. Batches are (x, y), plus doc_ids with
+    doc_mask (a run trained with document masking is evaluated the way it was trained)."""
     w = TokenWindows(data_dir, "val", seq_len)
     ids = val_window_ids(w.n_windows, seq_len, n_tokens)
     for i in range(0, len(ids), batch_size):
         rows = np.stack([w.window(j) for j in ids[i:i + batch_size]]).astype(np.int64)
         xy = torch.from_numpy(rows).to(device)
-        yield xy[:, :-1], xy[:, 1:]
+        yield (xy[:, :-1], xy[:, 1:]) + ((doc_ids_at_endoftext(xy[:, :-1]),) if doc_mask else ())

@@ -60,17 +60,18 @@ OPENCOMPASS_MAX_OUT = 1024  # OpenCompass's max_out_len for Hugging Face base mo
 
 
 @torch.no_grad()
-def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocast=nullcontext()):
+def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocast=nullcontext(), doc_mask=False):
     """Mean next-token loss (nats) over the fixed held-out set, and bits per byte: the same total loss in bits
     divided by the UTF-8 bytes of the scored target tokens (special tokens such as <|endoftext|> count 0 bytes),
-    i.e. bpb = loss / ln 2 * tokens / bytes. Unlike loss, bpb does not depend on the tokenizer."""
+    i.e. bpb = loss / ln 2 * tokens / bytes. Unlike loss, bpb does not depend on the tokenizer. doc_mask: attention
+    and positions restart after each <|endoftext|>, as in a run trained with --doc_mask=True."""
     was_training = model.training
     model.eval()
     nbytes = torch.from_numpy(token_byte_lengths(model.config.vocab_size)).to(device)
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    for x, y in val_batches(data_dir, seq_len, n_tokens, batch_size, device):
+    for x, y, *doc_ids in val_batches(data_dir, seq_len, n_tokens, batch_size, device, doc_mask):
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, *doc_ids)
         total_nats += loss.item() * y.numel()
         total_tokens += y.numel()
         total_bytes += int(nbytes[y].sum())
@@ -87,15 +88,18 @@ def checkpoint_train_config(model_dir):
     return torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("train_config", {}) or {}
 
 
-def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None):
-    """(seq_len, val_tokens, where the defaults came from): explicit values win, then the checkpoint's training
-    config (so the val loss matches the one logged in training), then 2048 / 2**19; seq_len capped at max_len."""
+def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None, doc_mask=None):
+    """(seq_len, val_tokens, doc_mask, where the defaults came from): explicit values win, then the checkpoint's
+    training config (so the val loss matches the one logged in training), then 2048 / 2**19 / False; seq_len capped
+    at max_len."""
     train_cfg = checkpoint_train_config(model_dir)
     seq_len = seq_len if seq_len is not None else train_cfg.get("seq_len", 2048)
     val_tokens = val_tokens if val_tokens is not None else train_cfg.get("val_tokens", 2**19)
+    doc_mask = doc_mask if doc_mask is not None else train_cfg.get("doc_mask", False)
     if not (isinstance(seq_len, int) and isinstance(val_tokens, int)):
         raise SystemExit(f"error: --seq_len and --val_tokens must be integers, got {seq_len!r}, {val_tokens!r}")
-    return min(seq_len, max_len or seq_len), val_tokens, "the checkpoint's training config" if train_cfg else "default"
+    return (min(seq_len, max_len or seq_len), val_tokens, bool(doc_mask),
+            "the checkpoint's training config" if train_cfg else "default")
 
 
 # ---------------------------------------------------------------------------------------------- C-Eval
@@ -337,6 +341,7 @@ if __name__ == "__main__":
     seq_len = None             # default: the checkpoint's training seq_len, else 2048
     batch_size = 4
     val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19
+    doc_mask = None            # default: the checkpoint's training doc_mask (attention restarts at <|endoftext|>), else False
     ceval_dir = ""             # local C-Eval files: report C-Eval
     mode = "both"              # ppl | gen | both
     split = "val"              # val | dev | test (test has no answers: predictions only)
@@ -361,10 +366,11 @@ if __name__ == "__main__":
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:
-        seq_len, val_tokens, src = val_settings(model_dir, seq_len, val_tokens, model.config.max_position_embeddings)
-        print(f"seq_len {seq_len} | val_tokens {val_tokens:,} (unless given: {src})")
+        seq_len, val_tokens, doc_mask, src = val_settings(model_dir, seq_len, val_tokens,
+                                                          model.config.max_position_embeddings, doc_mask)
+        print(f"seq_len {seq_len} | val_tokens {val_tokens:,} | doc_mask {doc_mask} (unless given: {src})")
         try:
-            loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp)
+            loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp, doc_mask)
         except (OSError, ValueError) as e:   # data.py names the file and what to do
             sys.exit(f"error: {e}")
         print(f"val loss {loss:.4f} | val bpb {bpb:.4f}")

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import DistributedBatches, TokenWindows
+from data import DistributedBatches, TokenWindows, doc_ids_at_endoftext
 from prepare import DEMO_DIR, build_demo
 from eval import val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
@@ -319,8 +319,7 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
 
     def get_with_doc_ids(step, micro_step):
         x, y = get(step, micro_step)
-        eot = (x == EOT).long()
-        return x, y, eot.cumsum(1) - eot   # a document ends with (and includes) its <|endoftext|>
+        return x, y, doc_ids_at_endoftext(x)
     return get_with_doc_ids
 
 
@@ -380,7 +379,7 @@ def main(get_batch=None):
             if loss is not None:
                 log({"step": at_step, "val_loss": loss}, f"step {at_step}: val loss {loss:.4f}")
             return
-        loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast)
+        loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
         log({"step": at_step, "val_loss": loss, "val_bpb": bpb}, f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
     # ---------------------------------------------------------------------------------------- train

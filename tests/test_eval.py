@@ -280,7 +280,7 @@ def test_cli_val_loss_takes_seq_len_and_val_tokens_from_the_checkpoint(checkpoin
 
 
 def test_explicit_seq_len_beats_the_checkpoint_and_hf_dirs_keep_the_defaults(checkpoint):
-    assert ev.val_settings(checkpoint["ckpt"], 16, None, 256) == (16, 640, "the checkpoint's training config")
-    assert ev.val_settings(checkpoint["ckpt"], None, 99, 256) == (32, 99, "the checkpoint's training config")
-    assert ev.val_settings(checkpoint["hf"], None, None, 4096) == (2048, 2**19, "default")
+    assert ev.val_settings(checkpoint["ckpt"], 16, None, 256) == (16, 640, False, "the checkpoint's training config")
+    assert ev.val_settings(checkpoint["ckpt"], None, 99, 256) == (32, 99, False, "the checkpoint's training config")
+    assert ev.val_settings(checkpoint["hf"], None, None, 4096) == (2048, 2**19, False, "default")
     assert ev.val_settings(checkpoint["hf"], None, None, 256)[0] == 256   # capped at max_position_embeddings

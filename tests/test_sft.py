@@ -212,8 +212,11 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
 
 def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     """--doc_mask=True: the documents of a window do not see each other, so the loss differs from plain causal
-    training on the same windows, and both runs are otherwise the same."""
+    training on the same windows, and both runs are otherwise the same. The run is validated the way it trained
+    (document masking on the val windows too), in train.py's log and in eval.py alike."""
     import data
+    import eval as ev
+    from model import from_pretrained
     from tokenizer import RANKS_SHA256
     d = tmp_path / "ds"
     rng = np.random.default_rng(0)
@@ -224,13 +227,22 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     n = {s: len(data.open_shard(str(d / s / "s.bin"))) for s in ("train", "val")}
     json.dump({"tokenizer_sha256": RANKS_SHA256, "shards": [{"name": "s", "tokens": n, "use_tokens": n}]},
               open(d / "meta.json", "w"))
-    common = dict(vocab_size=151936, hidden_size=32, head_dim=16, max_steps=3, ckpt_interval=0)
+    common = dict(vocab_size=151936, hidden_size=32, head_dim=16, max_steps=3, ckpt_interval=3, eval_interval=3,
+                  val_tokens=256)
     res = {}
     for mask in (False, True):
         r = run(["train.py"] + small_train_args(str(d), str(tmp_path / f"o{mask}"), doc_mask=mask, **common))
         assert r.returncode == 0, r.stderr[-2000:]
         res[mask] = losses(tmp_path / f"o{mask}")
     assert res[True][1] != res[False][1] and all(np.isfinite(list(res[True].values())))
+    out = tmp_path / "oTrue"
+    logged = [json.loads(l)["val_loss"] for l in open(out / "log.jsonl") if "val_loss" in l][-1]
+    model = from_pretrained(str(out / "ckpt-0000003"))
+    masked, causal = (ev.val_loss_bpb(model, str(d), 32, 256, 2, "cpu", doc_mask=m)[0] for m in (True, False))
+    assert abs(logged - masked) < 1e-4 and abs(masked - causal) > 1e-3
+    r = run(["eval.py", f"--init_from={out}", f"--data_dir={d}"])
+    assert r.returncode == 0 and "doc_mask True" in r.stdout, r.stderr[-2000:]
+    assert abs(float(r.stdout.split("val loss ")[1].split()[0]) - masked) < 1e-3
 
 
 def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
