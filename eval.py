@@ -38,8 +38,8 @@ Speed: only the scored positions are multiplied by the lm_head (never [B, T, voc
 subjects are sorted by length and packed into right-padded batches of up to --batch_tokens tokens (causal
 attention never looks ahead, so the padding changes nothing). The text continuations go as four rows
 prompt+option in those same batches: the prompt is computed four times, but there is one code path and no cache
-to manage, in a mode that is not the default. GEN: greedy decoding through generate.py (whose API takes rows of
-equal length, so only prompts of equal token length share a batch); the default style reads the answer with
+to manage, in a mode that is not the default. GEN: greedy decoding through generate.Decoder, prompts sorted by length
+in right-padded batches (each row decodes from its own position); the default style reads the answer with
 extract_choice (an explicit "答案…X" wins over a leading letter).
 """
 import copy, csv, json, math, os, re, sys
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from data import val_batches
-from generate import Decoder, generate
+from generate import Decoder
 from tokenizer import EOT, token_byte_lengths
 
 LETTERS = "ABCD"
@@ -239,39 +239,48 @@ def first_capital(text):
 
 
 @torch.no_grad()
-def generate_answers(model, enc, prompts, device, autocast=nullcontext(), max_new_tokens=8, style="ceval",
-                     batch_size=32):
-    """Greedy continuations (decoded text) of prompts (token lists). generate() takes equal-length rows, so
-    prompts of the same token length go together. Style "opencompass" decodes max_new_tokens at a time until a
-    capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the answer is fixed by then.
-    On CUDA the fast decoder (generate.Decoder: compiled step in a CUDA graph) runs one question at a time on a
-    bf16 copy of the weights -- autocast's bf16 matmuls without autocast, whose cast cache a graph must not read."""
+def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval", batch_size=32,
+                     cache_tokens=2**16):
+    """Greedy continuations (decoded text) of prompts (token lists), batched: prompts sorted by length go as
+    right-padded rows through one generate.Decoder, each row decoding from its own position (up to batch_size
+    rows, and rows x cache length <= cache_tokens: 7.5 GB of bf16 cache for the 0.6B model). Style "opencompass"
+    decodes max_new_tokens at a time until a capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the
+    answer is fixed by then. On CUDA the rows run on a bf16 copy of the weights (autocast's bf16 matmuls, without
+    autocast, whose cast cache a CUDA graph must not read), with the step in a CUDA graph but not compiled: eight
+    tokens a question do not pay back a compilation (BENCHMARKS.md log 12)."""
     max_pos = model.config.max_position_embeddings
-    decoder = None
     if str(device).startswith("cuda"):
-        fast = copy.deepcopy(model).to(torch.bfloat16).eval()
-        decoder, batch_size, autocast = Decoder(fast, batch_size=1, max_len=max_pos), 1, nullcontext()
+        model = copy.deepcopy(model).to(torch.bfloat16).eval()
     limit = min(OPENCOMPASS_MAX_OUT, max_pos // 2) if style == "opencompass" else max_new_tokens  # // 2: tiny test models
     ids = [p[-(max_pos - limit):] for p in prompts]
     new = [[] for _ in prompts]
-    todo = list(range(len(prompts)))
+    decoders = {}
+    todo = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     while todo:
-        groups = {}
-        for i in todo:
-            groups.setdefault(len(ids[i]) + len(new[i]), []).append(i)
-        todo = []
-        for group in groups.values():
-            for b in range(0, len(group), batch_size):
-                rows = group[b:b + batch_size]
-                x = torch.tensor([ids[i] + new[i] for i in rows], device=device)
-                step = min(max_new_tokens, min(limit - len(new[i]) for i in rows))
-                with autocast:
-                    out = generate(model, x, step, temperature=0, eos=EOT, decoder=decoder)[:, x.shape[1]:].tolist()
-                for i, toks in zip(rows, out):
-                    new[i] += toks
-                    done = EOT in toks or len(new[i]) >= limit
-                    if style == "opencompass" and not done and first_capital(_decode(enc, new[i])) is None:
-                        todo.append(i)
+        seqs = [ids[i] + new[i] for i in todo]
+        step = min(max_new_tokens, min(limit - len(new[i]) for i in todo))
+        max_len = min(max_pos, max(map(len, seqs)) + step)
+        rows = max(1, min(batch_size, len(todo), cache_tokens // max_len))
+        if (rows, max_len) not in decoders:  # one per shape: opencompass rounds may need a longer cache
+            decoders = {(rows, max_len): Decoder(model, rows, max_len, compile=False)}
+        decoder, again = decoders[(rows, max_len)], []
+        for b in range(0, len(todo), rows):
+            group = list(range(b, min(b + rows, len(todo))))
+            real = len(group)
+            group += group[-1:] * (rows - real)   # a short last batch: repeat its last row, discard the copies
+            lengths = [len(seqs[g]) for g in group]
+            x = torch.zeros(rows, max(lengths), dtype=torch.long)
+            for r, g in enumerate(group):
+                x[r, :lengths[r]] = torch.tensor(seqs[g])
+            decoder.reset()
+            out = decoder.generate(x.to(device), step, temperature=0, eos=EOT, lengths=lengths)[:, x.shape[1]:]
+            for g, toks in zip(group[:real], out.tolist()):
+                i = todo[g]
+                new[i] += toks
+                done = EOT in toks or len(new[i]) >= limit
+                if style == "opencompass" and not done and first_capital(_decode(enc, new[i])) is None:
+                    again.append(i)
+        todo = again
     return [_decode(enc, n) for n in new]
 
 
@@ -317,7 +326,7 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
         for pred, s in zip(preds, scores):
             pred["ppl"], pred["ppl_scores"] = LETTERS[int(np.argmax(s))], s
     if mode in ("gen", "both"):
-        texts = generate_answers(model, enc, [q[3] for q in questions], device, autocast, max_new_tokens, prompt_style)
+        texts = generate_answers(model, enc, [q[3] for q in questions], device, max_new_tokens, prompt_style)
         for pred, text in zip(preds, texts):
             pred["gen_text"] = text
             pred["gen"] = first_capital(text) if prompt_style == "opencompass" else extract_choice(text)

@@ -6,16 +6,17 @@ Two paths, one function (tests/test_generate.py proves they emit the same tokens
   that grow by slicing. It works anywhere (CPU, tests, eval.py) but on a GPU it is launch-bound: 28 layers x ~15
   small kernels per token, each launched from Python.
 - the fast path, `Decoder`: a static KV cache preallocated to `max_len`, the prompt prefilled in one call, and a
-  one-token `decode_step` whose shapes never change (the position arrives as a tensor, the attention mask is built
-  from it), so it is compiled once and captured once in a CUDA graph, then replayed for every token (the gpt-fast
-  recipe). Sampling runs inside the step; randomness comes from a noise buffer filled before each replay.
-  Nothing waits for the GPU except what the caller reads (the streamed token).
+  one-token `decode_step` whose shapes never change (the positions arrive as a tensor, the attention mask is built
+  from them), so it is compiled once and captured once in a CUDA graph, then replayed for every token (the gpt-fast
+  recipe). The step feeds its token back as the next input; the lm_head and sampling are captured with it;
+  randomness comes from a noise buffer filled before each replay. Nothing waits for the GPU except what the
+  caller reads (the streamed token).
 
     dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: compiled + CUDA graphs
     out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
                                                                    # dec.stream continue the cache instead
 
-The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [T] tensor of
+The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [B, T] tensor of
 positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
 """
 import torch
@@ -26,17 +27,18 @@ class KVCache:
     """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim].
 
     update(start, k, v) with an int `start` (the plain path, prefill) writes positions start.. and returns the
-    filled prefix; with a [T] tensor of positions (the decode step) it writes there and returns the whole buffer,
-    so the shapes do not depend on the position (the attention masks what lies beyond it)."""
+    filled prefix; with a [B, T] tensor of positions (the decode step; each row its own) it writes there and returns
+    the whole buffer, so the shapes do not depend on the position (the attention masks what lies beyond it)."""
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
     def update(self, start, k, v):
-        if torch.is_tensor(start):
-            self.k[:, :, start] = k.to(self.k.dtype)  # index_put: inductor turns it into an in-place scatter
-            self.v[:, :, start] = v.to(self.v.dtype)
+        if torch.is_tensor(start):  # index_put (row b, every head, position start[b, t]): an in-place scatter
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            self.k[rows, :, start] = k.transpose(1, 2).to(self.k.dtype)
+            self.v[rows, :, start] = v.transpose(1, 2).to(self.v.dtype)
             return self.k, self.v
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
@@ -80,10 +82,12 @@ def _eos_ids(eos, device):
     return torch.tensor([eos] if isinstance(eos, int) else (eos or []), device=device)
 
 
-def last_logits(model, idx, caches, start):
-    """Runs idx [B, T] from position `start` against the caches; float logits of the last position [B, vocab]."""
+def last_logits(model, idx, caches, start, lengths=None):
+    """Runs idx [B, T] from position `start` against the caches; float logits of the last position [B, vocab]
+    (with `lengths` [B], right-padded rows: of position lengths[b] - 1 of each row)."""
     h = model.hidden_states(idx, caches, start)
-    return F.linear(h[:, -1], model.lm_head_weight).float()
+    h = h[:, -1] if lengths is None else h[torch.arange(len(h), device=h.device), lengths - 1]
+    return F.linear(h, model.lm_head_weight).float()
 
 
 def _eos_update(nxt, eos, done):
@@ -135,29 +139,39 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
 
 # ------------------------------------------------------------------------------------------------ fast path
-def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=None, noise=None):
-    """The token tok [B, 1] at position input_pos (a [1] long tensor) -> the next token [B, 1]; tok's keys and
-    values are written into the caches on the way. No shape depends on the position, so this is compiled once and
-    captured once in a CUDA graph. temperature 0 (a number) = greedy; otherwise temperature / top_p are tensors."""
-    return sample_next(last_logits(model, tok, caches, input_pos), temperature, top_k, top_p, noise)
+def decode_hidden(model, caches, tok, input_pos):
+    """The token tok [B, 1] at the positions input_pos ([B, 1] long) -> the final hidden state [B, hidden]; tok's
+    keys and values are written into the caches on the way. No shape depends on the position, so this is compiled
+    once and captured once in a CUDA graph."""
+    return model.hidden_states(tok, caches, input_pos)[:, -1]
 
 
-def frozen_decode_step(*args):
-    """decode_step under its own code object, so that its compiled (frozen) code never mixes with decode_step's."""
-    return decode_step(*args)
+def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=None, noise=None, hidden=decode_hidden):
+    """decode_hidden, then the lm_head and sampling -> the next token [B, 1]. temperature 0 (a number) = greedy;
+    otherwise temperature / top_p are tensors. `hidden` is decode_hidden itself or its compiled form: the lm_head
+    stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix in 75 us (inductor's tuned
+    matrix-vector reduction took 137 us: BENCHMARKS.md log 12)."""
+    h = hidden(model, caches, tok, input_pos)
+    return sample_next(F.linear(h, model.lm_head_weight).float(), temperature, top_k, top_p, noise)
+
+
+def frozen_decode_hidden(*args):
+    """decode_hidden under its own code object, so that its compiled (frozen) code never mixes with decode_hidden's."""
+    return decode_hidden(*args)
 
 
 _compiled = {}
 
 
-def compiled_decode_step(freeze):
-    """decode_step under torch.compile, shared by every Decoder (made on first use, so importing this file stays
+def compiled_decode_hidden(freeze):
+    """decode_hidden under torch.compile, shared by every Decoder (made on first use, so importing this file stays
     cheap): dynamo guards on shapes, so decoders of the same batch size and max_len share the compiled code, and a
     second batch size recompiles once with a dynamic batch dimension. `freeze`: compiled under inductor's freezing,
     which makes the weights constants of the compiled code and so lets it concatenate the q/k/v projections into
-    one matmul and gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of)."""
+    one matmul and gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of);
+    dynamo then guards on the parameters' identity, so another model (or a copy) compiles anew."""
     if freeze not in _compiled:
-        _compiled[freeze] = torch.compile(frozen_decode_step if freeze else decode_step, fullgraph=True)
+        _compiled[freeze] = torch.compile(frozen_decode_hidden if freeze else decode_hidden, fullgraph=True)
     return _compiled[freeze]
 
 
@@ -169,12 +183,16 @@ class Decoder:
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
     attention reads the whole buffer, masked). `freeze` (default: with compile) compiles the weights in as constants
-    (see compiled_decode_step), so the compiled step does not see later changes to the model's weights: build
-    Decoders for a model whose weights are final (inference), not for one still training.
+    (see compiled_decode_hidden), so the compiled step does not see later changes to the model's weights: build
+    Decoders for a model whose weights are final (inference), not for one still training. The compiled step uses
+    inductor's coordinate-descent tuning, which turns each one-row matmul into a tuned reduction fused with its
+    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12).
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
-    every generated token except the last one (`last`), which the next prefill must start with to continue."""
+    every generated token except the last one (`last`), which the next prefill must start with to continue.
+    Prompts of different lengths share a batch as right-padded rows with `lengths` (eval.py's C-Eval GEN does
+    this): each row then decodes from its own position, and only a reset() makes the rows even again."""
 
     def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None):
         cfg, w = model.config, model.model.embed_tokens.weight
@@ -194,28 +212,44 @@ class Decoder:
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
-        self.input_pos = torch.zeros(1, dtype=torch.long, device=w.device)
+        self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position
         self.temperature = torch.ones(1, device=w.device)
         self.top_p = torch.ones(1, device=w.device)
         self.noise = None  # [B, vocab] float32, allocated on the first sampled step
         self.graphs = {}
-        self.pos = 0       # positions filled, known on the host so that nothing needs to read it back
+        self.pos = 0       # positions filled (the longest row's), known on the host: nothing needs reading back
+        self.even = True   # every row at position pos (False after a right-padded prefill)
         self.last = None
 
     def reset(self, pos=0):
         """Forget everything from position `pos` on (what lies beyond is masked, then overwritten)."""
-        self.pos, self.last = pos, None
+        self.pos, self.even, self.last = pos, True, None
+        self.input_pos.fill_(pos)
 
     @torch.no_grad()
-    def prefill(self, idx):
+    def prefill(self, idx, lengths=None):
         """Runs idx [B, T] at positions pos..pos+T-1 in one call (eager: any T, no recompilation), appends its keys
-        and values to the cache, and returns the float logits of the last position [B, vocab]."""
+        and values to the cache, and returns the float logits of the last position [B, vocab]. `lengths` [B] (a
+        list or tensor): right-padded rows of those lengths, each row's logits from its own last token (padding
+        never reaches a real token: causal attention looks back only, and the decode steps overwrite and mask it)."""
         B, T = idx.shape
         if B != self.batch_size:
             raise ValueError(f"this Decoder holds batch size {self.batch_size}, got {B} rows")
+        if not self.even:
+            raise ValueError("the rows stand at different positions after a right-padded prefill: reset() first")
         if self.pos + T > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + {T} do not fit")
-        logits = last_logits(self.model, idx, self.caches, self.pos)  # int start: the plain path's causal attention
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=idx.device)
+            if not ((lengths >= 1) & (lengths <= T)).all():
+                raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
+        # int start: the plain path's causal attention
+        logits = last_logits(self.model, idx, self.caches, self.pos, lengths)
+        if lengths is None:
+            self.input_pos.fill_(self.pos + T)
+        else:
+            self.input_pos.copy_(self.pos + lengths[:, None])
+        self.even = lengths is None
         self.pos += T
         return logits
 
@@ -231,36 +265,44 @@ class Decoder:
 
     def _graph(self, key, args):
         """The CUDA graph of the step for this sampling mode, captured on first use. The warm-up runs (compilation,
-        autotuning) happen outside the capture; they write the cache only at input_pos, which the real step
-        rewrites."""
+        autotuning) happen outside the capture; what they change (the input token, the positions, the cache at
+        those positions) is put back or rewritten by the real step."""
         if key not in self.graphs:
+            saved = self.tok.clone(), self.input_pos.clone()
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
                 for _ in range(2):
-                    self._run(args)
+                    self._advance(args)
             torch.cuda.current_stream().wait_stream(s)
+            self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._run(args)
+                out = self._advance(args)
             self.graphs[key] = (graph, out)
         return self.graphs[key]
 
-    def _run(self, args):
-        """One call of the step, compiled or not. Freezing is read while dynamo traces, so the flag is set around
-        every call (the CUDA graph replays never call Python)."""
+    def _advance(self, args):
+        """One step, compiled or not: the next token, which is also fed back as the next input, and every row's
+        position moved on by one -- so, in a graph, a replay is all a token costs. Freezing and the tuning are
+        read while dynamo traces, so the flags are set around every call (graph replays never call Python)."""
         if not self.compile:
-            return decode_step(*args)
-        with torch._inductor.config.patch(freezing=self.freeze):
-            return compiled_decode_step(self.freeze)(*args)
+            nxt = decode_step(*args)
+        else:
+            with torch._inductor.config.patch(freezing=self.freeze, coordinate_descent_tuning=True):
+                nxt = decode_step(*args, hidden=compiled_decode_hidden(self.freeze))
+        self.tok.copy_(nxt)
+        self.input_pos += 1
+        return nxt
 
     @torch.no_grad()
-    def step(self, tok, temperature=0, top_k=None, top_p=None, generator=None):
-        """Appends tok [B, 1] at position pos and returns the next token [B, 1] (no host sync)."""
+    def step(self, tok=None, temperature=0, top_k=None, top_p=None, generator=None):
+        """Appends tok [B, 1] (None: the token the previous step returned) at each row's next position and returns
+        the next token [B, 1] (no host sync)."""
         if self.pos >= self.max_len:
             raise ValueError(f"the cache is full ({self.max_len} positions)")
-        self.tok.copy_(tok)
-        self.input_pos.fill_(self.pos)
+        if tok is not None:
+            self.tok.copy_(tok)
         temperature, top_k, top_p = self._sampling(temperature, top_k, top_p)
         sampled = torch.is_tensor(temperature)
         if sampled:
@@ -273,13 +315,15 @@ class Decoder:
             graph.replay()
             nxt = out.clone()  # the next replay overwrites `out`
         else:
-            nxt = self._run(args)
+            nxt = self._advance(args)
         self.pos += 1
         return nxt
 
-    def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every):
+    def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, lengths=None):
         """Prefill idx, then yield max_new_tokens columns [B, 1], as the plain `stream` does; whether every row has
-        produced eos is read back (a host sync) only every `check_every` tokens."""
+        produced eos is read back (a host sync) only every `check_every` tokens. From the second step on, each step
+        takes the token the previous one produced (a row that has finished is fed its own token, not eos: what it
+        yields is eos whatever it computes)."""
         if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + prompt {idx.shape[1]} + "
                              f"{max_new_tokens} new tokens do not fit")
@@ -287,10 +331,10 @@ class Decoder:
             return
         eos = _eos_ids(eos, idx.device)
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        nxt = sample_next(self.prefill(idx), temperature, top_k, top_p, generator=generator)
+        nxt = sample_next(self.prefill(idx, lengths), temperature, top_k, top_p, generator=generator)
         for i in range(max_new_tokens):
             if i:
-                nxt = self.step(nxt, temperature, top_k, top_p, generator)
+                nxt = self.step(nxt if i == 1 else None, temperature, top_k, top_p, generator)
             if eos.numel():
                 nxt = _eos_update(nxt, eos, done)
             self.last = nxt
@@ -304,11 +348,13 @@ class Decoder:
         yield from self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 1)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None,
+                 lengths=None):
         """Like the module's `generate`, continuing from the cache's current position. It reads nothing back
         while decoding (eos is checked every 16 tokens), then trims the columns generated after every row
-        finished, so the result equals the plain path's."""
-        cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16))
+        finished, so the result equals the plain path's. With `lengths` (right-padded prompts, see prefill) the new
+        tokens of every row are the columns after idx.shape[1], whatever its length."""
+        cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16, lengths))
         if not cols:
             return idx
         new = torch.cat(cols, 1)

@@ -147,14 +147,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start, k, v)
         if torch.is_tensor(start):
-            # Static cache (generate.Decoder): `start` holds the positions, k and v are the whole preallocated buffer
-            # and the query at position p sees keys 0..p, so no shape depends on the position. The query heads that
-            # share a kv head are folded into the query rows: attention with a mask then needs no GQA support (with
-            # enable_gqa and a mask SDPA falls back to its math kernel, which copies the whole cache to repeat k, v).
-            rep = self.n_heads // self.n_kv
-            visible = (torch.arange(k.shape[2], device=x.device) <= start[:, None]).repeat(rep, 1)  # [rep * T, keys]
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep * T, self.head_dim), k, v, attn_mask=visible)
-            y = y.reshape(B, self.n_heads, T, self.head_dim)
+            y = self._static_cache_attention(q, k, v, start)
         elif mask is not None and not isinstance(mask, torch.Tensor):  # packed documents, CUDA: a BlockMask
             y = flex_attention(q, k, v, mask)
         elif mask is not None:  # packed documents: the boolean 'same document and causal' mask
@@ -165,6 +158,21 @@ class Attention(nn.Module):
             mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _static_cache_attention(self, q, k, v, positions):
+        """Decoding against a static cache (generate.Decoder): positions [B, T] holds each query's position (rows
+        may stand at different positions), k and v are the whole preallocated buffer [B, n_kv, max_len, head_dim],
+        and the query at position p sees keys 0..p, so no shape depends on the position and one compiled step,
+        captured once in a CUDA graph, serves them all. The attention is written out (QK^T, masked softmax in fp32,
+        PV: HF's "eager" attention), with the query heads that share a kv head folded into the query rows: for one
+        query over a few thousand keys this is three small kernels that inductor fuses with their neighbours,
+        where SDPA's fused kernels spend 11 us a layer (BENCHMARKS.md log 12)."""
+        B, H, T, D = q.shape
+        rep = H // self.n_kv
+        visible = torch.arange(k.shape[2], device=q.device) <= positions[:, None, :, None]   # [B, 1, T, keys]
+        scores = (q.reshape(B, self.n_kv, rep * T, D) @ k.transpose(-1, -2)).float() * D ** -0.5
+        scores = scores.masked_fill(~visible.repeat(1, 1, rep, 1), float("-inf"))   # folded row r*T + t: query t
+        return (scores.softmax(-1).to(v.dtype) @ v).reshape(B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -296,8 +304,8 @@ class Qwen3(nn.Module):
 
     def hidden_states(self, idx, caches=None, start=0, doc_ids=None):
         """Token ids [B, T] -> final-normed hidden states [B, T, hidden]. `start` is the position of idx[:, 0], or
-        (with caches: generate.Decoder's decode step) a [T] long tensor of the positions, so that one compiled,
-        CUDA-graph-captured step serves every position. With doc_ids ([B, T] document index of each position, for
+        (with caches: generate.Decoder's decode step) a [B, T] long tensor of every token's position, so that one
+        compiled, CUDA-graph-captured step serves every position, and rows may stand at different positions. With doc_ids ([B, T] document index of each position, for
         packed rows; not with caches) attention stays within each document and positions restart at 0 for each:
         the mask is a FlexAttention BlockMask on CUDA, a boolean SDPA mask elsewhere."""
         x = self.model.embed_tokens(idx)
@@ -309,7 +317,7 @@ class Qwen3(nn.Module):
         else:
             positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
-        if doc_ids is not None:
+        if positions.dim() == 2:  # per-row positions (packed documents, static cache)
             cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, head_dim]: broadcast over heads
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, None if caches is None else caches[i], start, mask)

@@ -7,9 +7,9 @@ common Chinese characters of realistic lengths (question 100-300 characters, opt
 
     python bench/ceval.py            # one CUDA GPU; prints one JSON line per mode; < 5 minutes
 
-Prints seconds, questions/s and the mean prompt length in tokens for each mode. GEN decodes one question at a
-time unless prompts share a token length, so its speed is generate.py's; if it would run past the time budget,
-it is measured on the first subjects and extrapolated ("subjects_timed" < 52 says so).
+Prints seconds, questions/s and the mean prompt length in tokens for each mode. Both modes run as one call over
+all subjects, as eval.py's CLI runs them (with CEVAL_GEN_SUBSET=1, GEN runs 4 subjects a call and stops early
+to extrapolate: "subjects_timed" < 52 says so).
 """
 import csv
 import json
@@ -89,9 +89,9 @@ def main(smoke=False):
             sync()
             if not smoke:
                 torch.cuda.reset_peak_memory_stats()
-            # PPL batches across subjects: one call over all, as the CLI runs it. GEN: 4 subjects per call, so
-            # that a slow decoder is measured on a subset and extrapolated instead of running for many minutes
-            step = len(subjects) if mode == "ppl" else 4
+            # one call over all subjects, as the CLI runs it (GEN falls back to 4 subjects a call, measured on a
+            # subset and extrapolated, should it be slow)
+            step = len(subjects) if mode == "ppl" or not os.environ.get("CEVAL_GEN_SUBSET") else 4
             timed, elapsed, n = [], 0.0, 0
             for k in range(0, len(subjects), step):
                 t = time.time()

@@ -72,7 +72,7 @@ def test_static_cache_logits_match_full_recompute_at_every_position():
         p = 3
         while p < 64:
             n = 4 if p == 10 else 1
-            h = model.hidden_states(seq[:, p:p + n], caches, torch.arange(p, p + n))
+            h = model.hidden_states(seq[:, p:p + n], caches, torch.arange(p, p + n).expand(2, n))
             err = (F.linear(h, model.lm_head_weight) - full[:, p:p + n]).abs().max()
             assert err < 1e-4, (p, err)
             p += n
@@ -88,6 +88,30 @@ def test_decoder_generates_until_the_cache_is_full():
     dec.reset()
     with pytest.raises(ValueError, match="64 positions"):
         dec.generate(prompt, 60, temperature=0)
+
+
+def test_decoder_decodes_right_padded_prompts_of_different_lengths_like_each_alone():
+    """Prompts of lengths 3, 9 and 6 in one batch, right-padded, with `lengths`: every row decodes from its own
+    position and emits the greedy tokens of its prompt run alone (plain path), also when it stops at eos; a second
+    prefill on uneven rows is refused until reset()."""
+    model = peaky_model(seed=9)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 320, (1, n), generator=g) for n in (3, 9, 6)]
+    alone = [generate(model, p, 20, temperature=0)[0, p.shape[1]:] for p in prompts]
+    padded = torch.zeros(3, 9, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        padded[b, :p.shape[1]] = p
+    dec = Decoder(model, batch_size=3, max_len=32)
+    out = dec.generate(padded, 20, temperature=0, lengths=[3, 9, 6])
+    assert torch.equal(out[:, 9:], torch.stack(alone))
+    with pytest.raises(ValueError, match="reset"):
+        dec.prefill(padded)
+    eos = int(alone[0][4])   # row 0 stops at its 5th token; the others run on (and may meet it too)
+    dec.reset()
+    out = dec.generate(padded, 20, temperature=0, lengths=torch.tensor([3, 9, 6]), eos=eos)
+    plain = [generate(model, p, 20, temperature=0, eos=eos)[0, p.shape[1]:] for p in prompts]
+    for b in range(3):
+        assert torch.equal(out[b, 9:9 + len(plain[b])], plain[b])
 
 
 def test_decoder_continues_from_its_cache_like_a_chat():
@@ -118,10 +142,10 @@ def test_sampling_fast_path_equals_plain_path_for_one_seed():
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch, freeze):
-    """decode_step traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations; with
+    """decode_hidden traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations; with
     freeze, the weights as constants) and the traced function emits the eager tokens; aot_eager keeps this fast on
     the CPU (the GPU uses inductor)."""
-    step = lambda *args: decode_step(*args)  # its own code object: dynamo's state for decode_step stays untouched
+    step = lambda *args: G.decode_hidden(*args)  # its own code object: dynamo's state for decode_hidden stays untouched
     monkeypatch.setattr(G, "_compiled", {freeze: torch.compile(step, backend="aot_eager", fullgraph=True)})
     model = peaky_model(seed=8)
     prompt = torch.randint(0, 320, (2, 5))
