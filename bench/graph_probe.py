@@ -1,12 +1,14 @@
 """
-Exploration (device call 2026-11-29 #5, issue 15): what do the launch gaps of one training micro-step cost? One
-micro-step (12 x 2048, fwd + bwd into fp32 .grad, bf16 autocast, compiled blocks) run as today, and the same
-micro-step captured once in a CUDA graph and replayed. Prints JSON lines; median of 10 after warm-up.
+Exploration (issue 15): what do the launch gaps of one training micro-step cost? One micro-step (micro x 2048,
+fwd + bwd into fp32 .grad, bf16 autocast, compiled blocks, liger's loss) run as today, and the same with the body
+(embedding, 28 blocks, final norm) captured by torch.cuda.make_graphed_callables: its forward and its backward
+each replayed as one CUDA graph, the loss (liger: not capturable, it reads a value back) eager between them.
+Prints JSON lines; median of 10 after warm-up.  python bench/graph_probe.py [micro]
 """
 import json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
-from model import Qwen3, Qwen3Config
+from model import Qwen3, Qwen3Config, liger_cross_entropy
 
 
 def emit(**kw):
@@ -26,42 +28,53 @@ def main(micro=12, seq=2048):
     model = Qwen3(Qwen3Config(), compile=True, loss="liger").cuda()
     x = torch.randint(0, 151936, (micro, seq + 1), device="cuda")
     inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+    amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
 
-    def micro_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    def eager_step():
+        with amp():
             _, loss = model(inp, tgt)
         (loss / 8).backward()
         return loss.detach()
 
-    for loss_kind in ("liger", "chunked"):
-        model.loss = loss_kind
-        for _ in range(3):
-            micro_step()
-        dt = timed(micro_step)
-        emit(variant=f"eager loop, {loss_kind}", ms=round(dt * 1000, 2), tok_per_s=round(micro * seq / dt))
-        try:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    micro_step()
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = micro_step()
-            dtg = timed(g.replay)
-            ref = micro_step().item()
-            g.replay()
-            emit(variant=f"CUDA graph, {loss_kind}", ms=round(dtg * 1000, 2), tok_per_s=round(micro * seq / dtg),
-                 gain=round(dt / dtg, 4), loss_eager=ref, loss_graph=out.item(),
-                 mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
-            del g
-        except Exception as e:  # noqa: BLE001
-            emit(variant=f"CUDA graph, {loss_kind}", error=f"{type(e).__name__}: {str(e)[:400]}")
-        torch.cuda.empty_cache()
+    for _ in range(3):
+        eager_step()
+    dt = timed(eager_step)
+    model.zero_grad(set_to_none=True)
+    ref = eager_step().item()
+    ref_grad = model.model.layers[3].mlp.down_proj.weight.grad.clone()
+    emit(variant="eager (today)", micro=micro, ms=round(dt * 1000, 2), tok_per_s=round(micro * seq / dt))
+
+    try:
+        class Body(torch.nn.Module):  # a Module, so that its parameters' gradients come out of the graph
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, idx):
+                return self.m.hidden_states(idx)
+        with amp():
+            body = torch.cuda.make_graphed_callables(Body(model), (inp,), num_warmup_iters=3)
+    except Exception as e:  # noqa: BLE001
+        return emit(variant="graphed body", error=f"{type(e).__name__}: {str(e)[:400]}")
+
+    def graphed_step():
+        with amp():
+            h = body(inp)
+            loss = liger_cross_entropy(h, model.lm_head_weight, tgt)
+        (loss / 8).backward()
+        return loss.detach()
+
+    for _ in range(3):
+        graphed_step()
+    dtg = timed(graphed_step)
+    model.zero_grad(set_to_none=True)
+    got = graphed_step().item()
+    grad = model.model.layers[3].mlp.down_proj.weight.grad
+    emit(variant="graphed body + eager liger loss", micro=micro, ms=round(dtg * 1000, 2),
+         tok_per_s=round(micro * seq / dtg), gain=round(dt / dtg, 4), loss_eager=ref, loss_graphed=got,
+         grad_max_rel_diff=float(((grad - ref_grad).abs().max() / ref_grad.abs().max()).item()),
+         mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 12)
