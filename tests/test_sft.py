@@ -280,7 +280,7 @@ def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition():
     x, y = torch.randint(0, 320, (2, 256)).cuda(), torch.randint(0, 320, (2, 256)).cuda()
     out, definition = {}, M.doc_mask
     for flex in (False, True):
-        M.doc_mask = lambda d, flex_, forced=flex: definition(d, forced)
+        M.doc_mask = lambda d, flex, forced=flex: definition(d, forced)   # model.py passes flex= by keyword
         try:
             m.zero_grad(set_to_none=True)
             loss = m(x, y, doc)[1]
