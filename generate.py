@@ -265,8 +265,9 @@ class Decoder:
 
     def _graph(self, key, args):
         """The CUDA graph of the step for this sampling mode, captured on first use. The warm-up runs (compilation,
-        autotuning) happen outside the capture; what they change (the input token, the positions, the cache at
-        those positions) is put back or rewritten by the real step."""
+        autotuning) happen outside the capture; what they change (the input token, the positions) is put back after
+        each, so both write the cache only at the current positions, which the real step rewrites (and a cache with
+        one free position left is never written past its end)."""
         if key not in self.graphs:
             saved = self.tok.clone(), self.input_pos.clone()
             s = torch.cuda.Stream()
@@ -274,8 +275,8 @@ class Decoder:
             with torch.cuda.stream(s):
                 for _ in range(2):
                     self._advance(args)
+                    self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])
             torch.cuda.current_stream().wait_stream(s)
-            self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = self._advance(args)

@@ -30,51 +30,42 @@ def main(micro=12, seq=2048):
     inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
 
-    def eager_step():
+    def micro_step(body):
+        """fwd + bwd of one micro-step; body(idx) -> hidden states (the model's own, or the graphed one)."""
         with amp():
-            _, loss = model(inp, tgt)
+            loss = liger_cross_entropy(body(inp), model.lm_head_weight, tgt)
         (loss / 8).backward()
         return loss.detach()
 
-    for _ in range(3):
-        eager_step()
-    dt = timed(eager_step)
-    model.zero_grad(set_to_none=True)
-    ref = eager_step().item()
-    ref_grad = model.model.layers[3].mlp.down_proj.weight.grad.clone()
+    def measure(body):
+        """(median seconds, loss, a gradient) of micro_step(body) after warm-up."""
+        for _ in range(3):
+            micro_step(body)
+        dt = timed(lambda: micro_step(body))
+        model.zero_grad(set_to_none=True)
+        loss = micro_step(body).item()
+        return dt, loss, model.model.layers[3].mlp.down_proj.weight.grad.clone()
+
+    dt, ref, ref_grad = measure(model.hidden_states)
     emit(variant="eager (today)", micro=micro, ms=round(dt * 1000, 2), tok_per_s=round(micro * seq / dt))
 
-    try:
-        class Body(torch.nn.Module):  # a Module, so that its parameters' gradients come out of the graph
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
+    class Body(torch.nn.Module):  # a Module, so that its parameters' gradients come out of the graph
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
 
-            def forward(self, idx):
-                return self.m.hidden_states(idx)
+        def forward(self, idx):
+            return self.m.hidden_states(idx)
+    try:
         with amp():
-            body = torch.cuda.make_graphed_callables(Body(model), (inp,), num_warmup_iters=3)
+            graphed = torch.cuda.make_graphed_callables(Body(model), (inp,), num_warmup_iters=3)
     except Exception as e:  # noqa: BLE001
         return emit(variant="graphed body", error=f"{type(e).__name__}: {str(e)[:400]}")
-
-    def graphed_step():
-        with amp():
-            h = body(inp)
-            loss = liger_cross_entropy(h, model.lm_head_weight, tgt)
-        (loss / 8).backward()
-        return loss.detach()
-
-    for _ in range(3):
-        graphed_step()
-    dtg = timed(graphed_step)
-    model.zero_grad(set_to_none=True)
-    got = graphed_step().item()
-    grad = model.model.layers[3].mlp.down_proj.weight.grad
+    dtg, got, grad = measure(graphed)
     emit(variant="graphed body + eager liger loss", micro=micro, ms=round(dtg * 1000, 2),
          tok_per_s=round(micro * seq / dtg), gain=round(dt / dtg, 4), loss_eager=ref, loss_graphed=got,
          grad_max_rel_diff=float(((grad - ref_grad).abs().max() / ref_grad.abs().max()).item()),
          mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
-
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 12)

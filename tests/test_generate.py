@@ -302,3 +302,18 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
         full = model(out[:, :-1])[0][:, 15:].float()
     top = full.topk(8, -1).indices  # 8, not 5: the recompute's bf16 rounding may reorder near-ties at the edge
     assert (top == out[:, 16:, None]).any(-1).all()  # every sampled token is among its step's top candidates
+
+
+@cuda
+def test_cuda_graph_capture_at_the_last_free_position_stays_inside_the_cache():
+    """The first step (when the graph is captured) may come with one free position left: its warm-up runs must not
+    write past the cache's end (a device-side assert), and the step computes the plain path's token."""
+    model = peaky_model(seed=12, max_position_embeddings=64).cuda().to(torch.bfloat16)
+    prompt = torch.randint(0, 320, (1, 63), generator=torch.Generator().manual_seed(5)).cuda()
+    dec = Decoder(model, 1, compile=False)   # the graph without compilation: the same capture, quick
+    first = sample_next(dec.prefill(prompt), 0)
+    second = dec.step(first)
+    torch.cuda.synchronize()
+    assert dec.pos == 64
+    plain = generate(model, prompt, 2, temperature=0)
+    _same_greedy_up_to_bf16_ties(model, torch.cat([prompt, first, second], 1), plain, 63)
