@@ -305,9 +305,10 @@ class Qwen3(nn.Module):
     def hidden_states(self, idx, caches=None, start=0, doc_ids=None):
         """Token ids [B, T] -> final-normed hidden states [B, T, hidden]. `start` is the position of idx[:, 0], or
         (with caches: generate.Decoder's decode step) a [B, T] long tensor of every token's position, so that one
-        compiled, CUDA-graph-captured step serves every position, and rows may stand at different positions. With doc_ids ([B, T] document index of each position, for
-        packed rows; not with caches) attention stays within each document and positions restart at 0 for each:
-        the mask is a FlexAttention BlockMask on CUDA, a boolean SDPA mask elsewhere."""
+        compiled, CUDA-graph-captured step serves every position, and rows may stand at different positions. With
+        doc_ids ([B, T] document index of each position, for packed rows; not with caches) attention stays within
+        each document and positions restart at 0 for each: the mask is a FlexAttention BlockMask on CUDA, a boolean
+        SDPA mask elsewhere."""
         x = self.model.embed_tokens(idx)
         mask = None
         if doc_ids is not None:
