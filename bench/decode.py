@@ -75,10 +75,10 @@ def ours(model, batch, prompt, reps=3, **decoder_kw):
 
 
 def agree(a, b):
-    """Leading tokens that agree, and how many of the first 32 agree."""
+    """Leading tokens that agree, and how many of the first n (32; 16 with --small) agree."""
     a, b = a[0, PROMPT:PROMPT + 32].tolist(), b[0, PROMPT:PROMPT + 32].tolist()
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return {"prefix": prefix, "equal_of_32": sum(x == y for x, y in zip(a, b))}
+    return {"prefix": prefix, "equal": sum(x == y for x, y in zip(a, b)), "of": min(len(a), len(b))}
 
 
 def main(argv=()):
