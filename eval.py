@@ -377,7 +377,8 @@ if __name__ == "__main__":
     if data_dir:
         seq_len, val_tokens, doc_mask, src = val_settings(model_dir, seq_len, val_tokens,
                                                           model.config.max_position_embeddings, doc_mask)
-        print(f"seq_len {seq_len} | val_tokens {val_tokens:,} | doc_mask {doc_mask} (unless given: {src})")
+        print(f"seq_len {seq_len} | val_tokens {val_tokens:,} | doc_mask {doc_mask} "
+              f"(what was not given on the command line: {src})")
         try:
             loss, bpb = val_loss_bpb(model, data_dir, seq_len, val_tokens, batch_size, device, amp, doc_mask)
         except (OSError, ValueError) as e:   # data.py names the file and what to do
