@@ -150,6 +150,14 @@ def build_prompt(subject_name, row, shots, style="ceval", mode="ppl"):
     return ice + turn(row) + "\n"
 
 
+def right_padded(seqs):
+    """Token lists -> one [len(seqs), longest] long tensor, each row left-aligned and padded with 0 on the right."""
+    x = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    for row, seq in zip(x, seqs):
+        row[:len(seq)] = torch.tensor(seq)
+    return x
+
+
 @torch.no_grad()
 def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_tokens=16384, chunk_rows=256):
     """log p(token | seq[:pos + 1]) for every (pos, token) in queries[i], for all sequences seqs[i].
@@ -166,9 +174,7 @@ def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_
         while j < len(order) and (j + 1 - i) * len(seqs[order[j]]) <= batch_tokens:
             j += 1
         batch = order[i:j]
-        x = torch.zeros(len(batch), len(seqs[batch[-1]]), dtype=torch.long)
-        for b, k in enumerate(batch):
-            x[b, :len(seqs[k])] = torch.tensor(seqs[k])
+        x = right_padded([seqs[k] for k in batch])
         with autocast:
             h = model.hidden_states(x.to(device))
         # logits once per distinct (row, position): the four letters after one prompt share one row of logits
@@ -254,24 +260,22 @@ def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval
     limit = min(OPENCOMPASS_MAX_OUT, max_pos // 2) if style == "opencompass" else max_new_tokens  # // 2: tiny test models
     ids = [p[-(max_pos - limit):] for p in prompts]
     new = [[] for _ in prompts]
-    decoders = {}
+    decoder, shape = None, None
     todo = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     while todo:
         seqs = [ids[i] + new[i] for i in todo]
         step = min(max_new_tokens, min(limit - len(new[i]) for i in todo))
         max_len = min(max_pos, max(map(len, seqs)) + step)
         rows = max(1, min(batch_size, len(todo), cache_tokens // max_len))
-        if (rows, max_len) not in decoders:  # one per shape: opencompass rounds may need a longer cache
-            decoders = {(rows, max_len): Decoder(model, rows, max_len, compile=False)}
-        decoder, again = decoders[(rows, max_len)], []
+        if shape != (rows, max_len):   # one Decoder for all; opencompass rounds may need a longer cache
+            decoder, shape = Decoder(model, rows, max_len, compile=False), (rows, max_len)
+        again = []
         for b in range(0, len(todo), rows):
             group = list(range(b, min(b + rows, len(todo))))
             real = len(group)
             group += group[-1:] * (rows - real)   # a short last batch: repeat its last row, discard the copies
             lengths = [len(seqs[g]) for g in group]
-            x = torch.zeros(rows, max(lengths), dtype=torch.long)
-            for r, g in enumerate(group):
-                x[r, :lengths[r]] = torch.tensor(seqs[g])
+            x = right_padded([seqs[g] for g in group])
             decoder.reset()
             out = decoder.generate(x.to(device), step, temperature=0, eos=EOT, lengths=lengths)[:, x.shape[1]:]
             for g, toks in zip(group[:real], out.tolist()):
