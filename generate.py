@@ -22,6 +22,8 @@ positions) against per-layer caches (anything with `update(start, k, v) -> (keys
 import torch
 import torch.nn.functional as F
 
+import decode_kernel
+
 
 class KVCache:
     """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim].
@@ -33,6 +35,7 @@ class KVCache:
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
+        self.triton = False  # the decode step's attention by decode_kernel.py's Triton kernel (Decoder sets it)
 
     def update(self, start, k, v):
         if torch.is_tensor(start):  # index_put (row b, every head, position start[b, t]): an in-place scatter
@@ -186,7 +189,9 @@ class Decoder:
     (see compiled_decode_hidden), so the compiled step does not see later changes to the model's weights: build
     Decoders for a model whose weights are final (inference), not for one still training. The compiled step uses
     inductor's coordinate-descent tuning, which turns each one-row matmul into a tuned reduction fused with its
-    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12).
+    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12). `triton` (default: on CUDA when
+    triton is installed) computes each layer's QK-norm, RoPE, cache write and attention in decode_kernel.py's one
+    Triton kernel instead of the ~6 that inductor makes of them (the step's other kernels are unchanged).
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
@@ -194,7 +199,7 @@ class Decoder:
     Prompts of different lengths share a batch as right-padded rows with `lengths` (eval.py's C-Eval GEN does
     this): each row then decodes from its own position, and only a reset() makes the rows even again."""
 
-    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None):
+    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None, triton=None):
         cfg, w = model.config, model.model.embed_tokens.weight
         self.model, self.batch_size = model, batch_size
         max_len = max_len or cfg.max_position_embeddings
@@ -210,6 +215,9 @@ class Decoder:
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
+        self.triton = on_cuda and decode_kernel.available(cfg) if triton is None else triton
+        for cache in self.caches:
+            cache.triton = self.triton
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
         self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position

@@ -70,7 +70,7 @@ def ours(model, batch, prompt, reps=3, **decoder_kw):
     run = lambda: (dec.reset(), dec.generate(prompt, NEW, temperature=0))[1]
     _, first = timed(run, 1)
     out, dt = timed(run, reps)
-    how = "+".join(k for k in ("compile", "freeze", "cuda_graph") if getattr(dec, k)) or "eager"
+    how = "+".join(k for k in ("compile", "freeze", "cuda_graph", "triton") if getattr(dec, k)) or "eager"
     return out, batch * NEW / dt, first, how
 
 
@@ -112,7 +112,7 @@ def main(argv=()):
     emit("setup", device=torch.cuda.get_device_name() if device == "cuda" else device, torch=torch.__version__,
          prompt=PROMPT, new=NEW, params=sum(p.numel() for p in model.parameters()))
 
-    for kw in ({}, {"freeze": False}, {"compile": False}):  # the default; then fallbacks, should compiling fail
+    for kw in ({}, {"triton": False}, {"freeze": False}, {"compile": False}):  # the default; then fallbacks
         try:
             out1, tps1, first, how = ours(model, 1, prompt, **kw)
         except Exception as e:  # noqa: BLE001 -- report it, keep the other numbers

@@ -127,6 +127,41 @@ def test_decoder_continues_from_its_cache_like_a_chat():
     assert dec.pos == history.shape[1] + 14
 
 
+TRITON_STEP = """
+import torch, generate as G
+from conftest import small_config
+from model import Qwen3
+torch.manual_seed(0)
+model = Qwen3(small_config(head_dim=16, max_position_embeddings=1024)).eval()
+for name, p in model.named_parameters():
+    p.data.add_(torch.randn_like(p) * 0.1)  # QK-norm gains away from 1, peaky logits
+prompt = torch.randint(0, 320, (3, 250))
+lengths = [250, 221, 90]   # rows at different positions; two of them cross the 224-key split boundary
+for max_len in (320, 608):  # one program per (row, kv head); the cache split over 3 programs (+ the combine)
+    runs = []
+    for triton in (False, True):
+        dec = G.Decoder(model, 3, max_len=max_len, triton=triton)
+        assert dec.triton == triton and not dec.compile and not dec.cuda_graph
+        out = dec.generate(prompt, 24, temperature=0, lengths=lengths)
+        runs.append((out, torch.stack([torch.stack([c.k, c.v]) for c in dec.caches])))
+    (plain, plain_cache), (kernel, kernel_cache) = runs
+    assert torch.equal(plain, kernel), (plain[:, 250:], kernel[:, 250:])
+    err = (plain_cache - kernel_cache).abs().max().item()
+    assert err < 1e-5, err   # the keys and values the kernel wrote (normalised, rotated) are the plain path's
+print("ok")
+"""
+
+
+def test_triton_decode_kernel_computes_the_plain_step_in_the_cpu_interpreter():
+    """decode_kernel.py's kernel (QK-norm, RoPE, cache write, split-KV attention), run by Triton's CPU interpreter in
+    float32 inside a Decoder: the same greedy tokens and the same cache contents as the PyTorch step, for right-padded
+    rows at different positions, with the cache in one program per head and split over three. (The interpreter must
+    be switched on before triton is imported: a subprocess. Its bf16 arithmetic is wrong, so bf16 is a CUDA test.)"""
+    pytest.importorskip("triton")
+    r = run(["-c", "import sys; sys.path.insert(0, 'tests')\n" + TRITON_STEP], env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+
+
 def test_sampling_fast_path_equals_plain_path_for_one_seed():
     """Temperature, top-k and top-p sampling draw the same noise from the same generator on both paths, so the
     same seed gives the same tokens (and different seeds different ones)."""
@@ -274,7 +309,8 @@ def _same_greedy_up_to_bf16_ties(model, got, want, start):
 @cuda
 def test_cuda_graph_paths_agree_with_plain_path_bf16():
     """On the GPU in bf16 with a fixed seed: the compiled step (weights frozen or not) replayed as a CUDA graph, and
-    the eager step captured as a graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16
+    the eager step captured as a graph, with the Triton attention kernel or without, emit the plain path's first 32
+    greedy tokens (batch 2) -- up to bf16
     near-ties, which a random model has -- also when the graph is replayed again and when the Decoder continues its
     cache; sampling (top-k and top-p inside the compiled graph) stays among the top candidates."""
     torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
@@ -282,12 +318,12 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
     prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
     plain = generate(model, prompt, 32, temperature=0)
-    for compile, freeze in ((True, True), (True, False), (False, False)):
-        dec = Decoder(model, 2, max_len=128, compile=compile, freeze=freeze)
+    for compile, freeze, triton in ((True, True, True), (True, True, False), (True, False, True), (False, False, True)):
+        dec = Decoder(model, 2, max_len=128, compile=compile, freeze=freeze, triton=triton)
         assert dec.cuda_graph
         fast = dec.generate(prompt, 32, temperature=0)
         agreed = _same_greedy_up_to_bf16_ties(model, fast, plain, 16)
-        print(f"compile={compile} freeze={freeze}: {agreed} of 32 greedy tokens agree with the plain path")
+        print(f"compile={compile} freeze={freeze} triton={triton}: {agreed} of 32 greedy tokens agree with the plain path")
         dec.reset()
         assert torch.equal(dec.generate(prompt, 32, temperature=0), fast)  # replayed, not recaptured: identical
         more = torch.randint(0, 4096, (2, 3), device="cuda")
@@ -308,7 +344,7 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
 def test_cuda_graph_capture_at_the_last_free_position_stays_inside_the_cache():
     """The first step (when the graph is captured) may come with one free position left: its warm-up runs must not
     write past the cache's end (a device-side assert), and the step computes the plain path's token."""
-    model = peaky_model(seed=12, max_position_embeddings=64).cuda().to(torch.bfloat16)
+    model = peaky_model(seed=12, max_position_embeddings=64, head_dim=32).cuda().to(torch.bfloat16)  # Triton kernel
     prompt = torch.randint(0, 320, (1, 63), generator=torch.Generator().manual_seed(5)).cuda()
     dec = Decoder(model, 1, compile=False)   # the graph without compilation: the same capture, quick
     first = sample_next(dec.prefill(prompt), 0)
@@ -317,3 +353,39 @@ def test_cuda_graph_capture_at_the_last_free_position_stays_inside_the_cache():
     assert dec.pos == 64
     plain = generate(model, prompt, 2, temperature=0)
     _same_greedy_up_to_bf16_ties(model, torch.cat([prompt, first, second], 1), plain, 63)
+
+
+@cuda
+def test_cuda_triton_decode_kernel_matches_the_pytorch_step_bf16():
+    """decode_kernel.decode_attention in bf16 on the GPU, one program per head and split over 2-64 programs, rows at
+    random positions of a 4,096-key cache (the Qwen3-0.6B attention shape): the output and the keys/values written
+    are the PyTorch step's (QK-norm, RoPE, KVCache.update, _static_cache_attention) up to bf16 rounding."""
+    from decode_kernel import decode_attention
+    from model import Attention, Qwen3Config, rope_cos_sin
+    torch.manual_seed(0)
+    cfg = Qwen3Config()
+    att = Attention(cfg).cuda().to(torch.bfloat16)
+    for norm in (att.q_norm, att.k_norm):
+        norm.weight.data.uniform_(0.5, 1.5)
+    B = 4
+    x = torch.randn(B, 1, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+    positions = torch.tensor([[0], [255], [1000], [4095]], device="cuda")
+    cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = cos[:, None], sin[:, None]
+
+    def cache():
+        c = KVCache(B, cfg.num_key_value_heads, 4096, cfg.head_dim, "cuda", torch.bfloat16)
+        torch.manual_seed(1)
+        c.k.normal_(), c.v.normal_()
+        return c
+    ref_cache = cache()
+    with torch.no_grad():
+        ref = att(x, cos, sin, ref_cache, positions)
+        for chunk in (None, 4096, 512, 64):
+            c = cache()
+            out = att.o_proj(decode_attention(att.q_proj(x), att.k_proj(x), att.v_proj(x), att.q_norm, att.k_norm,
+                                              cos, sin, c, positions, chunk=chunk))
+            assert torch.equal(c.v, ref_cache.v)
+            assert (c.k.float() - ref_cache.k.float()).abs().max() <= 0.02 * ref_cache.k.float().abs().max(), chunk
+            err = (out.float() - ref.float()).abs().max() / ref.float().abs().max()
+            assert err < 0.02, (chunk, err.item())
