@@ -31,7 +31,7 @@ def available(config):
 
 if triton is not None:
     @triton.jit
-    def _norm_rope(ptr, rows, row_mask, w_ptr, cos, sin, eps, D: tl.constexpr):
+    def _norm_rope(ptr, rows, row_mask, w_ptr, cos, sin, EPS: tl.constexpr, D: tl.constexpr):
         """Rows [R, D] of a projection's output -> RMSNorm (float32, rounded to the input dtype, times the gain,
         rounded again: model.RMSNorm) -> RoPE with the half-split pairs (i, i + D/2) (model.apply_rope), in float32."""
         d = tl.arange(0, D)
@@ -39,7 +39,7 @@ if triton is not None:
         sign = tl.where(d < D // 2, -1.0, 1.0)
         x = tl.load(ptr + rows[:, None] * D + d[None, :], mask=row_mask[:, None], other=0.0)
         x_rot = tl.load(ptr + rows[:, None] * D + rot[None, :], mask=row_mask[:, None], other=0.0)
-        r = tl.rsqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=1) / D + eps)[:, None]
+        r = tl.rsqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=1) / D + EPS)[:, None]
         x = (x.to(tl.float32) * r).to(x.dtype) * tl.load(w_ptr + d)[None, :]
         x_rot = (x_rot.to(tl.float32) * r).to(x_rot.dtype) * tl.load(w_ptr + rot)[None, :]
         cos, sin = cos.to(x.dtype).to(tl.float32), sin.to(x.dtype).to(tl.float32)  # apply_rope: tables in x's dtype
@@ -47,8 +47,9 @@ if triton is not None:
 
     @triton.jit
     def _decode_attention(q_ptr, k_ptr, v_ptr, q_row_stride, k_row_stride, v_row_stride, qn_w, kn_w, cos_ptr, sin_ptr,
-                          k_cache, v_cache, pos_ptr, out_ptr, part_m, part_l, part_acc, eps, scale, max_len,
-                          N_KV: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, QROWS: tl.constexpr,
+                          k_cache, v_cache, pos_ptr, out_ptr, part_m, part_l, part_acc, max_len,
+                          EPS: tl.constexpr, SCALE: tl.constexpr, N_KV: tl.constexpr, REP: tl.constexpr,
+                          D: tl.constexpr, QROWS: tl.constexpr,
                           CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
         b, g, split = tl.program_id(0) // N_KV, tl.program_id(0) % N_KV, tl.program_id(1)
         d = tl.arange(0, D)
@@ -56,7 +57,7 @@ if triton is not None:
         cos, sin = tl.load(cos_ptr + b * D + d), tl.load(sin_ptr + b * D + d)
 
         # the new key and value of kv head g; the program whose key range holds p writes them into the cache
-        k_new = _norm_rope(k_ptr + b * k_row_stride, g + tl.arange(0, 1), tl.arange(0, 1) < 1, kn_w, cos, sin, eps, D)
+        k_new = _norm_rope(k_ptr + b * k_row_stride, g + tl.arange(0, 1), tl.arange(0, 1) < 1, kn_w, cos, sin, EPS, D)
         v_new = tl.load(v_ptr + b * v_row_stride + g * D + d)
         lo = split * CHUNK
         owner = (p >= lo) & (p < lo + CHUNK)
@@ -67,10 +68,10 @@ if triton is not None:
 
         # the REP query heads that share kv head g (rows padded to QROWS for tl.dot), normalised and rotated
         r = tl.arange(0, QROWS)
-        q = _norm_rope(q_ptr + b * q_row_stride, g * REP + r, r < REP, qn_w, cos, sin, eps, D)
+        q = _norm_rope(q_ptr + b * q_row_stride, g * REP + r, r < REP, qn_w, cos, sin, EPS, D)
 
         # online softmax, started from the new token (in this split's range only) ...
-        s_new = tl.sum(q.to(tl.float32) * k_new.to(tl.float32), axis=1).to(q.dtype).to(tl.float32) * scale
+        s_new = tl.sum(q.to(tl.float32) * k_new.to(tl.float32), axis=1).to(q.dtype).to(tl.float32) * SCALE
         m = tl.where(owner, s_new, float("-inf"))
         l = tl.where(owner, 1.0, 0.0) + tl.zeros([QROWS], dtype=tl.float32)
         acc = tl.where(owner, 1.0, 0.0) * v_new.to(tl.float32)[None, :] + tl.zeros([QROWS, D], dtype=tl.float32)
@@ -80,7 +81,7 @@ if triton is not None:
             n = start + tl.arange(0, BLOCK_N)
             keys = tl.load(k_cache + (cache_row + n[:, None]) * D + d[None, :], mask=n[:, None] < hi, other=0.0)
             vals = tl.load(v_cache + (cache_row + n[:, None]) * D + d[None, :], mask=n[:, None] < hi, other=0.0)
-            s = tl.dot(q, tl.trans(keys)).to(keys.dtype).to(tl.float32) * scale  # QK^T rounded as the matmul's
+            s = tl.dot(q, tl.trans(keys)).to(keys.dtype).to(tl.float32) * SCALE  # QK^T rounded as the matmul's
             s = tl.where(n[None, :] < hi, s, float("-inf"))
             m_next = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_next)
@@ -132,9 +133,8 @@ def decode_attention(q, k, v, q_norm, k_norm, cos, sin, cache, positions, chunk=
     part_acc = torch.empty(part_m.numel() * D if splits > 1 else 1, device=q.device, dtype=torch.float32)
     _decode_attention[(B * n_kv, splits)](
         q, k, v, q.stride(0), k.stride(0), v.stride(0), q_norm.weight, k_norm.weight, cos, sin, cache.k, cache.v, positions,
-        out, part_m, part_l, part_acc, q_norm.eps, D ** -0.5, max_len,
-        N_KV=n_kv, REP=rep, D=D, QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n,
-        SPLITS=splits)
+        out, part_m, part_l, part_acc, max_len, EPS=q_norm.eps, SCALE=D ** -0.5, N_KV=n_kv, REP=rep, D=D,
+        QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits)
     if splits > 1:
         _combine_splits[(B * n_kv * rep,)](part_m, part_l, part_acc, out, D=D, SPLITS=splits,
                                           SPLITS_P2=triton.next_power_of_2(splits))
