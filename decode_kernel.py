@@ -46,7 +46,7 @@ if triton is not None:
         return (x.to(tl.float32) * cos[None, :] + sign[None, :] * x_rot.to(tl.float32) * sin[None, :]).to(x.dtype)
 
     @triton.jit
-    def _decode_attention(q_ptr, k_ptr, v_ptr, q_row_stride, k_row_stride, v_row_stride, qn_w, kn_w, cos_ptr, sin_ptr,
+    def _decode_attention(q_ptr, k_ptr, v_ptr, q_row_stride, k_row_stride, v_row_stride, qn_w, kn_w, inv_freq_ptr,
                           k_cache, v_cache, pos_ptr, out_ptr, part_m, part_l, part_acc, max_len,
                           EPS: tl.constexpr, SCALE: tl.constexpr, N_KV: tl.constexpr, REP: tl.constexpr,
                           D: tl.constexpr, QROWS: tl.constexpr,
@@ -54,7 +54,8 @@ if triton is not None:
         b, g, split = tl.program_id(0) // N_KV, tl.program_id(0) % N_KV, tl.program_id(1)
         d = tl.arange(0, D)
         p = tl.load(pos_ptr + b)    # this row's new token's position
-        cos, sin = tl.load(cos_ptr + b * D + d), tl.load(sin_ptr + b * D + d)
+        angle = p.to(tl.float32) * tl.load(inv_freq_ptr + d % (D // 2))  # model.rope_cos_sin's table row, in float32
+        cos, sin = tl.cos(angle), tl.sin(angle)
 
         # the new key and value of kv head g; the program whose key range holds p writes them into the cache
         k_new = _norm_rope(k_ptr + b * k_row_stride, g + tl.arange(0, 1), tl.arange(0, 1) < 1, kn_w, cos, sin, EPS, D)
@@ -113,11 +114,12 @@ if triton is not None:
         tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
 
-def decode_attention(q, k, v, q_norm, k_norm, cos, sin, cache, positions, chunk=None, block_n=32):
+def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, block_n=32):
     """q [B, 1, n_heads * head_dim], k and v [B, 1, n_kv * head_dim]: the new token's projections (not yet
-    normalised or rotated); q_norm / k_norm: the model's QK-norm modules; cos, sin: the RoPE tables of the new
-    positions ([B, 1, 1, head_dim], float32); cache: a generate.KVCache; positions [B, 1]. Writes the new keys and
-    values into the cache and returns the attention output [B, 1, n_heads * head_dim] (the o_proj's input).
+    normalised or rotated); q_norm / k_norm: the model's QK-norm modules; cache: a generate.KVCache, which also holds
+    the RoPE frequencies (`inv_freq`, model.rope_inv_freq: the kernel makes its cos/sin row from them, so inductor
+    does not materialise the tables for every layer); positions [B, 1]. Writes the new keys and values into the
+    cache and returns the attention output [B, 1, n_heads * head_dim] (the o_proj's input).
 
     `chunk`: keys per program. By default one program per (row, kv head) while a cache of up to 512 keys keeps
     every program short, else as many splits of >= 256 keys as fill ~128 programs."""
@@ -132,7 +134,8 @@ def decode_attention(q, k, v, q_norm, k_norm, cos, sin, cache, positions, chunk=
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(part_m.numel() * D if splits > 1 else 1, device=q.device, dtype=torch.float32)
     _decode_attention[(B * n_kv, splits)](
-        q, k, v, q.stride(0), k.stride(0), v.stride(0), q_norm.weight, k_norm.weight, cos, sin, cache.k, cache.v, positions,
+        q, k, v, q.stride(0), k.stride(0), v.stride(0), q_norm.weight, k_norm.weight, cache.inv_freq, cache.k, cache.v,
+        positions,
         out, part_m, part_l, part_acc, max_len, EPS=q_norm.eps, SCALE=D ** -0.5, N_KV=n_kv, REP=rep, D=D,
         QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits)
     if splits > 1:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import decode_kernel
+from model import rope_inv_freq
 
 
 class KVCache:
@@ -35,7 +36,8 @@ class KVCache:
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.triton = False  # the decode step's attention by decode_kernel.py's Triton kernel (Decoder sets it)
+        self.triton = False   # the decode step's attention by decode_kernel.py's Triton kernel (Decoder sets it,
+        self.inv_freq = None  # and the RoPE frequencies the kernel takes)
 
     def update(self, start, k, v):
         if torch.is_tensor(start):  # index_put (row b, every head, position start[b, t]): an in-place scatter
@@ -217,7 +219,7 @@ class Decoder:
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
         self.triton = on_cuda and decode_kernel.available(cfg) if triton is None else triton
         for cache in self.caches:
-            cache.triton = self.triton
+            cache.triton, cache.inv_freq = self.triton, rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
         self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position

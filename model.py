@@ -67,11 +67,15 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def rope_inv_freq(head_dim, theta, device=None):
+    """RoPE's frequencies theta^(-2i/head_dim), i < head_dim / 2, in float32."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
 def rope_cos_sin(positions, head_dim, theta):
     """cos/sin tables for `positions` ([T], or [B, T] for packed rows), always computed in float32 (a bf16 table
     loses the low bits of large angles). Half-split layout: frequencies repeated twice, matching rotate_half."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions.float()[..., None] * inv_freq
+    freqs = positions.float()[..., None] * rope_inv_freq(head_dim, theta, positions.device)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -145,8 +149,7 @@ class Attention(nn.Module):
         if getattr(cache, "triton", False) and torch.is_tensor(start) and T == 1:
             # generate.Decoder's step on CUDA: QK-norm, RoPE, the cache write and the attention below, computed by
             # one Triton kernel (decode_kernel.py) instead of ~6 small ones
-            y = decode_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.q_norm, self.k_norm, cos, sin,
-                                 cache, start)
+            y = decode_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.q_norm, self.k_norm, cache, start)
             return self.o_proj(y)
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
