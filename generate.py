@@ -9,8 +9,9 @@ Two paths, one function (tests/test_generate.py proves they emit the same tokens
   one-token `decode_step` whose shapes never change (the positions arrive as a tensor, the attention mask is built
   from them), so it is compiled once and captured once in a CUDA graph, then replayed for every token (the gpt-fast
   recipe). The step feeds its token back as the next input; the lm_head and sampling are captured with it;
-  randomness comes from a noise buffer filled before each replay. Nothing waits for the GPU except what the
-  caller reads (the streamed token).
+  randomness comes from a noise buffer filled before each replay. Nothing waits for the GPU except what the caller
+  reads (the streamed token). On CUDA each layer's QK-norm, RoPE, cache write and attention in the step are one
+  Triton kernel (decode_kernel.py).
 
     dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: compiled + CUDA graphs
     out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
