@@ -8,7 +8,8 @@ QK^T, the masked softmax, PV -- is about six small kernels at ~4 us each, whatev
 its new key and the query heads that share it, writes the key and value into the cache at the row's position, and
 runs flash-decoding over the cached keys (online softmax in float32). A long cache is split over several programs
 per head ("split-KV", so that one query over 4k keys still spreads over the GPU), whose partial results a second,
-small kernel combines.
+small kernel combines. Measured on an H200 (log 14): the replayed 0.6B step 1.43 -> 1.24 ms with a 288-key cache,
+1.64 -> 1.32 ms with 4,096 keys (it reads only the keys before each row's position, not the whole buffer).
 
 What it computes is model.Attention's static-cache path (QK-norm, apply_rope, KVCache.update,
 _static_cache_attention) for one new token per row: tests/test_generate.py runs both, the kernel under Triton's CPU
