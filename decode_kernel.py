@@ -128,7 +128,7 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
     rep = q.shape[-1] // (n_kv * D)
     if chunk is None:
         splits = 1 if max_len <= 512 else min(triton.cdiv(128, B * n_kv), triton.cdiv(max_len, 256))
-        chunk = triton.cdiv(triton.cdiv(max_len, max(splits, 1)), block_n) * block_n
+        chunk = triton.cdiv(triton.cdiv(max_len, splits), block_n) * block_n
     splits = triton.cdiv(max_len, chunk)
     out = torch.empty(B, 1, n_kv * rep * D, device=q.device, dtype=cache.v.dtype)
     part_m = torch.empty(B * n_kv * rep * splits if splits > 1 else 1, device=q.device, dtype=torch.float32)

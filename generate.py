@@ -219,8 +219,10 @@ class Decoder:
             raise ValueError("cuda_graph needs the model on a CUDA device")
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
         self.triton = on_cuda and decode_kernel.available(cfg) if triton is None else triton
-        for cache in self.caches:
-            cache.triton, cache.inv_freq = self.triton, rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
+        if self.triton:  # one frequency table, shared by every layer's cache
+            inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
+            for cache in self.caches:
+                cache.triton, cache.inv_freq = True, inv_freq
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
         self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position

@@ -1,5 +1,6 @@
 """
-Exploration (device calls 2026-11-29 #5-#7, 2026-11-29 session 3): where the time of one decode step goes, and which candidates help.
+Exploration (device calls 2026-11-29 #5-#7 and #9-#11): where the time of one decode step goes, and which
+candidates help.
 Prints JSON lines: tok/s of generate.Decoder (batch 1, greedy, 32 + 256 tokens) with a cache of 288 or 4,096
 positions, the bare graph replay, the prefill alone, a kernel profile of the replayed graph; the Triton attention
 kernel (decode_kernel.py) against the compiled PyTorch attention, and the step under max-autotune.
@@ -45,7 +46,8 @@ def bench_decoder(model, max_len, label, reps=3, new=256, profile=False, **decod
     torch.cuda.synchronize()
     replay_ms = (time.perf_counter() - t) / 200 * 1000
     emit(variant=label, max_len=max_len, tok_per_s=round(new / dt, 1), ms_per_token=round(dt / new * 1000, 3),
-         replay_only_ms=round(replay_ms, 3), prefill_ms=round(sorted(prefill)[1] * 1000, 2), first_call_s=round(first, 1), elapsed=round(time.time() - T0))
+         replay_only_ms=round(replay_ms, 3), prefill_ms=round(sorted(prefill)[1] * 1000, 2),
+         first_call_s=round(first, 1), elapsed=round(time.time() - T0))
     if profile:
         from torch.profiler import profile as prof_, ProfilerActivity
         dec.reset(0)
