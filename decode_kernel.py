@@ -115,6 +115,56 @@ if triton is not None:
         tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
 
+    @triton.jit
+    def _dot(x, w, ROWS: tl.constexpr):
+        """x [ROWS, BLOCK_K] . w [BLOCK_N, BLOCK_K]^T in float32. One row: a multiply and a sum (no tensor-core
+        tile to pad to); more rows: tl.dot (ROWS >= 16)."""
+        if ROWS == 1:
+            return tl.sum(x.to(tl.float32) * w.to(tl.float32), axis=1)[None, :]
+        else:
+            return tl.dot(x, tl.trans(w))
+
+    @triton.jit
+    def _matvec(x_ptr, w_ptr, out_ptr, res_ptr, norm_ptr, B, N, K, EPS: tl.constexpr, NORM: tl.constexpr,
+                GLU: tl.constexpr, RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+        """out[b, n] = x[b] . w[n] for this program's BLOCK_N outputs and ROWS batch rows, x [B, K] and w [N (2N with
+        GLU), K] row-major. NORM: x is first RMSNorm-ed (model.RMSNorm, gain at norm_ptr); each program computes the
+        row's statistics itself (the row is a few KB, read from L2), so no kernel has to wait for the whole row.
+        GLU: w holds gate rows then up rows, and out = silu(gate) * up (model.MLP). RESIDUAL: out += res[b, n]."""
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+        dtype = out_ptr.dtype.element_ty
+        if NORM:
+            sq = tl.zeros([ROWS], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                xk = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows < B)[:, None] & (k < K)[None, :],
+                             other=0.0).to(tl.float32)
+                sq += tl.sum(xk * xk, axis=1)
+            rstd = tl.rsqrt(sq / K + EPS)
+        acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+        acc_up = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            xk = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows < B)[:, None] & (k < K)[None, :], other=0.0)
+            if NORM:  # normalise in float32, round to the input dtype, times the gain, round again
+                gain = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+                xk = ((xk.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * gain[None, :]).to(dtype)
+            w_mask = (n < N)[:, None] & (k < K)[None, :]
+            acc += _dot(xk, tl.load(w_ptr + n[:, None] * K + k[None, :], mask=w_mask, other=0.0), ROWS)
+            if GLU:
+                acc_up += _dot(xk, tl.load(w_ptr + (N + n[:, None]) * K + k[None, :], mask=w_mask, other=0.0), ROWS)
+        y = acc.to(dtype)   # a matmul's output, rounded as cuBLAS rounds it
+        if GLU:  # F.silu(gate) * up, each op rounded to the dtype as PyTorch's are
+            g = y.to(tl.float32)
+            y = ((g * tl.sigmoid(g)).to(dtype).to(tl.float32) * acc_up.to(dtype).to(tl.float32)).to(dtype)
+        out_mask = (rows < B)[:, None] & (n < N)[None, :]
+        if RESIDUAL:
+            res = tl.load(res_ptr + rows[:, None] * N + n[None, :], mask=out_mask, other=0.0)
+            y = (res.to(tl.float32) + y.to(tl.float32)).to(dtype)
+        tl.store(out_ptr + rows[:, None] * N + n[None, :], y, mask=out_mask)
+
 def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, block_n=32):
     """q [B, 1, n_heads * head_dim], k and v [B, 1, n_kv * head_dim]: the new token's projections (not yet
     normalised or rotated); q_norm / k_norm: the model's QK-norm modules; cache: a generate.KVCache, which also holds
@@ -130,7 +180,7 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
         splits = 1 if max_len <= 512 else min(triton.cdiv(128, B * n_kv), triton.cdiv(max_len, 256))
         chunk = triton.cdiv(triton.cdiv(max_len, splits), block_n) * block_n
     splits = triton.cdiv(max_len, chunk)
-    out = torch.empty(B, 1, n_kv * rep * D, device=q.device, dtype=cache.v.dtype)
+    out = torch.empty(*q.shape[:-1], n_kv * rep * D, device=q.device, dtype=cache.v.dtype)
     part_m = torch.empty(B * n_kv * rep * splits if splits > 1 else 1, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(part_m.numel() * D if splits > 1 else 1, device=q.device, dtype=torch.float32)
@@ -143,3 +193,57 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
         _combine_splits[(B * n_kv * rep,)](part_m, part_l, part_acc, out, D=D, SPLITS=splits,
                                           SPLITS_P2=triton.next_power_of_2(splits))
     return out
+
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (N, K, rows): chosen on an H200 (BENCHMARKS.md log 15);
+# bench/decode_probe.py sweeps them. Other shapes take the defaults below.
+MATVEC_CONFIGS = {}
+
+
+def matvec_config(N, K, rows):
+    if (N, K, rows) in MATVEC_CONFIGS:
+        return MATVEC_CONFIGS[(N, K, rows)]
+    return (8, 512, 4, 1) if rows == 1 else (64, 64, 4, 3)
+
+
+def matvec(x, w, norm=None, residual=None, glu=False):
+    """x [B, K] (contiguous) -> x @ w.T [B, N] in x's dtype, with the options of _matvec: `norm` an RMSNorm module
+    applied to x first, `glu` (w = gate rows then up rows: silu(gate) * up, N = w's rows / 2), `residual` [B, N]
+    added last. The decode step's projections: one batch row reads each weight once, so they are bound by memory,
+    and a single kernel per projection (norm and epilogue fused) is what the step is made of."""
+    B, K = x.shape
+    N = w.shape[0] // 2 if glu else w.shape[0]
+    rows = 1 if B == 1 else min(max(16, triton.next_power_of_2(B)), 64)
+    block_n, block_k, warps, stages = matvec_config(N, K, rows)
+    out = torch.empty(B, N, device=x.device, dtype=x.dtype)
+    _matvec[(triton.cdiv(N, block_n), triton.cdiv(B, rows))](
+        x, w, out, x if residual is None else residual, x if norm is None else norm.weight, B, N, K,
+        EPS=norm.eps if norm is not None else 0.0, NORM=norm is not None, GLU=glu, RESIDUAL=residual is not None,
+        ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    return out
+
+
+def fused_weights(model):
+    """Per layer, the q/k/v weights as one matrix and gate/up as another (a copy, made once: 4 projections a layer,
+    read in 4 kernels). A Decoder keeps them, so it sees later changes to the model's weights only if rebuilt."""
+    return [(torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight]),
+             torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])) for b in model.model.layers]
+
+
+def decode_logits(model, caches, tok, input_pos, weights):
+    """generate.decode_logits (the token tok [B, 1] at positions input_pos [B, 1] -> float logits [B, vocab], its
+    keys and values written into the caches) in 5 kernels a layer -- norm + q/k/v, the attention above, o_proj +
+    residual, norm + gate/up + SiLU-mul, down + residual -- and one for the final norm + lm_head. `weights` is
+    fused_weights(model). Launched from Python, then captured in a CUDA graph by the Decoder: nothing to compile."""
+    cfg = model.config
+    q_dim, kv_dim = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    x = model.model.embed_tokens(tok[:, 0])
+    for block, cache, (w_qkv, w_gate_up) in zip(model.model.layers, caches, weights):
+        att = block.self_attn
+        qkv = matvec(x, w_qkv, norm=block.input_layernorm)
+        y = decode_attention(qkv[:, :q_dim], qkv[:, q_dim:q_dim + kv_dim], qkv[:, q_dim + kv_dim:], att.q_norm,
+                             att.k_norm, cache, input_pos)
+        h = matvec(y, att.o_proj.weight, residual=x)
+        x = matvec(matvec(h, w_gate_up, norm=block.post_attention_layernorm, glu=True), block.mlp.down_proj.weight,
+                   residual=h)
+    return matvec(x, model.lm_head_weight, norm=model.model.norm).float()

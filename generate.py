@@ -20,6 +20,8 @@ Two paths, one function (tests/test_generate.py proves they emit the same tokens
 The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [B, T] tensor of
 positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
 """
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +39,7 @@ class KVCache:
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.triton = False   # the decode step's attention by decode_kernel.py's Triton kernel (Decoder sets it,
-        self.inv_freq = None  # and the RoPE frequencies the kernel takes)
+        self.inv_freq = None  # RoPE's frequencies, for decode_kernel.py's step (the Decoder sets them)
 
     def update(self, start, k, v):
         if torch.is_tensor(start):  # index_put (row b, every head, position start[b, t]): an in-place scatter
@@ -152,13 +153,17 @@ def decode_hidden(model, caches, tok, input_pos):
     return model.hidden_states(tok, caches, input_pos)[:, -1]
 
 
-def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=None, noise=None, hidden=decode_hidden):
-    """decode_hidden, then the lm_head and sampling -> the next token [B, 1]. temperature 0 (a number) = greedy;
-    otherwise temperature / top_p are tensors. `hidden` is decode_hidden itself or its compiled form: the lm_head
-    stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix in 75 us (inductor's tuned
-    matrix-vector reduction took 137 us: BENCHMARKS.md log 12)."""
-    h = hidden(model, caches, tok, input_pos)
-    return sample_next(F.linear(h, model.lm_head_weight).float(), temperature, top_k, top_p, noise)
+def decode_logits(model, caches, tok, input_pos, hidden=decode_hidden):
+    """decode_hidden, then the lm_head -> float logits [B, vocab]. `hidden` is decode_hidden itself or its compiled
+    form: the lm_head stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix in 75 us
+    (inductor's tuned matrix-vector reduction took 137 us: BENCHMARKS.md log 12)."""
+    return F.linear(hidden(model, caches, tok, input_pos), model.lm_head_weight).float()
+
+
+def decode_step(model, caches, tok, input_pos, temperature=0, top_k=None, top_p=None, noise=None, logits=decode_logits):
+    """`logits` (decode_logits, a compiled form of it, or decode_kernel.decode_logits), then sampling -> the next
+    token [B, 1]. temperature 0 (a number) = greedy; otherwise temperature / top_p are tensors."""
+    return sample_next(logits(model, caches, tok, input_pos), temperature, top_k, top_p, noise)
 
 
 def frozen_decode_hidden(*args):
@@ -183,18 +188,19 @@ def compiled_decode_hidden(freeze):
 
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
-    compiled (`compile`) and captured in CUDA graphs (`cuda_graph`) -- both default to on for a CUDA model and are
-    off on the CPU, where the same code runs eagerly. Build it once and reuse it across calls: the compiled code and
-    the captured graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
+    captured in CUDA graphs (`cuda_graph`). The step is one of two: decode_kernel.py's hand-written Triton kernels
+    (`triton`: 5 a layer; the default on CUDA when triton is installed; nothing to compile) or the PyTorch step
+    (decode_logits), compiled by torch.compile (`compile`: the default on CUDA without triton). On the CPU all are off
+    and the PyTorch step runs eagerly. Build it once and reuse it across calls: the compiled code and the captured
+    graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
     attention reads the whole buffer, masked). `freeze` (default: with compile) compiles the weights in as constants
     (see compiled_decode_hidden), so the compiled step does not see later changes to the model's weights: build
     Decoders for a model whose weights are final (inference), not for one still training. The compiled step uses
     inductor's coordinate-descent tuning, which turns each one-row matmul into a tuned reduction fused with its
-    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12). `triton` (default: on CUDA when
-    triton is installed) computes each layer's QK-norm, RoPE, cache write and attention in decode_kernel.py's one
-    Triton kernel instead of the ~6 that inductor makes of them (the step's other kernels are unchanged).
+    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12). The Triton step keeps a copy of
+    the q/k/v and gate/up weights concatenated (decode_kernel.fused_weights), so it too serves final weights only.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
@@ -212,17 +218,21 @@ class Decoder:
         # the fused attention kernels, whatever prompt length the caller sized the cache for
         self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
         on_cuda = w.device.type == "cuda"
-        self.compile = on_cuda if compile is None else compile
+        self.triton = on_cuda and decode_kernel.available(cfg) and not compile if triton is None else triton
+        self.compile = on_cuda and not self.triton if compile is None else compile
+        if self.triton and self.compile:
+            raise ValueError("triton and compile pick two different decode steps: ask for one of them")
         self.freeze = self.compile if freeze is None else freeze
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
-        self.triton = on_cuda and decode_kernel.available(cfg) if triton is None else triton
-        if self.triton:  # one frequency table, shared by every layer's cache
+        self.weights = None
+        if self.triton:  # the concatenated weights, and one RoPE frequency table shared by every layer's cache
+            self.weights = decode_kernel.fused_weights(model)
             inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
             for cache in self.caches:
-                cache.triton, cache.inv_freq = True, inv_freq
+                cache.inv_freq = inv_freq
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
         self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position
@@ -297,14 +307,16 @@ class Decoder:
         return self.graphs[key]
 
     def _advance(self, args):
-        """One step, compiled or not: the next token, which is also fed back as the next input, and every row's
-        position moved on by one -- so, in a graph, a replay is all a token costs. Freezing and the tuning are
+        """One step (Triton, compiled or eager): the next token, which is also fed back as the next input, and every
+        row's position moved on by one -- so, in a graph, a replay is all a token costs. Freezing and the tuning are
         read while dynamo traces, so the flags are set around every call (graph replays never call Python)."""
-        if not self.compile:
+        if self.triton:
+            nxt = decode_step(*args, logits=partial(decode_kernel.decode_logits, weights=self.weights))
+        elif not self.compile:
             nxt = decode_step(*args)
         else:
             with torch._inductor.config.patch(freezing=self.freeze, coordinate_descent_tuning=True):
-                nxt = decode_step(*args, hidden=compiled_decode_hidden(self.freeze))
+                nxt = decode_step(*args, logits=partial(decode_logits, hidden=compiled_decode_hidden(self.freeze)))
         self.tok.copy_(nxt)
         self.input_pos += 1
         return nxt

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch.nn.attention import flex_attention as flexattn
 from torch.utils.checkpoint import checkpoint
 
-from decode_kernel import decode_attention
 
 
 @dataclass
@@ -146,11 +145,6 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, start=0, mask=None):
         B, T, _ = x.shape
-        if getattr(cache, "triton", False) and torch.is_tensor(start) and T == 1:
-            # generate.Decoder's step on CUDA: QK-norm, RoPE, the cache write and the attention below, computed by
-            # one Triton kernel (decode_kernel.py) instead of ~6 small ones
-            y = decode_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.q_norm, self.k_norm, cache, start)
-            return self.o_proj(y)
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
