@@ -16,10 +16,12 @@ _static_cache_attention) for one new token per row: tests/test_generate.py runs 
 interpreter, and compares them. Needs triton (installed with liger-kernel); `available()` says whether it can run.
 """
 import torch
+import torch.nn.functional as F
 
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # a CPU-only install: generate.Decoder keeps the compiled PyTorch path
     triton = None
 
@@ -51,7 +53,10 @@ if triton is not None:
                           k_cache, v_cache, pos_ptr, out_ptr, part_m, part_l, part_acc, max_len,
                           EPS: tl.constexpr, SCALE: tl.constexpr, N_KV: tl.constexpr, REP: tl.constexpr,
                           D: tl.constexpr, QROWS: tl.constexpr,
-                          CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+                          CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # see _linear
+            gdc_launch_dependents()
+            gdc_wait()
         b, g, split = tl.program_id(0) // N_KV, tl.program_id(0) % N_KV, tl.program_id(1)
         d = tl.arange(0, D)
         p = tl.load(pos_ptr + b)    # this row's new token's position
@@ -103,8 +108,11 @@ if triton is not None:
 
     @triton.jit
     def _combine_splits(part_m, part_l, part_acc, out_ptr, D: tl.constexpr, SPLITS: tl.constexpr,
-                        SPLITS_P2: tl.constexpr):
+                        SPLITS_P2: tl.constexpr, PDL: tl.constexpr):
         """One (row, query head): the splits' partial softmaxes rescaled to their common maximum and summed."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         row = tl.program_id(0)
         s, d = tl.arange(0, SPLITS_P2), tl.arange(0, D)
         m = tl.load(part_m + row * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
@@ -125,36 +133,56 @@ if triton is not None:
             return tl.dot(x, tl.trans(w))
 
     @triton.jit
-    def _matvec(x_ptr, w_ptr, out_ptr, res_ptr, norm_ptr, B, N, K, EPS: tl.constexpr, NORM: tl.constexpr,
-                GLU: tl.constexpr, RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-        """out[b, n] = x[b] . w[n] for this program's BLOCK_N outputs and ROWS batch rows, x [B, K] and w [N (2N with
-        GLU), K] row-major. NORM: x is first RMSNorm-ed (model.RMSNorm, gain at norm_ptr); each program computes the
-        row's statistics itself (the row is a few KB, read from L2), so no kernel has to wait for the whole row.
-        GLU: w holds gate rows then up rows, and out = silu(gate) * up (model.MLP). RESIDUAL: out += res[b, n]."""
+    def _input_tile(x_ptr, norm_ptr, rstd, rows, k, B, K, NORM: tl.constexpr, dtype: tl.constexpr):
+        """Columns k of the input rows, RMSNorm-ed if NORM: normalised in float32, rounded to the dtype, times the
+        gain, rounded again (model.RMSNorm)."""
+        xk = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows < B)[:, None] & (k < K)[None, :], other=0.0)
+        if NORM:
+            gain = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            xk = ((xk.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * gain[None, :]).to(dtype)
+        return xk
+
+    @triton.jit
+    def _linear(x_ptr, w_ptr, out_ptr, res_ptr, norm_ptr, B, N, K, EPS: tl.constexpr, NORM: tl.constexpr,
+                GLU: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """out[b, n] = x[b] . w[n] for this program's BLOCK_N outputs and ROWS rows, x [B, K] and w [N (2N with GLU),
+        K] row-major. NORM: x is RMSNorm-ed first (gain at norm_ptr); every program computes the row statistics
+        itself (a row is a few KB, read from L2), so no kernel has to wait for a whole row. GLU: w holds the gate
+        rows, then the up rows, and out = silu(gate) * up (model.MLP). RESIDUAL: out += res[b, n].
+        PDL (programmatic dependent launch, Hopper+): the kernel may start while the previous one still runs; it
+        loads its first block of weights (which no kernel writes), then waits for the previous kernel
+        (gdc_wait) before it reads anything a kernel produced."""
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
-        dtype = out_ptr.dtype.element_ty
+        dtype: tl.constexpr = out_ptr.dtype.element_ty
+        k = tl.arange(0, BLOCK_K)
+        w_mask = (n < N)[:, None] & (k < K)[None, :]
+        w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=w_mask, other=0.0)
+        if GLU:
+            w_up = tl.load(w_ptr + (N + n[:, None]) * K + k[None, :], mask=w_mask, other=0.0)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        rstd = tl.zeros([ROWS], dtype=tl.float32)
         if NORM:
-            sq = tl.zeros([ROWS], dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                xk = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows < B)[:, None] & (k < K)[None, :],
+                kk = k0 + k
+                xk = tl.load(x_ptr + rows[:, None] * K + kk[None, :], mask=(rows < B)[:, None] & (kk < K)[None, :],
                              other=0.0).to(tl.float32)
-                sq += tl.sum(xk * xk, axis=1)
-            rstd = tl.rsqrt(sq / K + EPS)
-        acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
-        acc_up = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            xk = tl.load(x_ptr + rows[:, None] * K + k[None, :], mask=(rows < B)[:, None] & (k < K)[None, :], other=0.0)
-            if NORM:  # normalise in float32, round to the input dtype, times the gain, round again
-                gain = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-                xk = ((xk.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32) * gain[None, :]).to(dtype)
-            w_mask = (n < N)[:, None] & (k < K)[None, :]
-            acc += _dot(xk, tl.load(w_ptr + n[:, None] * K + k[None, :], mask=w_mask, other=0.0), ROWS)
+                rstd += tl.sum(xk * xk, axis=1)
+            rstd = tl.rsqrt(rstd / K + EPS)
+        xk = _input_tile(x_ptr, norm_ptr, rstd, rows, k, B, K, NORM, dtype)
+        acc = _dot(xk, w, ROWS)
+        if GLU:
+            acc_up = _dot(xk, w_up, ROWS)
+        for k0 in range(BLOCK_K, K, BLOCK_K):   # the rest of the row, when K > BLOCK_K
+            kk = k0 + k
+            xk = _input_tile(x_ptr, norm_ptr, rstd, rows, kk, B, K, NORM, dtype)
+            w_mask = (n < N)[:, None] & (kk < K)[None, :]
+            acc += _dot(xk, tl.load(w_ptr + n[:, None] * K + kk[None, :], mask=w_mask, other=0.0), ROWS)
             if GLU:
-                acc_up += _dot(xk, tl.load(w_ptr + (N + n[:, None]) * K + k[None, :], mask=w_mask, other=0.0), ROWS)
+                acc_up += _dot(xk, tl.load(w_ptr + (N + n[:, None]) * K + kk[None, :], mask=w_mask, other=0.0), ROWS)
         y = acc.to(dtype)   # a matmul's output, rounded as cuBLAS rounds it
         if GLU:  # F.silu(gate) * up, each op rounded to the dtype as PyTorch's are
             g = y.to(tl.float32)
@@ -165,61 +193,94 @@ if triton is not None:
             y = (res.to(tl.float32) + y.to(tl.float32)).to(dtype)
         tl.store(out_ptr + rows[:, None] * N + n[None, :], y, mask=out_mask)
 
-def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, block_n=32):
-    """q [B, 1, n_heads * head_dim], k and v [B, 1, n_kv * head_dim]: the new token's projections (not yet
-    normalised or rotated); q_norm / k_norm: the model's QK-norm modules; cache: a generate.KVCache, which also holds
-    the RoPE frequencies (`inv_freq`, model.rope_inv_freq: the kernel makes its cos/sin row from them, so inductor
-    does not materialise the tables for every layer); positions [B, 1]. Writes the new keys and values into the
-    cache and returns the attention output [B, 1, n_heads * head_dim] (the o_proj's input).
+    @triton.jit
+    def _prefill_qk(qkv_ptr, row_stride, qn_w, kn_w, inv_freq_ptr, q_out, k_cache, v_cache, start, T, max_len,
+                    EPS: tl.constexpr, N_KV: tl.constexpr, REP: tl.constexpr, D: tl.constexpr, QROWS: tl.constexpr):
+        """The prefill's QK-norm, RoPE and cache write: one program per (prompt token, kv head). Row r = b * T + t
+        of the q/k/v projection sits at position start + t; its key and value go into the cache there, its REP
+        query heads into q_out [B, n_heads, T, D] (SDPA's layout)."""
+        r, g = tl.program_id(0), tl.program_id(1)
+        b, t = r // T, r % T
+        p = start + t
+        d = tl.arange(0, D)
+        angle = p.to(tl.float32) * tl.load(inv_freq_ptr + d % (D // 2))
+        cos, sin = tl.cos(angle), tl.sin(angle)
+        row = qkv_ptr + r * row_stride
+        k = _norm_rope(row + N_KV * REP * D, g + tl.arange(0, 1), tl.arange(0, 1) < 1, kn_w, cos, sin, EPS, D)
+        cache_at = ((b * N_KV + g) * max_len + p) * D
+        tl.store(k_cache + cache_at + d[None, :], k)
+        tl.store(v_cache + cache_at + d, tl.load(row + (N_KV * REP + N_KV + g) * D + d))
+        h = tl.arange(0, QROWS)
+        q = _norm_rope(row, g * REP + h, h < REP, qn_w, cos, sin, EPS, D)
+        tl.store(q_out + (((b * N_KV * REP + g * REP + h[:, None]) * T + t) * D + d[None, :]), q,
+                 mask=(h < REP)[:, None])
 
-    `chunk`: keys per program. By default one program per (row, kv head) while a cache of up to 512 keys keeps
-    every program short, else as many splits of >= 256 keys as fill ~128 programs."""
+
+def pdl(t):
+    """Programmatic dependent launch for kernels on tensor t's device: a Hopper (or newer) GPU."""
+    return t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
+def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, block_n=32):
+    """q [B, n_heads * head_dim], k and v [B, n_kv * head_dim] (or [B, 1, ...]): the new token's projections (not
+    yet normalised or rotated); q_norm / k_norm: the model's QK-norm modules; cache: a generate.KVCache, which also
+    holds the RoPE frequencies (`inv_freq`, model.rope_inv_freq: the kernel makes its cos/sin row from them);
+    positions [B, 1]. Writes the new keys and values into the cache and returns the attention output, shaped like q
+    (the o_proj's input).
+
+    `chunk`: keys per program. By default the cache is split into chunks of >= 32 keys, as many as make ~256
+    programs (one query over a few hundred keys is too little work to keep one program per head: BENCHMARKS.md
+    log 15); only the chunks before a row's position do any work."""
     B, n_kv, max_len, D = cache.k.shape
     rep = q.shape[-1] // (n_kv * D)
     if chunk is None:
-        splits = 1 if max_len <= 512 else min(triton.cdiv(128, B * n_kv), triton.cdiv(max_len, 256))
+        splits = min(triton.cdiv(256, B * n_kv), triton.cdiv(max_len, 32))
         chunk = triton.cdiv(triton.cdiv(max_len, splits), block_n) * block_n
     splits = triton.cdiv(max_len, chunk)
     out = torch.empty(*q.shape[:-1], n_kv * rep * D, device=q.device, dtype=cache.v.dtype)
     part_m = torch.empty(B * n_kv * rep * splits if splits > 1 else 1, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(part_m.numel() * D if splits > 1 else 1, device=q.device, dtype=torch.float32)
+    on = pdl(q)
     _decode_attention[(B * n_kv, splits)](
         q, k, v, q.stride(0), k.stride(0), v.stride(0), q_norm.weight, k_norm.weight, cache.inv_freq, cache.k, cache.v,
-        positions,
-        out, part_m, part_l, part_acc, max_len, EPS=q_norm.eps, SCALE=D ** -0.5, N_KV=n_kv, REP=rep, D=D,
-        QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits)
+        positions, out, part_m, part_l, part_acc, max_len, EPS=q_norm.eps, SCALE=D ** -0.5, N_KV=n_kv, REP=rep, D=D,
+        QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits, PDL=on,
+        **({"launch_pdl": True} if on else {}))
     if splits > 1:
         _combine_splits[(B * n_kv * rep,)](part_m, part_l, part_acc, out, D=D, SPLITS=splits,
-                                          SPLITS_P2=triton.next_power_of_2(splits))
+                                          SPLITS_P2=triton.next_power_of_2(splits), PDL=on,
+                                          **({"launch_pdl": True} if on else {}))
     return out
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (N, K, rows): chosen on an H200 (BENCHMARKS.md log 15);
-# bench/decode_probe.py sweeps them. Other shapes take the defaults below.
-MATVEC_CONFIGS = {}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (N, K, rows), rows = the rows a program takes (1 for batch 1, else
+# 16 / 32 / 64): chosen on an H200 by bench/decode_probe.py's sweep (BENCHMARKS.md log 15). Other shapes: defaults.
+LINEAR_CONFIGS = {}
 
 
-def matvec_config(N, K, rows):
-    if (N, K, rows) in MATVEC_CONFIGS:
-        return MATVEC_CONFIGS[(N, K, rows)]
+def linear_config(N, K, rows):
+    if (N, K, rows) in LINEAR_CONFIGS:
+        return LINEAR_CONFIGS[(N, K, rows)]
     return (8, 512, 4, 1) if rows == 1 else (64, 64, 4, 3)
 
 
-def matvec(x, w, norm=None, residual=None, glu=False):
-    """x [B, K] (contiguous) -> x @ w.T [B, N] in x's dtype, with the options of _matvec: `norm` an RMSNorm module
-    applied to x first, `glu` (w = gate rows then up rows: silu(gate) * up, N = w's rows / 2), `residual` [B, N]
-    added last. The decode step's projections: one batch row reads each weight once, so they are bound by memory,
-    and a single kernel per projection (norm and epilogue fused) is what the step is made of."""
-    B, K = x.shape
+def fused_linear(x, w, norm=None, residual=None, glu=False):
+    """x [M, K] (contiguous) -> x @ w.T [M, N] in x's dtype, with _linear's options: `norm` an RMSNorm module applied
+    to x first, `glu` (w = gate rows then up rows: silu(gate) * up, N = w's rows / 2), `residual` [M, N] added last.
+    At decode time (M = the batch) each weight is read once and the kernel is bound by memory, so one kernel per
+    projection, the norm and the epilogue fused into it, is what the step is made of."""
+    M, K = x.shape
     N = w.shape[0] // 2 if glu else w.shape[0]
-    rows = 1 if B == 1 else min(max(16, triton.next_power_of_2(B)), 64)
-    block_n, block_k, warps, stages = matvec_config(N, K, rows)
-    out = torch.empty(B, N, device=x.device, dtype=x.dtype)
-    _matvec[(triton.cdiv(N, block_n), triton.cdiv(B, rows))](
-        x, w, out, x if residual is None else residual, x if norm is None else norm.weight, B, N, K,
+    rows = 1 if M == 1 else min(max(16, triton.next_power_of_2(M)), 64)
+    block_n, block_k, warps, stages = linear_config(N, K, rows)
+    out = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    on = pdl(x)
+    _linear[(triton.cdiv(N, block_n), triton.cdiv(M, rows))](
+        x, w, out, x if residual is None else residual, x if norm is None else norm.weight, M, N, K,
         EPS=norm.eps if norm is not None else 0.0, NORM=norm is not None, GLU=glu, RESIDUAL=residual is not None,
-        ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+        PDL=on, ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        **({"launch_pdl": True} if on else {}))
     return out
 
 
@@ -240,10 +301,40 @@ def decode_logits(model, caches, tok, input_pos, weights):
     x = model.model.embed_tokens(tok[:, 0])
     for block, cache, (w_qkv, w_gate_up) in zip(model.model.layers, caches, weights):
         att = block.self_attn
-        qkv = matvec(x, w_qkv, norm=block.input_layernorm)
+        qkv = fused_linear(x, w_qkv, norm=block.input_layernorm)
         y = decode_attention(qkv[:, :q_dim], qkv[:, q_dim:q_dim + kv_dim], qkv[:, q_dim + kv_dim:], att.q_norm,
                              att.k_norm, cache, input_pos)
-        h = matvec(y, att.o_proj.weight, residual=x)
-        x = matvec(matvec(h, w_gate_up, norm=block.post_attention_layernorm, glu=True), block.mlp.down_proj.weight,
-                   residual=h)
-    return matvec(x, model.lm_head_weight, norm=model.model.norm).float()
+        x = _mlp(block, w_gate_up, fused_linear(y, att.o_proj.weight, residual=x))
+    return fused_linear(x, model.lm_head_weight, norm=model.model.norm).float()
+
+
+def _mlp(block, w_gate_up, h):
+    """h + MLP(RMSNorm(h)) in two kernels."""
+    m = fused_linear(h, w_gate_up, norm=block.post_attention_layernorm, glu=True)
+    return fused_linear(m, block.mlp.down_proj.weight, residual=h)
+
+
+def prefill_logits(model, caches, idx, start, weights, lengths=None):
+    """generate.last_logits (a prompt idx [B, T] at positions start.. -> float logits of each row's last token
+    [B, vocab], with `lengths` of right-padded rows) with the step's kernels: the projections as fused_linear over
+    the B * T rows, QK-norm + RoPE + cache write as _prefill_qk, and the causal attention over the cache by SDPA.
+    ~7 launches a layer instead of the ~75 PyTorch ops of model.hidden_states: an eager prefill of a short prompt
+    costs its launches, not its FLOPs."""
+    cfg, (B, T) = model.config, idx.shape
+    H, n_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    x = model.model.embed_tokens(idx).view(B * T, -1)
+    q = torch.empty(B, H, T, D, device=idx.device, dtype=x.dtype)
+    end = start + T
+    mask = None if start == 0 else torch.ones(T, end, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+    for block, cache, (w_qkv, w_gate_up) in zip(model.model.layers, caches, weights):
+        att = block.self_attn
+        qkv = fused_linear(x, w_qkv, norm=block.input_layernorm)
+        _prefill_qk[(B * T, n_kv)](qkv, qkv.stride(0), att.q_norm.weight, att.k_norm.weight, cache.inv_freq, q,
+                                   cache.k, cache.v, start, T, cache.k.shape[2], EPS=att.q_norm.eps, N_KV=n_kv,
+                                   REP=H // n_kv, D=D, QROWS=triton.next_power_of_2(H // n_kv))
+        y = F.scaled_dot_product_attention(q, cache.k[:, :, :end], cache.v[:, :, :end], attn_mask=mask,
+                                           is_causal=mask is None, enable_gqa=n_kv != H)
+        x = _mlp(block, w_gate_up, fused_linear(y.transpose(1, 2).reshape(B * T, H * D), att.o_proj.weight, residual=x))
+    x = x.view(B, T, -1)
+    x = x[:, -1] if lengths is None else x[torch.arange(B, device=x.device), lengths - 1]
+    return fused_linear(x.contiguous(), model.lm_head_weight, norm=model.model.norm).float()

@@ -1,14 +1,15 @@
 """
-Exploration (device calls 2026-11-29 #5-#7, #9-#11, and session 4): where the time of one decode step goes, and
-which candidates help. Prints JSON lines:
-- "sweep": decode_kernel.matvec's block configs for every projection of the 0.6B step (q/k/v with the norm, o_proj
-  + residual, gate/up + SiLU-mul with the norm, down + residual, the lm_head with the final norm) at batch 1, 8, 32:
-  28 calls with 28 different weight copies captured in one CUDA graph (so no weight stays in L2), us per call and
-  GB/s; then the best per shape ("best") -- the table decode_kernel.matvec_config hard-codes;
+Exploration (device calls 2026-11-29 #5-#7, #9-#12, and later): where the time of one decode step goes, and which
+candidates help. Prints JSON lines:
+- "sweep": decode_kernel.fused_linear's block configs for every projection of the 0.6B step (norm + q/k/v, o_proj +
+  residual, norm + gate/up + SiLU-mul, down + residual, final norm + lm_head) at batch 1, 8, 32 and for a 2,000-token
+  prefill: 28 calls on 28 different weight copies captured in one CUDA graph (so no weight stays in L2), us per call
+  and GB/s; then the best per shape ("best"): the table decode_kernel.LINEAR_CONFIGS hard-codes;
 - "attention": decode_attention alone (28 layers in a graph) at a 160-key and a 4,000-key position, per chunk;
-- the Decoder's tok/s (batch 1, greedy, 32 + 256 tokens), its bare graph replay, the prefill, and a kernel profile,
-  for the Triton step and the compiled PyTorch step.
-(Calls 5 and 7 ran earlier variants -- SDPA, unfolded attention -- monkeypatched in: BENCHMARKS.md logs 12-13.)
+- the Decoder's tok/s (batch 1, greedy, 32 + 256 tokens), its bare graph replay, the prefill, a kernel profile: the
+  Triton step with programmatic dependent launch (PDL) and without; the prefill alone, Triton against the model.
+(Calls 5 and 7 ran earlier variants -- SDPA, unfolded attention -- monkeypatched in: BENCHMARKS.md logs 12-13;
+call 12 compared the Triton step with the compiled PyTorch step: log 15.)
 """
 import itertools, json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,13 +52,13 @@ def sweep(cfg):
               "gate_up": (I, H, dict(norm=norm, glu=True)), "down": (H, I, dict(res=True)),
               "lm_head": (V, H, dict(norm=norm))}
     best = {}
-    for batch in (1, 8, 32):
-        rows = 1 if batch == 1 else max(16, batch)
-        grid = (itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (1, 2)) if rows == 1 else
-                itertools.product((32, 64, 128), (64, 128), (4,), (3, 4)))
-        grid = list(grid)
+    for batch in (1, 8, 32, 2000):  # 2,000: the rows of a 2,000-token prefill
+        rows = 1 if batch == 1 else min(max(16, batch), 64)
+        grid = (itertools.product((2, 4, 8, 16, 32), (512, 1024, 2048, 4096), (4, 8, 16), (1,)) if rows == 1 else
+                itertools.product((32, 64, 128), (64, 128), (4, 8), (3, 4)))
+        grid = [c for c in grid if c[0] * c[1] <= 32768]
         for name, (N, Kdim, opt) in shapes.items():
-            copies = 1 if name == "lm_head" else 28   # the lm_head alone is 311 MB: no L2 reuse
+            copies = 1 if name == "lm_head" or rows == 64 else 28   # the lm_head alone is 311 MB: no L2 reuse
             ws = [torch.randn(2 * N if opt.get("glu") else N, Kdim, device="cuda", dtype=torch.bfloat16) * 0.02
                   for _ in range(copies)]
             x = torch.randn(batch, Kdim, device="cuda", dtype=torch.bfloat16)
@@ -68,13 +69,15 @@ def sweep(cfg):
             for conf in grid:
                 if time.time() - T0 > BUDGET:
                     break
-                K.MATVEC_CONFIGS[(N, Kdim, rows)] = conf
+                if conf[1] > 2 * Kdim or (rows == 64 and name == "lm_head"):  # the prefill's lm_head: B rows only
+                    continue
+                K.LINEAR_CONFIGS[(N, Kdim, rows)] = conf
                 try:
-                    fn = lambda: [K.matvec(x, w, norm=opt.get("norm"), residual=res, glu=opt.get("glu", False))
+                    fn = lambda: [K.fused_linear(x, w, norm=opt.get("norm"), residual=res, glu=opt.get("glu", False))
                                   for w in ws]
                     ms = graph_time(fn)
                     if not opt:
-                        assert (K.matvec(x, ws[0]).float() - ref.float()).abs().max() < 0.05
+                        assert (K.fused_linear(x, ws[0]).float() - ref.float()).abs().max() < 0.05
                 except Exception as e:  # noqa: BLE001
                     emit(sweep=name, batch=batch, config=conf, error=f"{type(e).__name__}: {str(e)[:200]}")
                     continue
@@ -87,7 +90,7 @@ def sweep(cfg):
                 best[(N, Kdim, rows)] = results[0][1]
                 emit(best=name, batch=batch, key=[N, Kdim, rows], config=results[0][1], us=round(results[0][0], 2),
                      worst_us=round(results[-1][0], 2))
-            K.MATVEC_CONFIGS.pop((N, Kdim, rows), None)
+            K.LINEAR_CONFIGS.pop((N, Kdim, rows), None)
     return best
 
 
@@ -166,12 +169,29 @@ def main():
     attention(cfg)
     with torch.device("cuda"):
         model = M.Qwen3(cfg).to(torch.bfloat16).eval()
-    bench_decoder(model, 288, "Triton step, default configs", profile=True)
-    K.MATVEC_CONFIGS.update(best)
-    bench_decoder(model, 288, "Triton step, best configs of the sweep", profile=True)
-    bench_decoder(model, 4096, "Triton step, best configs of the sweep")
-    if time.time() - T0 < BUDGET:
-        bench_decoder(model, 288, "compiled PyTorch step (log 13)", profile=True, triton=False)
+    K.LINEAR_CONFIGS.update(best)
+    bench_decoder(model, 288, "Triton step + prefill, PDL, best configs of the sweep", profile=True)
+    bench_decoder(model, 4096, "Triton step + prefill, PDL, best configs of the sweep")
+    pdl = K.pdl
+    K.pdl = lambda t: False
+    bench_decoder(model, 288, "Triton step + prefill, no PDL", profile=True)
+    K.pdl = pdl
+    # the prefill alone: Triton (Decoder.prefill) against the model's eager forward, 32 and 2,000 tokens
+    from generate import last_logits
+    for T in (32, 2000):
+        dec = Decoder(model, 1, max_len=2048)
+        prompt = torch.randint(0, cfg.vocab_size, (1, T), device="cuda")
+        for label, fn in (("triton", lambda: dec.prefill(prompt)),
+                          ("eager model", lambda: last_logits(model, prompt, dec.caches, 0))):
+            times = []
+            for _ in range(5):
+                dec.reset(); torch.cuda.synchronize(); t = time.perf_counter()
+                fn(); torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            emit(prefill=label, tokens=T, ms=round(sorted(times)[2] * 1000, 2))
+        dec.reset(); a = dec.prefill(prompt); b = last_logits(model, prompt, dec.caches, 0)
+        emit(prefill_agree=T, argmax_equal=bool(a.argmax() == b.argmax()),
+             max_rel_err=round(((a - b).abs().max() / b.abs().max()).item(), 4))
     emit(done=round(time.time() - T0))
 
 

@@ -137,18 +137,18 @@ model = Qwen3(small_config(head_dim=16, max_position_embeddings=1024)).eval()
 for name, p in model.named_parameters():
     p.data.add_(torch.randn_like(p) * 0.1)  # norm gains away from 1, peaky logits
 
-# the matrix-vector kernel alone: every option, one row (multiply-and-sum) and 3 rows (tl.dot), a K loop of 1-3
+# fused_linear alone: every option, one row (multiply-and-sum) and 3 rows (tl.dot), a K loop of 1-3
 # blocks, N not a multiple of the block
-tuned = decode_kernel.matvec_config
+tuned = decode_kernel.linear_config
 small_blocks = lambda N, K, rows: (8, 32, 4, 1) if rows == 1 else (16, 32, 4, 1)
 close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 block = model.model.layers[0]
-for config, runs in ((tuned, ((3, 320), (3, 608), (1, 320))), (small_blocks, ((3, 320), (1, 320)))):
-    decode_kernel.matvec_config = config
+for config, runs in ((tuned, ((3, 96), (1, 32), (1, 80))), (small_blocks, ((3, 96),))):
+    decode_kernel.linear_config = config
     for B in (1, 3):
         x, r = torch.randn(B, 64), torch.randn(B, 96)
         w = torch.randn(2 * 96, 64)
-        mv = decode_kernel.matvec
+        mv = decode_kernel.fused_linear
         close(mv(x, w[:96]), x @ w[:96].T)
         close(mv(x, w[:96], residual=r), r + x @ w[:96].T)
         xn = block.input_layernorm(x)
@@ -157,17 +157,20 @@ for config, runs in ((tuned, ((3, 320), (3, 608), (1, 320))), (small_blocks, ((3
         close(mv(r, w2), r @ w2.T)  # K=96, N=64
 
     # the whole step inside a Decoder: the same greedy tokens and cache contents as the PyTorch step
-    prompt = torch.randint(0, 320, (3, 250))
-    lengths = [250, 221, 90]   # rows at different positions; two of them cross the 224-key split boundary
-    for B, max_len in runs:  # 320: one program per (row, kv head); 608: the cache split over 3 (+ the combine)
+    prompt = torch.randint(0, 320, (3, 40))
+    lengths = [40, 29, 11]   # right-padded rows at different positions
+    for B, max_len in runs:  # the cache in chunks of 32 keys (the rows cross their boundaries), or in one program
         outs = []
         for triton in (False, True):
             dec = G.Decoder(model, B, max_len=max_len, triton=triton)
             assert dec.triton == triton and not dec.compile and not dec.cuda_graph
-            out = dec.generate(prompt[:B], 16, temperature=0, lengths=lengths[:B] if B > 1 else None)
+            p = prompt[:B, :12] if max_len == 32 else prompt[:B]
+            out = dec.generate(p, 16, temperature=0, lengths=lengths[:B] if B > 1 else None)
+            if max_len == 80:  # a second prompt continues the cache (a chat turn): a prefill at position 55
+                out = torch.cat([out, dec.generate(torch.cat([dec.last, prompt[:1, :7]], 1), 8, temperature=0)], 1)
             outs.append((out, torch.stack([torch.stack([c.k, c.v]) for c in dec.caches])))
         (plain, plain_cache), (kernel, kernel_cache) = outs
-        assert torch.equal(plain, kernel), (plain[:, 250:], kernel[:, 250:])
+        assert torch.equal(plain, kernel), (plain[:, 40:], kernel[:, 40:])
         err = (plain_cache - kernel_cache).abs().max().item()
         assert err < 1e-5, err   # the keys and values the kernel wrote (normalised, rotated) are the plain path's
 print("ok")
@@ -403,11 +406,11 @@ def test_cuda_triton_decode_kernel_matches_the_pytorch_step_bf16():
 
 
 @cuda
-def test_cuda_matvec_kernels_match_pytorch_at_the_model_shapes_bf16():
-    """decode_kernel.matvec in bf16 at every projection shape of Qwen3-0.6B (with the block configs tuned for each)
+def test_cuda_fused_linear_kernels_match_pytorch_at_the_model_shapes_bf16():
+    """decode_kernel.fused_linear in bf16 at every projection shape of Qwen3-0.6B (with the block configs tuned for each)
     and batch 1 / 8 / 32: the PyTorch ops it replaces (RMSNorm, F.linear, SiLU * up, the residual add), up to bf16
     rounding."""
-    from decode_kernel import matvec
+    from decode_kernel import fused_linear
     from model import Qwen3Config, RMSNorm
     cfg = Qwen3Config()
     torch.manual_seed(0)
@@ -424,6 +427,6 @@ def test_cuda_matvec_kernels_match_pytorch_at_the_model_shapes_bf16():
             xin = norm(x) if with_norm else x
             ref = F.silu(xin @ w[:N].T) * (xin @ w[N:].T) if glu else xin @ w.T
             ref = ref + res if with_res else ref
-            out = matvec(x, w, norm=norm if with_norm else None, residual=res, glu=glu)
+            out = fused_linear(x, w, norm=norm if with_norm else None, residual=res, glu=glu)
             err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
             assert out.shape == ref.shape and err < 0.02, (B, N, K, err)
