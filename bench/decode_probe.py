@@ -69,7 +69,7 @@ def sweep(cfg):
             for conf in grid:
                 if time.time() - T0 > BUDGET:
                     break
-                if conf[1] > 2 * Kdim or (rows == 64 and name == "lm_head"):  # the prefill's lm_head: B rows only
+                if conf[1] > 1 << (Kdim - 1).bit_length() or (rows == 64 and name == "lm_head"):  # prefill: B rows
                     continue
                 K.LINEAR_CONFIGS[(N, Kdim, rows)] = conf
                 try:
