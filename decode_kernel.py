@@ -254,15 +254,28 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
     return out
 
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) per (N, K, rows), rows = the rows a program takes (1 for batch 1, else
-# 16 / 32 / 64): chosen on an H200 by bench/decode_probe.py's sweep (BENCHMARKS.md log 15). Other shapes: defaults.
-LINEAR_CONFIGS = {}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) for Qwen3-0.6B's projections (N, K) at rows = the rows one program
+# takes (1 at batch 1, else 16 / 32 / 64): the best of bench/decode_probe.py's sweep on an H200 (BENCHMARKS.md
+# log 15), in order q/k/v, o_proj, gate/up, down, lm_head. Other shapes follow the rule in linear_config.
+LINEAR_CONFIGS = {
+    **dict(zip([(4096, 1024, 1), (1024, 2048, 1), (3072, 1024, 1), (1024, 3072, 1), (151936, 1024, 1)],
+               [(4, 1024, 4, 1), (16, 2048, 8, 1), (4, 1024, 4, 1), (4, 4096, 16, 1), (8, 1024, 4, 1)])),
+    **dict(zip([(4096, 1024, 16), (1024, 2048, 16), (3072, 1024, 16), (1024, 3072, 16), (151936, 1024, 16)],
+               [(128, 128, 8, 3), (32, 128, 4, 4), (32, 128, 8, 3), (32, 128, 4, 4), (128, 128, 8, 4)])),
+    **dict(zip([(4096, 1024, 32), (1024, 2048, 32), (3072, 1024, 32), (1024, 3072, 32), (151936, 1024, 32)],
+               [(64, 128, 8, 4), (32, 128, 4, 4), (64, 128, 8, 3), (32, 128, 4, 4), (128, 64, 8, 4)])),
+}
 
 
 def linear_config(N, K, rows):
+    """One row: the whole row of weights in one block (one round of loads, issued before the PDL wait), 4 outputs a
+    program, a warp per 256 columns. More rows: tensor-core tiles, larger for a prefill's 64-row blocks."""
     if (N, K, rows) in LINEAR_CONFIGS:
         return LINEAR_CONFIGS[(N, K, rows)]
-    return (8, 512, 4, 1) if rows == 1 else (64, 64, 4, 3)
+    if rows == 1:
+        block_k = triton.next_power_of_2(K)
+        return 4, block_k, max(4, min(16, block_k // 256)), 1
+    return (32, 128, 4, 4) if rows < 64 else (128, 64, 4, 3)
 
 
 def fused_linear(x, w, norm=None, residual=None, glu=False):
@@ -312,6 +325,11 @@ def _mlp(block, w_gate_up, h):
     """h + MLP(RMSNorm(h)) in two kernels."""
     m = fused_linear(h, w_gate_up, norm=block.post_attention_layernorm, glu=True)
     return fused_linear(m, block.mlp.down_proj.weight, residual=h)
+
+
+# a prefill of more rows (batch x prompt tokens) goes through the model's own forward: bound by FLOPs, where cuBLAS's
+# GEMMs beat fused_linear's tiles (which also recompute each row's RMSNorm statistics per program)
+PREFILL_MAX_ROWS = 4096
 
 
 def prefill_logits(model, caches, idx, start, weights, lengths=None):

@@ -266,7 +266,7 @@ class Decoder:
             lengths = torch.as_tensor(lengths, device=idx.device)
             if not ((lengths >= 1) & (lengths <= T)).all():
                 raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
-        if self.triton:
+        if self.triton and B * T <= decode_kernel.PREFILL_MAX_ROWS:
             logits = decode_kernel.prefill_logits(self.model, self.caches, idx, self.pos, self.weights, lengths)
         else:  # int start: the plain path's causal attention
             logits = last_logits(self.model, idx, self.caches, self.pos, lengths)
