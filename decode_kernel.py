@@ -1,19 +1,28 @@
 """
-The decode step's attention as one hand-written Triton kernel (generate.Decoder uses it on CUDA).
+The decode step as hand-written Triton kernels (generate.Decoder uses them on CUDA), and a prefill made of them.
 
-Why: at batch 1 a decode step is latency-bound, not bandwidth-bound. Compiled by inductor, the part of a layer
-between the q/k/v projections and the o_proj -- QK-norm, RoPE, writing the new key and value into the cache,
-QK^T, the masked softmax, PV -- is about six small kernels at ~4 us each, whatever their (tiny) data
-(BENCHMARKS.md logs 12-13). Here it is one kernel: each program takes one kv head of one row, normalises and rotates
-its new key and the query heads that share it, writes the key and value into the cache at the row's position, and
-runs flash-decoding over the cached keys (online softmax in float32). A long cache is split over several programs
-per head ("split-KV", so that one query over 4k keys still spreads over the GPU), whose partial results a second,
-small kernel combines. Measured on an H200 (log 14): the replayed 0.6B step 1.43 -> 1.24 ms with a 288-key cache,
-1.64 -> 1.32 ms with 4,096 keys (it reads only the keys before each row's position, not the whole buffer).
+Why: at batch 1 a decode step of a 0.6B model is latency-bound. Each layer reads ~31 MB of weights, which an H200
+streams in ~7 us, but compiled by inductor a layer was ~8 kernels of ~4 us each (1.24 ms a step: BENCHMARKS.md logs
+12-14). Here a layer is five kernels:
+- `fused_linear` x4: RMSNorm + q/k/v, o_proj + residual, RMSNorm + gate/up + SiLU * up, down + residual. One
+  matrix-vector kernel with the norm as a prologue that every program recomputes from the input row (2 KB, in L2),
+  so no kernel waits for a whole-row reduction, and the epilogue fused. Each program loads its whole slice of the
+  weights at once (one round trip to memory), and on Hopper the kernel is launched with programmatic dependent launch
+  (PDL): it starts while the previous kernel finishes, fetches its weights, and waits (`gdc_wait`) only before it
+  reads what an earlier kernel wrote.
+- `_decode_attention`: QK-norm, RoPE (cos/sin from the position), the cache write and flash-decoding over the cached
+  keys (online softmax in float32); the cache is split into chunks over programs ("split-KV"), whose partial results
+  `_combine_splits` merges.
+One more `fused_linear` does the final norm + lm_head. On an H200 (log 15) the replayed step takes 0.70 ms (PDL alone
+saved 16%); with the prefill below, 1,359 tok/s against Hugging Face's compiled static cache at 275 (4.95x).
 
-What it computes is model.Attention's static-cache path (QK-norm, apply_rope, KVCache.update,
-_static_cache_attention) for one new token per row: tests/test_generate.py runs both, the kernel under Triton's CPU
-interpreter, and compares them. Needs triton (installed with liger-kernel); `available()` says whether it can run.
+`prefill_logits` runs a prompt through the same projections (B * T rows, tensor-core tiles), `_prefill_qk` and SDPA:
+~7 launches a layer instead of the model's ~75 PyTorch ops, which is what an eager prefill of a short prompt costs.
+
+What they compute is model.py's forward (RMSNorm, the projections, QK-norm, apply_rope, KVCache.update, the
+attention, SwiGLU), rounded where PyTorch rounds: tests/test_generate.py runs them under Triton's CPU interpreter
+against the PyTorch step, and on CUDA in bf16. Needs triton (installed with liger-kernel); `available()` says whether
+they can run.
 """
 import torch
 import torch.nn.functional as F

@@ -252,8 +252,8 @@ def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval
     rows, and rows x cache length <= cache_tokens: 7.5 GB of bf16 cache for the 0.6B model). Style "opencompass"
     decodes max_new_tokens at a time until a capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the
     answer is fixed by then. On CUDA the rows run on a bf16 copy of the weights (autocast's bf16 matmuls, without
-    autocast, whose cast cache a CUDA graph must not read), with the step in a CUDA graph but not compiled: eight
-    tokens a question do not pay back a compilation (BENCHMARKS.md log 12)."""
+    autocast, whose cast cache a CUDA graph must not read), with the step in a CUDA graph and never compiled (the
+    Triton step needs no compilation; eight tokens a question would not pay one back: BENCHMARKS.md log 12)."""
     max_pos = model.config.max_position_embeddings
     if str(device).startswith("cuda"):
         model = copy.deepcopy(model).to(torch.bfloat16).eval()

@@ -6,14 +6,14 @@ Two paths, one function (tests/test_generate.py proves they emit the same tokens
   that grow by slicing. It works anywhere (CPU, tests, eval.py) but on a GPU it is launch-bound: 28 layers x ~15
   small kernels per token, each launched from Python.
 - the fast path, `Decoder`: a static KV cache preallocated to `max_len`, the prompt prefilled in one call, and a
-  one-token `decode_step` whose shapes never change (the positions arrive as a tensor, the attention mask is built
-  from them), so it is compiled once and captured once in a CUDA graph, then replayed for every token (the gpt-fast
-  recipe). The step feeds its token back as the next input; the lm_head and sampling are captured with it;
-  randomness comes from a noise buffer filled before each replay. Nothing waits for the GPU except what the caller
-  reads (the streamed token). On CUDA each layer's QK-norm, RoPE, cache write and attention in the step are one
-  Triton kernel (decode_kernel.py).
+  one-token `decode_step` whose shapes never change (the positions arrive as a tensor), captured once in a CUDA graph
+  and replayed for every token (the gpt-fast recipe). The step feeds its token back as the next input; the lm_head
+  and sampling are captured with it; randomness comes from a noise buffer filled before each replay. Nothing waits
+  for the GPU except what the caller reads (the streamed token). On CUDA the step (and a short prompt's prefill) is
+  decode_kernel.py's hand-written Triton kernels, five a layer; otherwise it is the PyTorch step below, compiled by
+  torch.compile on CUDA, eager on the CPU.
 
-    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: compiled + CUDA graphs
+    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: Triton + CUDA graphs
     out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
                                                                    # dec.stream continue the cache instead
 
@@ -195,7 +195,7 @@ class Decoder:
     graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
-    attention reads the whole buffer, masked). `freeze` (default: with compile) compiles the weights in as constants
+    PyTorch step's attention reads the whole buffer, masked; the Triton step only the keys before each position). `freeze` (default: with compile) compiles the weights in as constants
     (see compiled_decode_hidden), so the compiled step does not see later changes to the model's weights: build
     Decoders for a model whose weights are final (inference), not for one still training. The compiled step uses
     inductor's coordinate-descent tuning, which turns each one-row matmul into a tuned reduction fused with its

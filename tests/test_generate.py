@@ -143,7 +143,7 @@ tuned = decode_kernel.linear_config
 small_blocks = lambda N, K, rows: (8, 32, 4, 1) if rows == 1 else (16, 32, 4, 1)
 close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 block = model.model.layers[0]
-for config, runs in ((tuned, ((3, 96), (1, 32), (1, 80))), (small_blocks, ((3, 96),))):
+for config, runs in ((tuned, ((3, 96), (1, 32), (1, 128))), (small_blocks, ((3, 96),))):
     decode_kernel.linear_config = config
     for B in (1, 3):
         x, r = torch.randn(B, 64), torch.randn(B, 96)
@@ -165,8 +165,8 @@ for config, runs in ((tuned, ((3, 96), (1, 32), (1, 80))), (small_blocks, ((3, 9
             dec = G.Decoder(model, B, max_len=max_len, triton=triton)
             assert dec.triton == triton and not dec.compile and not dec.cuda_graph
             p = prompt[:B, :12] if max_len == 32 else prompt[:B]
-            out = dec.generate(p, 16, temperature=0, lengths=lengths[:B] if B > 1 else None)
-            if max_len == 80:  # a second prompt continues the cache (a chat turn): a prefill at position 55
+            out = dec.generate(p, 64 if max_len == 128 else 16, temperature=0, lengths=lengths[:B] if B > 1 else None)
+            if max_len == 128:  # 64 tokens, then a second prompt continues the cache (a chat turn): a prefill at 103
                 out = torch.cat([out, dec.generate(torch.cat([dec.last, prompt[:1, :7]], 1), 8, temperature=0)], 1)
             outs.append((out, torch.stack([torch.stack([c.k, c.v]) for c in dec.caches])))
         (plain, plain_cache), (kernel, kernel_cache) = outs
@@ -175,6 +175,25 @@ for config, runs in ((tuned, ((3, 96), (1, 32), (1, 80))), (small_blocks, ((3, 9
         assert err < 1e-5, err   # the keys and values the kernel wrote (normalised, rotated) are the plain path's
 print("ok")
 """
+
+
+def test_triton_step_computes_the_plain_step_in_the_cpu_interpreter():
+    """decode_kernel.py's kernels run by Triton's CPU interpreter in float32: fused_linear alone against the PyTorch
+    ops it fuses, and the whole Triton step and prefill inside Decoders against the PyTorch step: the same greedy
+    tokens (64 in one run) and the same cache contents, for right-padded rows at different positions, the cache in
+    one program or in chunks, and a continued cache (a prefill that starts mid-cache). (The interpreter must be
+    switched on before triton is imported: a subprocess. Its bf16 arithmetic is wrong, so bf16 is a CUDA test; before
+    Triton 3.9 -- 3.6 tried -- it cannot take a loop bound loaded from memory, which the GPU compiler can.)"""
+    triton = pytest.importorskip("triton")
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9):
+        pytest.skip(f"Triton {triton.__version__}'s CPU interpreter cannot run the kernel's loop (3.9 can)")
+    r = run(["-c", "import sys; sys.path.insert(0, 'tests')\n" + TRITON_STEP], env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_decoder_refuses_both_steps():
+    with pytest.raises(ValueError, match="triton and compile"):
+        Decoder(peaky_model(), 1, max_len=16, triton=True, compile=True)
 
 
 def test_sampling_fast_path_equals_plain_path_for_one_seed():
