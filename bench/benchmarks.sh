@@ -38,7 +38,7 @@ if [ "$stage" = speed ]; then
   # the reference command itself, shortened: demo data, 10 optimizer steps of 786k tokens, an evaluation and a
   # checkpoint at the end, then a resume from that checkpoint for 2 more steps
   run() { python3 -m torch.distributed.run --nproc_per_node=$N train.py config/h800.py --data_dir=data/demo \
-    --warmup_steps=5 --decay_steps=5 --eval_interval=10 --eval_batches=4 --ckpt_interval=10 --log_interval=2 \
+    --warmup_steps=5 --decay_steps=5 --eval_interval=10 --val_tokens=98304 --ckpt_interval=10 --log_interval=2 \
     --export_at_end=False --out_dir=/tmp/run "$@" 2>&1 | grep -vE "^\s*$" | tail -12 | tee -a "$O/run.txt"; }
   run --max_steps=10
   run --max_steps=12 --init_from=resume

@@ -28,3 +28,25 @@ def test_readme_says_how_to_install_on_cpu_and_gpu():
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     quick = re.findall(r"^pip install .*-r requirements-test.txt && (python -m pytest .*)$", readme, re.M)
     assert quick and quick[0].split("&&")[-1].strip().replace("python ", "") in ci.replace("python ", "")
+
+
+def test_documented_training_commands_use_existing_config_keys():
+    """Every --key= on a train.py / mfu.py command line of the README and the device scripts (bench/*.sh) is a key
+    train.py knows: a renamed key must not leave a command that stops with 'unknown config key' (bench/benchmarks.sh
+    kept --eval_batches after it became --val_tokens, and its reference run failed on the device)."""
+    import ast
+    import glob
+    tree = ast.parse(open(os.path.join(ROOT, "train.py"), encoding="utf-8").read())
+    keys = {t.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
+    files = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))
+    used = set()
+    for path in files:
+        text = open(path, encoding="utf-8").read().replace("\\\n", " ")   # join continued shell lines
+        for line in text.splitlines():
+            for args in re.split(r"\b(?:train|mfu)\.py\b", line)[1:]:   # the flags after the script (not torchrun's)
+                args = re.split(r"[|;&>]", args)[0]
+                used |= {(os.path.basename(path), k) for k in re.findall(r"--(\w+)=", args) if k != "key"}
+    assert len(used) > 10 and "max_steps" in {k for _, k in used}, used   # the scan finds the commands
+    unknown = sorted((f, k) for f, k in used if k not in keys)
+    assert not unknown, unknown
