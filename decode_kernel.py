@@ -35,10 +35,11 @@ except ImportError:  # a CPU-only install: generate.Decoder keeps the compiled P
     triton = None
 
 
-def available(config):
-    """Whether the kernel serves this model: triton importable, and a power-of-two head_dim (Triton's blocks)."""
+def available(config, dtype):
+    """Whether the kernels serve this model by default: triton importable, a power-of-two head_dim (Triton's blocks),
+    16-bit weights (on the GPU tl.dot would round float32 inputs to TF32, where the PyTorch step stays float32)."""
     d = config.head_dim
-    return triton is not None and d >= 16 and d & (d - 1) == 0
+    return triton is not None and d >= 16 and d & (d - 1) == 0 and dtype in (torch.bfloat16, torch.float16)
 
 
 if triton is not None:

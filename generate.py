@@ -195,12 +195,14 @@ class Decoder:
     graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
-    PyTorch step's attention reads the whole buffer, masked; the Triton step only the keys before each position). `freeze` (default: with compile) compiles the weights in as constants
-    (see compiled_decode_hidden), so the compiled step does not see later changes to the model's weights: build
-    Decoders for a model whose weights are final (inference), not for one still training. The compiled step uses
-    inductor's coordinate-descent tuning, which turns each one-row matmul into a tuned reduction fused with its
-    neighbours (1.45 ms a step instead of 1.94 on an H200: BENCHMARKS.md log 12). The Triton step keeps a copy of
-    the q/k/v and gate/up weights concatenated (decode_kernel.fused_weights), so it too serves final weights only.
+    PyTorch step's attention reads the whole buffer, masked; the Triton step only the keys before each position).
+    `freeze` (default: with compile) compiles the weights in as constants (see compiled_decode_hidden), so the
+    compiled step does not see later changes to the model's weights: build Decoders for a model whose weights are
+    final (inference), not for one still training. The compiled step uses inductor's coordinate-descent tuning,
+    which turns each one-row matmul into a tuned reduction fused with its neighbours (1.45 ms a step instead of 1.94
+    on an H200: BENCHMARKS.md log 12). The Triton step (the default for 16-bit weights: decode_kernel.available)
+    keeps a copy of the q/k/v and gate/up weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B
+    model in bf16), so it too serves final weights only.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
@@ -218,7 +220,7 @@ class Decoder:
         # the fused attention kernels, whatever prompt length the caller sized the cache for
         self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
         on_cuda = w.device.type == "cuda"
-        self.triton = on_cuda and decode_kernel.available(cfg) and not compile if triton is None else triton
+        self.triton = on_cuda and decode_kernel.available(cfg, w.dtype) and not compile if triton is None else triton
         self.compile = on_cuda and not self.triton if compile is None else compile
         if self.triton and self.compile:
             raise ValueError("triton and compile pick two different decode steps: ask for one of them")

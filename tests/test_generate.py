@@ -196,6 +196,16 @@ def test_decoder_refuses_both_steps():
         Decoder(peaky_model(), 1, max_len=16, triton=True, compile=True)
 
 
+def test_triton_step_is_the_default_only_for_16_bit_weights():
+    """A float32 model keeps the PyTorch step: the Triton kernels' tl.dot would round float32 to TF32 on the GPU."""
+    import decode_kernel
+    pytest.importorskip("triton")
+    cfg = small_config(head_dim=32)
+    assert decode_kernel.available(cfg, torch.bfloat16) and decode_kernel.available(cfg, torch.float16)
+    assert not decode_kernel.available(cfg, torch.float32)
+    assert not decode_kernel.available(small_config(head_dim=24), torch.bfloat16)   # not a power of two
+
+
 def test_sampling_fast_path_equals_plain_path_for_one_seed():
     """Temperature, top-k and top-p sampling draw the same noise from the same generator on both paths, so the
     same seed gives the same tokens (and different seeds different ones)."""
