@@ -190,7 +190,8 @@ def main(argv=()):
 
     def compiled():
         _, tps, first, how = ours(model, 1, prompt, triton=False)
-        emit("variant", step=how + " (the PyTorch step)", batch=1, tok_per_s=round(tps, 1), first_call_s=round(first, 1))
+        emit("variant", step=how + " (the PyTorch step)", batch=1, tok_per_s=round(tps, 1),
+             first_call_s=round(first, 1))
     if not quick and device == "cuda":
         stage("variant", 110, compiled)
 

@@ -353,8 +353,9 @@ def _same_greedy_up_to_bf16_ties(model, got, want, start):
 @cuda
 def test_cuda_graph_paths_agree_with_plain_path_bf16():
     """On the GPU in bf16 with a fixed seed: the Triton step (the default), the compiled PyTorch step (weights frozen
-    or not) and the eager PyTorch step, each replayed as a CUDA graph, emit the plain path's first 32 greedy tokens (batch 2) -- up to bf16 near-ties, which a random model has -- also when the graph is replayed
-    again and when the Decoder continues its cache; sampling (top-k and top-p inside the compiled graph) stays among the top candidates."""
+    or not) and the eager PyTorch step, each replayed as a CUDA graph, emit the plain path's first 32 greedy tokens
+    (batch 2) -- up to bf16 near-ties, which a random model has -- also when the graph is replayed again and when the
+    Decoder continues its cache; sampling (top-k and top-p inside the graph) stays among the top candidates."""
     torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
     model = peaky_model(seed=10, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
@@ -436,7 +437,8 @@ def test_cuda_triton_decode_kernel_matches_the_pytorch_step_bf16():
 
 @cuda
 def test_cuda_fused_linear_kernels_match_pytorch_at_the_model_shapes_bf16():
-    """decode_kernel.fused_linear in bf16 at every projection shape of Qwen3-0.6B (with the block configs tuned for each)
+    """decode_kernel.fused_linear in bf16 at every projection shape of Qwen3-0.6B (with the block configs tuned for
+    each)
     and batch 1 / 8 / 32: the PyTorch ops it replaces (RMSNorm, F.linear, SiLU * up, the residual add), up to bf16
     rounding."""
     from decode_kernel import fused_linear
