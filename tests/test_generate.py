@@ -438,8 +438,7 @@ def test_cuda_triton_decode_kernel_matches_the_pytorch_step_bf16():
 @cuda
 def test_cuda_fused_linear_kernels_match_pytorch_at_the_model_shapes_bf16():
     """decode_kernel.fused_linear in bf16 at every projection shape of Qwen3-0.6B (with the block configs tuned for
-    each)
-    and batch 1 / 8 / 32: the PyTorch ops it replaces (RMSNorm, F.linear, SiLU * up, the residual add), up to bf16
+    each) and batch 1 / 8 / 32: the PyTorch ops it replaces (RMSNorm, F.linear, SiLU * up, the residual add), up to bf16
     rounding."""
     from decode_kernel import fused_linear
     from model import Qwen3Config, RMSNorm
