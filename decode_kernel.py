@@ -132,7 +132,6 @@ if triton is not None:
         out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
         tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
-
     @triton.jit
     def _dot(x, w, ROWS: tl.constexpr):
         """x [ROWS, BLOCK_K] . w [BLOCK_N, BLOCK_K]^T in float32. One row: a multiply and a sum (no tensor-core
