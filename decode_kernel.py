@@ -24,6 +24,8 @@ attention, SwiGLU), rounded where PyTorch rounds: tests/test_generate.py runs th
 against the PyTorch step, and on CUDA in bf16. Needs triton (installed with liger-kernel); `available()` says whether
 they can run.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -226,8 +228,14 @@ if triton is not None:
 
 
 def pdl(t):
-    """Programmatic dependent launch for kernels on tensor t's device: a Hopper (or newer) GPU."""
-    return t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
+    """The PDL flag of a kernel over tensor t, with the launch option that goes with it: programmatic dependent launch
+    on a Hopper (or newer) GPU, nothing elsewhere."""
+    return {"PDL": True, "launch_pdl": True} if _hopper(t.device) else {"PDL": False}
+
+
+@functools.lru_cache
+def _hopper(device):   # once per device: the prefill launches ~200 kernels from Python
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, block_n=32):
@@ -250,16 +258,13 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
     part_m = torch.empty(B * n_kv * rep * splits if splits > 1 else 1, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(part_m.numel() * D if splits > 1 else 1, device=q.device, dtype=torch.float32)
-    on = pdl(q)
     _decode_attention[(B * n_kv, splits)](
         q, k, v, q.stride(0), k.stride(0), v.stride(0), q_norm.weight, k_norm.weight, cache.inv_freq, cache.k, cache.v,
         positions, out, part_m, part_l, part_acc, max_len, EPS=q_norm.eps, SCALE=D ** -0.5, N_KV=n_kv, REP=rep, D=D,
-        QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits, PDL=on,
-        **({"launch_pdl": True} if on else {}))
+        QROWS=max(16, triton.next_power_of_2(rep)), CHUNK=chunk, BLOCK_N=block_n, SPLITS=splits, **pdl(q))
     if splits > 1:
         _combine_splits[(B * n_kv * rep,)](part_m, part_l, part_acc, out, D=D, SPLITS=splits,
-                                          SPLITS_P2=triton.next_power_of_2(splits), PDL=on,
-                                          **({"launch_pdl": True} if on else {}))
+                                          SPLITS_P2=triton.next_power_of_2(splits), **pdl(q))
     return out
 
 
@@ -297,12 +302,10 @@ def fused_linear(x, w, norm=None, residual=None, glu=False):
     rows = 1 if M == 1 else min(max(16, triton.next_power_of_2(M)), 64)
     block_n, block_k, warps, stages = linear_config(N, K, rows)
     out = torch.empty(M, N, device=x.device, dtype=x.dtype)
-    on = pdl(x)
     _linear[(triton.cdiv(N, block_n), triton.cdiv(M, rows))](
         x, w, out, x if residual is None else residual, x if norm is None else norm.weight, M, N, K,
         EPS=norm.eps if norm is not None else 0.0, NORM=norm is not None, GLU=glu, RESIDUAL=residual is not None,
-        PDL=on, ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        **({"launch_pdl": True} if on else {}))
+        ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **pdl(x))
     return out
 
 

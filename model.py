@@ -26,7 +26,6 @@ from torch.nn.attention import flex_attention as flexattn
 from torch.utils.checkpoint import checkpoint
 
 
-
 @dataclass
 class Qwen3Config:
     # Hugging Face field names. Defaults are the project's model: Qwen3-0.6B with rope_theta 1e4 and 4k context.

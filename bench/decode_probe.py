@@ -173,7 +173,7 @@ def main():
     bench_decoder(model, 288, "Triton step + prefill, PDL, best configs of the sweep", profile=True)
     bench_decoder(model, 4096, "Triton step + prefill, PDL, best configs of the sweep")
     pdl = K.pdl
-    K.pdl = lambda t: False
+    K.pdl = lambda t: {"PDL": False}
     bench_decoder(model, 288, "Triton step + prefill, no PDL", profile=True)
     K.pdl = pdl
     # the prefill alone: Triton (Decoder.prefill) against the model's eager forward, 32 and 2,000 tokens

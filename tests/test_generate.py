@@ -130,12 +130,8 @@ def test_decoder_continues_from_its_cache_like_a_chat():
 TRITON_STEP = """
 import torch, decode_kernel, generate as G
 import torch.nn.functional as F
-from conftest import small_config
-from model import Qwen3
-torch.manual_seed(0)
-model = Qwen3(small_config(head_dim=16, max_position_embeddings=1024)).eval()
-for name, p in model.named_parameters():
-    p.data.add_(torch.randn_like(p) * 0.1)  # norm gains away from 1, peaky logits
+from test_generate import peaky_model
+model = peaky_model(seed=0, head_dim=16, max_position_embeddings=1024)  # norm gains away from 1, peaky logits
 
 # fused_linear alone: every option, one row (multiply-and-sum) and 3 rows (tl.dot), a K loop of 1-3
 # blocks, N not a multiple of the block
