@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Device call 2026-11-29 #1: the restructured trainer vs its peers, one H200, one call.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_env.sh"
 python3 -m pytest -q tests/test_cuda.py 2>&1 | tail -2
 python3 mfu.py --bench config/h800.py --global_batch=96 2>&1 | grep -E "^BENCH|rror"
 python3 mfu.py --bench config/h800.py --global_batch=128 --micro_batch=16 2>&1 | grep -E "^BENCH|rror"

@@ -3,10 +3,7 @@
 # probe: linear block-config sweep (batch 1/8/32, a 2,000-token prefill), attention chunks, the step with and
 # without PDL, the Triton prefill against the model's eager forward.
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_env.sh"
 timeout 200 python3 -m pytest -q -s tests/test_generate.py -k "cuda" 2>&1 | grep -E "agree|passed|failed|Error|assert" | head -20
 BUDGET=240 timeout 330 python3 bench/decode_probe.py > $OUT/decode_probe.jsonl 2> $OUT/decode_probe.err
 grep -E 'best|attention|variant|profile|prefill|done|error' $OUT/decode_probe.jsonl; grep -E "Error|error" $OUT/decode_probe.err | tail -5

@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Device call 2026-11-29 #3: the restructured trainer vs the HF peer again (issue 13), SFT vs pretraining (issue 14).
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_env.sh"
 timeout 150 python3 mfu.py --bench config/h800.py --global_batch=96 2>&1 | grep -E "^BENCH|rror"
 timeout 150 python3 .peer/hf_peer.py compile 4 2>&1 | tail -1
 timeout 270 python3 bench/sft.py 2>&1 | grep -E "^(BENCH_SFT|CHECK_SFT)|Error|error" | tee $OUT/sft.txt

@@ -2,10 +2,7 @@
 # Device call 2026-11-29 #5 (2xH200): GPU 0 the decode probe (issue 12); GPU 1 --doc_mask vs full causal
 # pretraining on the demo corpus (issue 14), then the CUDA-graph micro-step probe (issue 15).
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_env.sh"
 ( CUDA_VISIBLE_DEVICES=0 BUDGET=400 timeout 540 python3 bench/decode_probe.py > $OUT/decode_probe.jsonl 2> $OUT/decode_probe.err ) &
 dm() { CUDA_VISIBLE_DEVICES=1 timeout 200 python3 train.py --data_dir=data/demo --out_dir=$OUT/dm_$1 --doc_mask=$1 \
   --seq_len=2048 --micro_batch=8 --global_batch=16 --max_steps=200 --warmup_steps=20 --decay_steps=60 \

@@ -2,10 +2,7 @@
 # Device call 2026-11-29 #6 (2xH200): GPU 0 the CUDA tests, decode vs HF static, C-Eval speed (issue 12);
 # GPU 1 the decode probe (profile, max-autotune, unfrozen) and the graphed-body micro-step (issue 15).
 set -u
-cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source "$(dirname "$0")/device_env.sh"
 ( CUDA_VISIBLE_DEVICES=1 BUDGET=330 timeout 420 python3 bench/decode_probe.py > $OUT/decode_probe.jsonl 2> $OUT/decode_probe.err
   CUDA_VISIBLE_DEVICES=1 timeout 150 python3 bench/graph_probe.py 12 > $OUT/graph_probe.jsonl 2>&1 ) &
 export CUDA_VISIBLE_DEVICES=0
