@@ -10,7 +10,7 @@ written as one shard per input and split plus a sidecar that records the setting
 mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
 same settings is skipped, one done with other settings is redone.
 """
-import argparse, glob, hashlib, json, math, os, re, sys, time
+import argparse, glob, hashlib, io, json, math, os, re, sys, time
 from collections import Counter
 
 import numpy as np
@@ -24,69 +24,127 @@ class StructuralError(Exception):
     """A whole input file is unusable (unreadable, wrong format, no such text or score field)."""
 
 
+COMPRESSED = ("gz", "xz", "zst")          # jsonl / json / txt inputs may be compressed with any of these
+FORMATS = ("parquet", "jsonl", "json", "txt")
+
+
+def input_format(path):
+    """'a.jsonl.xz' -> ('jsonl', 'xz'); 'a.parquet' -> ('parquet', None); an unknown format -> (ext, None)."""
+    parts = os.path.basename(path).lower().split(".")
+    if len(parts) > 2 and parts[-1] in COMPRESSED and parts[-2] in FORMATS and parts[-2] != "parquet":
+        return parts[-2], parts[-1]
+    return parts[-1], None
+
+
+def _open_input(path, compression):
+    """(binary stream of the decompressed bytes, the raw file): progress is read off the raw file's position."""
+    raw = open(path, "rb")
+    if compression is None:
+        return raw, raw
+    if compression == "gz":
+        import gzip
+        return gzip.GzipFile(fileobj=raw), raw
+    if compression == "xz":
+        import lzma
+        return lzma.LZMAFile(raw), raw
+    try:
+        import zstandard  # optional: only .zst inputs need it
+    except ImportError:
+        raw.close()
+        raise StructuralError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)")
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw
+
+
+def row_text(row, text_fields):
+    """The document of a row: the named fields that are present, in order, joined by newlines; a field holding a
+    list of strings (chinese-poetry's `paragraphs`) is its lines joined by newlines. None when no field is present;
+    a value that is neither a string nor a list of strings is returned as is (counted as not_string)."""
+    parts = []
+    for f in text_fields:
+        v = row.get(f)
+        if v is None:
+            continue
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            v = "\n".join(v)
+        if not isinstance(v, str):
+            return v
+        parts.append(v)
+    return "\n".join(parts) if parts else None
+
+
 def iter_rows(path, fields, skips, progress):
-    """Yield (text, score, row_source) for the rows of one file; `fields` = (text, score, source) field names, the
-    last two None when unused (a missing source is None; a .txt file is one document with neither). Bad rows are
-    counted in `skips` by reason; structural problems raise. `progress(fraction)` reports how far through we are."""
+    """Yield (text, score, row_source) for the rows of one file; `fields` = (text fields, score, source) field
+    names, the text fields a comma-separated list (joined by newlines, see row_text), the last two None when unused
+    (a missing source is None; a .txt file is one document with neither). Bad rows are counted in `skips` by
+    reason; structural problems raise. `progress(fraction)` reports how far through we are."""
     text_field, score_field, source_field = fields
-    ext = path.lower().rsplit(".", 1)[-1]
+    text_fields = [f.strip() for f in text_field.split(",") if f.strip()]
+    ext, compression = input_format(path)
     try:
         if ext == "parquet":
             import pyarrow.parquet as pq  # only needed for parquet inputs
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
-            for flag, f in (("--text_field", text_field), ("--score_field", score_field)):
+            for flag, f in [("--text_field", f) for f in text_fields] + [("--score_field", score_field)]:
                 if f and f not in names:
                     raise StructuralError(f"{path}: no column {f!r} (columns: {names}); use {flag}")
-            cols = [text_field, score_field, source_field if source_field in names else None]
+            cols = [score_field, source_field if source_field in names else None]
             for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=[c for c in cols if c])
-                yield from zip(*[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
+                table = pf.read_row_group(g, columns=text_fields + [c for c in cols if c])
+                texts = [row_text(dict(zip(text_fields, r)), text_fields)
+                         for r in zip(*[table.column(f).to_pylist() for f in text_fields])]
+                yield from zip(texts, *[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
                 progress((g + 1) / pf.num_row_groups)
         elif ext in ("jsonl", "json"):
-            if ext == "json":
-                rows = json.load(open(path, encoding="utf-8"))
-                if not isinstance(rows, list) or not any(isinstance(r, dict) and text_field in r for r in rows):
-                    raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
-                lines, size = [(r, 0) for r in rows], 1
-            else:
-                lines, size = _jsonl_rows(path, skips), max(os.path.getsize(path), 1)
-            seen_field = False
-            for row, pos in lines:
-                if not isinstance(row, dict) or text_field not in row:
-                    skips["missing_field"] += 1
-                    continue
-                seen_field = True
-                yield row[text_field], row.get(score_field), row.get(source_field)  # .get(None): None
-                progress(pos / size)
+            stream, raw = _open_input(path, compression)
+            with stream, raw:
+                if ext == "json":
+                    rows = json.load(stream)
+                    if not isinstance(rows, list) or not any(isinstance(r, dict) and any(f in r for f in text_fields)
+                                                             for r in rows):
+                        raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
+                    lines, size = [(r, 0) for r in rows], 1
+                else:
+                    lines, size = _jsonl_rows(stream, raw, skips), max(os.path.getsize(path), 1)
+                seen_field = False
+                for row, pos in lines:
+                    text = row_text(row, text_fields) if isinstance(row, dict) else None
+                    if text is None:
+                        skips["missing_field"] += 1
+                        continue
+                    seen_field = True
+                    yield text, row.get(score_field), row.get(source_field)  # .get(None): None
+                    progress(pos / size)
             if not seen_field and skips["missing_field"]:
                 raise StructuralError(f"{path}: no row has the field {text_field!r}; use --text_field")
         elif ext == "txt":  # one file = one document
-            try:
-                yield open(path, "rb").read().decode("utf-8"), None, None
-            except UnicodeDecodeError:
-                skips["invalid_utf8"] += 1
+            stream, raw = _open_input(path, compression)
+            with stream, raw:
+                try:
+                    yield stream.read().decode("utf-8"), None, None
+                except UnicodeDecodeError:
+                    skips["invalid_utf8"] += 1
         else:
-            raise StructuralError(f"{path}: unsupported extension .{ext} (parquet, jsonl, json, txt)")
+            raise StructuralError(f"{path}: unsupported extension .{ext} ({', '.join(FORMATS)}; "
+                                  f"jsonl/json/txt may end in .{', .'.join(COMPRESSED)})")
     except StructuralError:
         raise
     except ImportError:
         raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
-    except (OSError, ValueError) as e:  # unreadable, corrupt parquet, bad JSON file, ...
+    except (OSError, ValueError, EOFError) as e:  # unreadable, corrupt parquet/archive, bad JSON file, ...
         raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
-def _jsonl_rows(path, skips):
-    """(row, byte position) per parseable line; broken lines are counted in `skips`."""
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    yield json.loads(line.decode("utf-8")), f.tell()
-                except UnicodeDecodeError:
-                    skips["invalid_utf8"] += 1
-                except json.JSONDecodeError:
-                    skips["bad_json"] += 1
+def _jsonl_rows(stream, raw, skips):
+    """(row, byte position in the raw file) per parseable line; broken lines are counted in `skips`."""
+    for line in stream:
+        if line.strip():
+            try:
+                yield json.loads(line.decode("utf-8")), raw.tell()
+            except UnicodeDecodeError:
+                skips["invalid_utf8"] += 1
+            except json.JSONDecodeError:
+                skips["bad_json"] += 1
 
 
 ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # for the observed zh:en ratio
@@ -121,7 +179,7 @@ def prepare_file(path, out_dir, settings):
     if os.path.exists(sidecar_path):  # redoing with other settings: never leave old stats next to new shards
         os.remove(sidecar_path)
     fields = (settings["text_field"], settings["score_field"], settings["source_field"])
-    filtered = settings["min_score"] is not None and not path.lower().endswith(".txt")  # .txt has no score
+    filtered = settings["min_score"] is not None and input_format(path)[0] != "txt"  # .txt has no score
     skips, stats, source_tokens = Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0), Counter()
     train, val, batch, labels, reported = [], [], [], [], 0.0
 
@@ -206,19 +264,36 @@ def expand_inputs(specs):
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, "**", "*")
         paths = [p for p in sorted(glob.glob(pattern, recursive=True))
-                 if os.path.isfile(p) and p.lower().rsplit(".", 1)[-1] in ("parquet", "jsonl", "json", "txt")]
+                 if os.path.isfile(p) and input_format(p)[0] in FORMATS]
         if not paths:
-            raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file")
+            raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file "
+                             f"(jsonl/json/txt may be compressed: .gz, .xz, .zst)")
         out += [(p, source_index, weight) for p in paths]
     if len({w is None for _, _, w in out}) > 1:
         raise SystemExit("error: give a @weight to every --input or to none")
     return out
 
 
-def _bar(frac, tokens, elapsed):
-    eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
-    print(f"\r[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%  {tokens / 1e6:8.2f}M tok  "
-          f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta:6.0f}s", end="", file=sys.stderr, flush=True)
+class ProgressBar:
+    """A bar redrawn in place on a terminal; in a log file (stderr not a terminal) one plain line every
+    `interval` seconds instead of hundreds of carriage-return updates."""
+
+    def __init__(self, interval=5.0, stream=sys.stderr):
+        self.stream, self.interval, self.t0, self.last = stream, interval, time.time(), float("-inf")
+        self.tty = stream.isatty()
+
+    def update(self, frac, tokens, final=False):
+        now = time.time()
+        if not (self.tty or final or now - self.last >= self.interval):
+            return
+        self.last, elapsed = now, now - self.t0
+        eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+        line = (f"[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%  {tokens / 1e6:8.2f}M tok  "
+                f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta:6.0f}s")
+        if self.tty:
+            print("\r" + line, end="\n" if final else "", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
 
 
 def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None, max_tokens=None, quiet=False,
@@ -242,20 +317,20 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     if todo:
         counters = mp.Array("q", 2)
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        t0 = time.time()
+        bar = ProgressBar()
         with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(counters,)) as pool:
             jobs = [(p, pool.apply_async(prepare_file, (p, out_dir, settings))) for p in todo]
             while not all(j.ready() for _, j in jobs):
                 time.sleep(0.5)
                 if not quiet:
-                    _bar(min(counters[0] / total_bytes, 1.0), counters[1], time.time() - t0)
+                    bar.update(min(counters[0] / total_bytes, 1.0), counters[1])
             for path, j in jobs:
                 try:
                     j.get()
                 except StructuralError as e:
                     errors.append(str(e))
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
-            _bar(1.0, counters[1], time.time() - t0), print(file=sys.stderr)
+            bar.update(1.0, counters[1], final=True)
     # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
     shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
     totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
@@ -348,10 +423,12 @@ def build_demo(out_dir=DEMO_DIR, quiet=False):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Tokenize text files into shards for train.py (see README).")
-    ap.add_argument("--input", nargs="+", help="files, directories or globs of .parquet/.jsonl/.json/.txt; "
+    ap.add_argument("--input", nargs="+", help="files, directories or globs of .parquet/.jsonl/.json/.txt (the "
+                    "last three also .gz/.xz/.zst compressed); "
                     "append @W to give a source weight, e.g. 'zh/*.parquet@3' 'en/*.parquet@1'")
     ap.add_argument("--out", help="output directory (shards + meta.json)")
-    ap.add_argument("--text_field", default="text")
+    ap.add_argument("--text_field", default="text", help="the text column/key; several, comma-separated, are "
+                    "joined by newlines (e.g. title,author,paragraphs); a list of strings is joined by newlines")
     ap.add_argument("--val_fraction", type=float, default=0.005)
     ap.add_argument("--min_score", type=float, default=None, help="keep only rows whose --score_field is >= this")
     ap.add_argument("--score_field", default="score")

@@ -325,3 +325,69 @@ def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
              "--min_score=0.75", "--score_field=score", "--source_field=source"])
     assert r.returncode == 1 and "noscore.parquet" in r.stderr and "'score'" in r.stderr
     assert f"kept {len(kept)} docs, dropped {len(rows) - len(kept)}" in r.stdout and "tokens per source: " in r.stdout
+
+
+def _decoded_train(out):
+    enc = get_tokenizer()
+    toks = np.concatenate([data.open_shard(f) for f in sorted(glob.glob(out + "/train/*.bin"))])
+    return [enc.decode(list(map(int, d[:-1]))) for d in np.split(toks, np.where(toks == EOT)[0] + 1) if len(d)]
+
+
+def test_compressed_jsonl_inputs_give_the_same_shards_as_plain(tmp_path):
+    import gzip, lzma
+    _docs_jsonl(tmp_path / "plain.jsonl", 40)
+    raw = open(tmp_path / "plain.jsonl", "rb").read()
+    os.makedirs(tmp_path / "z")
+    gzip.open(tmp_path / "z" / "a.jsonl.gz", "wb").write(raw)
+    lzma.open(tmp_path / "z" / "b.jsonl.xz", "wb").write(raw)
+    plain = prepare.prepare([str(tmp_path / "plain.jsonl")], str(tmp_path / "p"), val_fraction=0, quiet=True)
+    both = prepare.prepare([str(tmp_path / "z")], str(tmp_path / "c"), val_fraction=0, quiet=True)
+    assert both["docs"] == 2 * plain["docs"] == 80 and not both["errors"]
+    assert _decoded_train(str(tmp_path / "c")) == 2 * _decoded_train(str(tmp_path / "p"))
+
+
+def test_zst_input_without_zstandard_is_one_clear_error(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "zstandard" else real_import(name, *a, **k))
+    open(tmp_path / "a.jsonl.zst", "wb").write(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(prepare.StructuralError, match=r"a\.jsonl\.zst: reading \.zst needs the zstandard package"):
+        list(prepare.iter_rows(str(tmp_path / "a.jsonl.zst"), ("text", None, None), {}, lambda f: None))
+
+
+def _poetry_layout(root):
+    """A small copy of the chinese-poetry package layout: JSON lists with `paragraphs` as lists of lines, Tang
+    poems with title + author, Song ci with `rhythmic` instead of a title."""
+    os.makedirs(root / "quantangshi"), os.makedirs(root / "songci")
+    tang = [{"title": "靜夜思", "author": "李白", "paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月，低頭思故鄉。"]},
+            {"title": "春曉", "author": "孟浩然", "paragraphs": ["春眠不覺曉，處處聞啼鳥。", "夜來風雨聲，花落知多少。"]}]
+    ci = [{"rhythmic": "浣溪沙", "author": "晏殊", "paragraphs": ["一曲新詞酒一杯，去年天氣舊亭臺。"]}]
+    json.dump(tang, open(root / "quantangshi" / "poet.tang.0.json", "w", encoding="utf-8"), ensure_ascii=False)
+    json.dump(ci, open(root / "songci" / "ci.song.0.json", "w", encoding="utf-8"), ensure_ascii=False)
+
+
+def test_poetry_layout_list_valued_and_several_text_fields(tmp_path):
+    _poetry_layout(tmp_path / "cp")
+    meta = prepare.prepare([str(tmp_path / "cp")], str(tmp_path / "o"), text_field="title,rhythmic,author,paragraphs",
+                           val_fraction=0, quiet=True)
+    assert meta["docs"] == 3 and not meta["skipped_rows"]
+    assert sorted(_decoded_train(str(tmp_path / "o"))) == sorted(
+        ["靜夜思\n李白\n床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。",
+         "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。",
+         "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。"])
+    # one list-valued field alone; a list holding a non-string is counted, not joined
+    assert prepare.row_text({"paragraphs": ["a", "b"]}, ["paragraphs"]) == "a\nb"
+    assert prepare.row_text({"paragraphs": ["a", 3]}, ["paragraphs"]) == ["a", 3]
+    assert prepare.row_text({"other": 1}, ["title", "paragraphs"]) is None
+
+
+def test_progress_in_a_log_file_is_a_few_plain_lines(tmp_path):
+    import io
+    stream = io.StringIO()
+    bar = prepare.ProgressBar(interval=3600, stream=stream)
+    for i in range(1, 500):
+        bar.update(i / 500, i * 1000)
+    bar.update(1.0, 500_000, final=True)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 2 and "100.0%" in lines[-1]
