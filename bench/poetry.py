@@ -1,0 +1,231 @@
+"""
+A model that writes poems: the chinese-poetry corpus (MIT; the npm package chinese-poetry@2.0.1, one
+{"text": title\\nauthor\\nbody, "collection"} line per poem, see README) made into a pretraining set, SFT
+instructions and held-out prompts, and the checker that scores what a model writes.
+
+    python bench/poetry.py build --corpus poetry.jsonl.xz --out data/poetry_raw
+        -> pretrain.jsonl  every poem except those whose title is held out (what prepare.py tokenizes)
+           sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems
+           heldout.jsonl   {"prompt", "form", "title"}: held-out titles (shi) and ci tunes (词牌), one per line
+           forms.json      each ci tune's sentence-length patterns, read off the corpus (the checker's rules)
+    python bench/poetry.py eval --model out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz
+        -> one JSON line: form compliance and novelty over the held-out prompts, and sample poems
+
+Forms. A shi form is n sentences (句) of k characters: 五言/七言 (k = 5/7) 绝句/律诗 (n = 4/8). A ci form is its
+tune's sequence of sentence lengths; a tune allows the variants that make up >= 5% of its poems in the corpus.
+Punctuation only separates sentences: "line count and characters per line" are counted on the Han characters.
+Novelty: no line (a text line, punctuation removed) of >= 7 characters appears verbatim in the corpus.
+Held out: a title is held out by a hash of its text, so every poem with that title (any author, any form) is in
+neither the pretraining nor the SFT data; ci tunes cannot be held out (the tune is the form), so ci prompts test
+form on tunes seen in training, and novelty.
+"""
+import argparse, collections, hashlib, json, lzma, os, random, re, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHI_FORMS = {"五言绝句": (5, 4), "七言绝句": (7, 4), "五言律诗": (5, 8), "七言律诗": (7, 8)}
+PUNCT = re.compile(r"[，。！？；：、,.!?;:\s]+")
+HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+NOISE = re.compile(r"[（(][^）)]*[）)]")  # editors' notes such as (一作：…) are not part of the form
+
+
+def parse(text):
+    """'title\\nauthor\\nbody...' -> (title, author, body lines)."""
+    lines = text.split("\n")
+    return lines[0].strip(), (lines[1].strip() if len(lines) > 1 else ""), [l for l in lines[2:] if l.strip()]
+
+
+def sentences(body):
+    """The sentences (句) of a poem's body: runs of characters between punctuation marks."""
+    return [s for s in PUNCT.split(NOISE.sub("", body)) if s]
+
+
+def length_pattern(body):
+    return tuple(len(HAN.findall(s)) for s in sentences(body))
+
+
+def shi_form(body):
+    """The SHI_FORMS name a body follows, or None."""
+    pattern = length_pattern(body)
+    for name, (k, n) in SHI_FORMS.items():
+        if pattern == (k,) * n and all(HAN.fullmatch(c) for s in sentences(body) for c in s):
+            return name
+    return None
+
+
+def ci_forms(rows, min_poems=100, min_share=0.05):
+    """{tune: [allowed length patterns]} for the tunes with >= min_poems poems in the songci collection."""
+    by_tune = collections.defaultdict(collections.Counter)
+    for r in rows:
+        if r.get("collection") == "songci":
+            title, _, body = parse(r["text"])
+            by_tune[title][length_pattern("\n".join(body))] += 1
+    return {t: [list(p) for p, n in c.items() if n >= min_share * sum(c.values())]
+            for t, c in by_tune.items() if sum(c.values()) >= min_poems and t != "失调名"}
+
+
+def check_form(poem, form, ci=None):
+    """Does `poem` (the body a model wrote) follow `form` (a SHI_FORMS name or 'ci:<tune>')?"""
+    if form.startswith("ci:"):
+        return list(length_pattern(poem)) in (ci or {}).get(form[3:], [])
+    k, n = SHI_FORMS[form]
+    return length_pattern(poem) == (k,) * n
+
+
+def corpus_lines(rows, min_chars=7):
+    """Every body line of the corpus with punctuation removed, of >= min_chars characters (the novelty check)."""
+    out = set()
+    for r in rows:
+        for line in parse(r["text"])[2]:
+            s = PUNCT.sub("", NOISE.sub("", line))
+            if len(s) >= min_chars:
+                out.add(s)
+    return out
+
+
+def copied_lines(poem, seen, min_chars=7):
+    """The lines of `poem` (punctuation removed, >= min_chars) found verbatim in the corpus."""
+    lines = (PUNCT.sub("", l) for l in poem.split("\n"))
+    return [l for l in lines if len(l) >= min_chars and l in seen]
+
+
+def is_heldout(title, fraction):
+    h = hashlib.blake2b(title.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "little") < fraction * 2**64
+
+
+def shi_prompt(title, form):
+    return f"写一首题为《{title}》的{form}"
+
+
+def ci_prompt(tune):
+    return f"填一首词，词牌为《{tune}》"
+
+
+def read_corpus(path):
+    with (lzma.open(path, "rt", encoding="utf-8") if path.endswith(".xz") else open(path, encoding="utf-8")) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0):
+    """(pretrain texts, SFT rows, held-out prompts, ci forms). A poem is held out when its title is (shi) or, for
+    ci, when a hash of its text puts it among the ci_per_tune held-out poems of its tune (prompt only: the tune
+    itself stays in training)."""
+    ci = ci_forms(rows)
+    pretrain, sft, heldout, held_titles, ci_held = [], [], [], set(), collections.Counter()
+    for r in rows:
+        title, author, body = parse(r["text"])
+        body_text = "\n".join(body)
+        if r.get("collection") == "songci" and title in ci:
+            if ci_held[title] < ci_per_tune and is_heldout(r["text"], 0.02):
+                ci_held[title] += 1
+                heldout.append({"prompt": ci_prompt(title), "form": f"ci:{title}", "title": title})
+                continue
+            pretrain.append(r["text"])
+            if check_form(body_text, f"ci:{title}", ci):
+                sft.append({"messages": [{"role": "user", "content": ci_prompt(title)},
+                                         {"role": "assistant", "content": body_text}]})
+            continue
+        form = shi_form(body_text)
+        if is_heldout(title, heldout_fraction):
+            if form and title not in held_titles and len(title) >= 2:
+                held_titles.add(title)
+                heldout.append({"prompt": shi_prompt(title, form), "form": form, "title": title})
+            continue
+        pretrain.append(r["text"])
+        if form:
+            sft.append({"messages": [{"role": "user", "content": shi_prompt(title, form)},
+                                     {"role": "assistant", "content": body_text}]})
+    random.Random(seed).shuffle(pretrain)  # a streaming loader (torchtitan's) would otherwise see one collection at a time
+    random.Random(seed).shuffle(sft)
+    return pretrain, sft, heldout, ci
+
+
+def write_jsonl(path, rows):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.8, top_k=50, seed=0):
+    """The assistant's reply to each prompt (one user turn, the chat template's generation prompt), sampled."""
+    import torch
+    from generate import Decoder
+    from sft import render
+    from tokenizer import EOT, IM_END, get_tokenizer
+    enc, dev = get_tokenizer(), model.model.embed_tokens.weight.device
+    ids = [render([{"role": "user", "content": p}], add_generation_prompt=True)[0] for p in prompts]
+    longest = max(map(len, ids))
+    decoder = Decoder(model, batch_size, max_len=longest + max_new_tokens)
+    gen, out = torch.Generator(device=dev).manual_seed(seed), []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        rows = chunk + [chunk[-1]] * (batch_size - len(chunk))  # a full batch: the decoder's shape is fixed
+        x = torch.tensor([r + [EOT] * (longest - len(r)) for r in rows], device=dev)
+        decoder.reset()
+        y = decoder.generate(x, max_new_tokens, temperature, top_k, None, eos=[IM_END, EOT], generator=gen,
+                             lengths=[len(r) for r in rows])
+        for row in y[:len(chunk), longest:].tolist():
+            row = row[:next((j for j, t in enumerate(row) if t in (IM_END, EOT)), len(row))]
+            out.append(enc.decode(row))
+    return out
+
+
+def evaluate(poems, heldout, ci, seen):
+    """Form compliance and novelty of the poems written for the held-out prompts, overall and per form."""
+    by_form = collections.defaultdict(lambda: [0, 0, 0])
+    for poem, h in zip(poems, heldout):
+        kind = "ci" if h["form"].startswith("ci:") else h["form"]
+        ok, new = check_form(poem, h["form"], ci), not copied_lines(poem, seen)
+        for key in (kind, "all"):
+            by_form[key][0] += 1
+            by_form[key][1] += ok
+            by_form[key][2] += new
+    return {k: {"n": n, "compliance": round(c / n, 4), "novelty": round(v / n, 4)} for k, (n, c, v) in by_form.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("command", choices=("build", "eval"))
+    ap.add_argument("--corpus", required=True, help="poetry.jsonl(.xz): one {text, collection} per poem")
+    ap.add_argument("--out", default="data/poetry_raw", help="build: where the jsonl files go")
+    ap.add_argument("--data", default="data/poetry_raw", help="eval: the directory build wrote")
+    ap.add_argument("--model", help="eval: a model directory or training out_dir")
+    ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
+    ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
+    a = ap.parse_args()
+    if not os.path.isfile(a.corpus):
+        sys.exit(f"error: --corpus {a.corpus}: no such file")
+    rows = read_corpus(a.corpus)
+    if a.command == "build":
+        pretrain, sft, heldout, ci = build(rows)
+        os.makedirs(a.out, exist_ok=True)
+        write_jsonl(os.path.join(a.out, "pretrain.jsonl"), [{"text": t} for t in pretrain])
+        write_jsonl(os.path.join(a.out, "sft.jsonl"), sft)
+        write_jsonl(os.path.join(a.out, "heldout.jsonl"), heldout)
+        json.dump(ci, open(os.path.join(a.out, "forms.json"), "w"), ensure_ascii=False)
+        print(json.dumps({"poetry_build": {"pretrain_docs": len(pretrain), "sft_rows": len(sft),
+                                           "heldout_prompts": len(heldout),
+                                           "heldout_titles": sum(not h["form"].startswith("ci:") for h in heldout),
+                                           "ci_tunes": len(ci)}}, ensure_ascii=False))
+        return
+    import torch
+    from model import find_model_dir, from_pretrained
+    heldout = [json.loads(l) for l in open(os.path.join(a.data, "heldout.jsonl"), encoding="utf-8")]
+    heldout = heldout[:a.max_prompts] if a.max_prompts else heldout
+    ci = json.load(open(os.path.join(a.data, "forms.json"), encoding="utf-8"))
+    cuda = torch.cuda.is_available()
+    model = from_pretrained(find_model_dir(a.model), dtype=torch.bfloat16 if cuda else torch.float32,
+                            device="cuda" if cuda else "cpu").eval()
+    poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=64 if cuda else 4)
+    seen = corpus_lines(rows)
+    result = evaluate(poems, heldout, ci, seen)
+    if a.samples:
+        write_jsonl(a.samples, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci),
+                                 "copied": copied_lines(p, seen)} for h, p in zip(heldout, poems)])
+    print(json.dumps({"poetry_eval": {"model": a.model, **result}}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""bench/poetry.py: the form / novelty checker on hand-made poems, and the held-out split of the SFT builder."""
+import json, os, sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import poetry  # noqa: E402
+
+JUEJU = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"
+CI = {"浣溪沙": [[7, 7, 7, 7, 7, 7]]}
+
+
+def test_form_checker_on_hand_made_poems():
+    assert poetry.check_form(JUEJU, "五言绝句")
+    assert poetry.check_form("床前明月光 疑是地上霜\n舉頭望明月 低頭思故鄉", "五言绝句")  # punctuation aside
+    assert not poetry.check_form("床前明月光，疑是地上霜。", "五言绝句")                     # wrong line count
+    assert not poetry.check_form("床前明月光光，疑是地上霜。\n舉頭望明月，低頭思故鄉。", "五言绝句")  # wrong length
+    assert not poetry.check_form(JUEJU, "七言绝句") and not poetry.check_form(JUEJU, "五言律诗")
+    assert poetry.check_form(JUEJU + "\n" + JUEJU, "五言律诗")
+    ci = "一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。"
+    assert poetry.check_form(ci, "ci:浣溪沙", CI)
+    assert not poetry.check_form(ci[:-8], "ci:浣溪沙", CI) and not poetry.check_form(ci, "ci:菩萨蛮", CI)
+    assert poetry.shi_form(JUEJU) == "五言绝句" and poetry.shi_form("無題，有。") is None
+
+
+def test_novelty_flags_a_copied_line_only():
+    seen = poetry.corpus_lines([{"text": "靜夜思\n李白\n" + JUEJU}])
+    assert poetry.copied_lines("舉頭望明月，低頭思故鄉。\n春風吹綠岸，新月照寒江。", seen) == ["舉頭望明月低頭思故鄉"]
+    assert poetry.copied_lines("春風吹綠岸，新月照寒江。\n野渡無人問，孤舟自橫斜。", seen) == []
+    assert poetry.copied_lines("舉頭望明", seen) == []  # shorter than 7 characters: never counted
+
+
+def test_builder_holds_out_every_poem_of_a_heldout_title():
+    titles = [f"題{i}" for i in range(400)]
+    rows = [{"text": f"{t}\n某人\n{JUEJU}", "collection": "quantangshi"} for t in titles for _ in range(2)]
+    rows += [{"text": f"浣溪沙\n某人{i}\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。",
+              "collection": "songci"} for i in range(150)]
+    pretrain, sft, heldout, ci = poetry.build(rows, heldout_fraction=0.1)
+    held = {h["title"] for h in heldout if not h["form"].startswith("ci:")}
+    assert 10 < len(held) < 100 and held == {t for t in titles if poetry.is_heldout(t, 0.1)}
+    assert not any(t.split("\n")[0] in held for t in pretrain)
+    assert not any(any(f"《{t}》" in r["messages"][0]["content"] for t in held) for r in sft)
+    assert len(pretrain) == 2 * (400 - len(held)) + 150 - sum(h["form"].startswith("ci:") for h in heldout)
+    assert ci == {"浣溪沙": [[7, 7, 7, 7, 7, 7]]} and all(h["form"] == "五言绝句" for h in heldout if h["title"] in held)
+    json.dumps(sft, ensure_ascii=False)  # rows are plain JSON (sft.py reads them)
