@@ -4,7 +4,8 @@ A model that writes poems: the chinese-poetry corpus (MIT; the npm package chine
 instructions and held-out prompts, and the checker that scores what a model writes.
 
     python bench/poetry.py build --corpus poetry.jsonl.xz --out data/poetry_raw
-        -> pretrain.jsonl  every poem except those whose title is held out (what prepare.py tokenizes)
+        -> pretrain/       every poem except those whose title is held out, as 16 jsonl parts (prepare.py
+                           tokenizes one file per process)
            sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems
            heldout.jsonl   {"prompt", "form", "title"}: held-out titles (shi) and ci tunes (词牌), one per line
            forms.json      each ci tune's sentence-length patterns, read off the corpus (the checker's rules)
@@ -201,7 +202,9 @@ def main():
     if a.command == "build":
         pretrain, sft, heldout, ci = build(rows)
         os.makedirs(a.out, exist_ok=True)
-        write_jsonl(os.path.join(a.out, "pretrain.jsonl"), [{"text": t} for t in pretrain])
+        os.makedirs(os.path.join(a.out, "pretrain"), exist_ok=True)
+        for i in range(16):
+            write_jsonl(os.path.join(a.out, "pretrain", f"part-{i:02d}.jsonl"), [{"text": t} for t in pretrain[i::16]])
         write_jsonl(os.path.join(a.out, "sft.jsonl"), sft)
         write_jsonl(os.path.join(a.out, "heldout.jsonl"), heldout)
         json.dump(ci, open(os.path.join(a.out, "forms.json"), "w"), ensure_ascii=False)

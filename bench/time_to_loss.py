@@ -1,0 +1,252 @@
+"""
+Time to loss on real text: this recipe (Muon + AdamW, WSD, with and without --doc_mask) against torchtitan
+(AdamW, WSD) on the chinese-poetry corpus, one GPU, the same tokens per optimizer step (16 x 2048), the same
+tokenizer and the same held-out documents. Each system gets its best of several learning rates.
+
+    python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
+    python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
+    python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X]
+    python bench/time_to_loss.py report --results results.jsonl --png time_to_loss.png
+
+Every run prints one JSON line (and appends it to --results): its val loss / bits per byte against training
+seconds and tokens, its step time, and its compile time (reported apart: the time axis counts steady-state
+training steps only, validation excluded). `final` without --lr takes the sweep's best lr from --results; its
+step count is the budget times the system's step rate measured in the sweep, so each system trains for the same
+wall-clock time and its WSD schedule ends exactly there. `report` prints the speed-up: torchtitan's time to its
+best final val loss divided by ours to the same loss, and draws val bpb against seconds (matplotlib).
+
+torchtitan runs through bench/peers/titan/run.sh (TITAN_WHEELS: its wheels, for an offline machine). Its c4_test
+loader reads a directory's jsonl as split "train", so prep writes the training and the validation documents
+(split by prepare.py's own hash rule) into two directories, shuffled once: torchtitan streams in file order.
+"""
+import argparse, json, math, os, re, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+BATCH, SEQ = 16, 2048                 # sequences x tokens per optimizer step (--batch, --seq for a CPU smoke run)
+WARMUP_FRAC, DECAY_FRAC = 0.02, 0.2   # the same WSD shape for both systems
+
+
+def paths(work):
+    return {k: os.path.join(work, v) for k, v in dict(raw="raw", shards="shards", titan_train="titan_train",
+                                                     titan_val="titan_val", runs="runs", info="prep.json").items()}
+
+
+def prep(corpus, work, val_fraction):
+    """Poetry build (held-out titles removed), our shards, torchtitan's train/val directories, the val set's
+    tokens-per-byte (to turn a loss into bits per byte the same way for both)."""
+    import prepare
+    p = paths(work)
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "poetry.py"), "build", "--corpus", corpus,
+                    "--out", p["raw"]], check=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--input", os.path.join(p["raw"], "pretrain"),
+                    "--out", p["shards"], "--val_fraction", str(val_fraction)], check=True)
+    os.makedirs(p["titan_train"], exist_ok=True), os.makedirs(p["titan_val"], exist_ok=True)
+    parts = sorted(os.listdir(os.path.join(p["raw"], "pretrain")))
+    val_bytes = 0
+    with open(os.path.join(p["titan_train"], "train.jsonl"), "w") as tr, \
+            open(os.path.join(p["titan_val"], "train.jsonl"), "w") as va:
+        for part in parts:  # prepare.py's order: one shard per file, documents in file order
+            for line in open(os.path.join(p["raw"], "pretrain", part), encoding="utf-8"):
+                text = json.loads(line)["text"]
+                if prepare._is_val(text, val_fraction):
+                    va.write(line)
+                    val_bytes += len(text.encode("utf-8"))
+                else:
+                    tr.write(line)
+    meta = json.load(open(os.path.join(p["shards"], "meta.json")))
+    val_tokens = meta["tokens"]["val"]
+    info = {"val_tokens": val_tokens, "val_bytes": val_bytes, "tokens_per_byte": val_tokens / val_bytes,
+            "train_tokens": meta["tokens"]["train"], "val_windows": val_tokens // (SEQ + 1)}
+    json.dump(info, open(p["info"], "w"))
+    return info
+
+
+def bpb(loss, info):
+    return loss / math.log(2) * info["tokens_per_byte"]
+
+
+def curve(name, lr, steps, step_dts, vals, info, extra):
+    """One result: step times -> a steady-state clock (the first steps' excess over the median is compile time)."""
+    med = statistics.median(step_dts[len(step_dts) // 4:]) if step_dts else float("nan")
+    warm = min(5, len(step_dts))
+    compile_s = sum(step_dts[:warm]) - warm * med
+    clock = [0.0]
+    for i, dt in enumerate(step_dts):
+        clock.append(clock[-1] + (med if i < warm else dt))
+    points = [{"step": s, "tokens": s * BATCH * SEQ, "train_s": round(clock[min(s, len(clock) - 1)], 2),
+               "val_loss": round(v, 5), "val_bpb": round(bpb(v, info), 5)} for s, v in sorted(vals.items())]
+    return {"system": name, "lr": lr, "steps": steps, "step_s": round(med, 5),
+            "tok_per_s": round(BATCH * SEQ / med), "compile_s": round(compile_s, 1),
+            "train_s": round(clock[-1], 1), "final_val_loss": points[-1]["val_loss"] if points else None,
+            "final_val_bpb": points[-1]["val_bpb"] if points else None, "curve": points, **extra}
+
+
+def run_titan(work, lr, steps, evals):
+    p = paths(work)
+    log = os.path.join(p["runs"], f"titan_lr{lr}_s{steps}.log")
+    warm, decay = max(1, round(WARMUP_FRAC * steps)), DECAY_FRAC
+    args = ["bash", os.path.join(ROOT, "bench", "peers", "titan", "run.sh"),
+            "--training.dataset_path", p["titan_train"], "--optimizer.lr", str(lr), "--training.steps", str(steps),
+            "--training.seq_len", str(SEQ), "--lr_scheduler.warmup_steps", str(warm), "--lr_scheduler.decay_ratio", str(decay),
+            "--validation.enable", "--validation.dataset", "c4_test", "--validation.dataset_path", p["titan_val"],
+            "--validation.freq", str(max(1, steps // evals)), "--validation.local_batch_size", "8", "--validation.seq_len", str(SEQ),
+            "--validation.steps", str(max(1, paths_info(work)["val_windows"] // 8))]
+    t0 = time.time()
+    r = subprocess.run(args, env={**os.environ, "BS": str(BATCH), "LOG": log}, capture_output=True, text=True)
+    text = open(log, errors="replace").read() if os.path.exists(log) else r.stdout + r.stderr
+    dts = [BATCH * SEQ / float(t.replace(",", "")) for t in re.findall(r"\bstep:\s*\d+\s+loss:.*?tps:\s*([\d,]+)", text)]
+    vals = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([\d.]+)", text)}
+    if r.returncode or not dts:
+        print(text[-3000:], file=sys.stderr)
+    return curve("torchtitan", lr, steps, dts, vals, paths_info(work),
+                 {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW"})
+
+
+def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=()):
+    """train.py with the reference config at 16 x 2048 tokens a step; out_dir given: keep a checkpoint and hf/."""
+    p = paths(work)
+    info = paths_info(work)
+    keep = out_dir is not None
+    out_dir = out_dir or os.path.join(p["runs"], f"ours_lr{muon_lr}_dm{int(doc_mask)}_s{steps}")
+    args = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "h800.py"),
+            f"--data_dir={p['shards']}", f"--out_dir={out_dir}", "--overwrite=True", f"--global_batch={BATCH}",
+            f"--micro_batch={BATCH}", f"--seq_len={SEQ}", f"--max_steps={steps}", f"--warmup_steps={max(1, round(WARMUP_FRAC * steps))}",
+            f"--decay_steps={round(DECAY_FRAC * steps)}", f"--muon_lr={muon_lr}", f"--doc_mask={doc_mask}",
+            f"--eval_interval={max(1, steps // evals)}", f"--val_tokens={info['val_windows'] * SEQ}",
+            f"--ckpt_interval={steps if keep else 0}", f"--export_at_end={keep}", "--log_interval=1", *extra_args]
+    t0 = time.time()
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    recs = [json.loads(l) for l in open(os.path.join(out_dir, "log.jsonl"))] if os.path.exists(
+        os.path.join(out_dir, "log.jsonl")) else []
+    steps_logged = [rec for rec in recs if "tok_per_s" in rec]
+    dts = [rec["step_ms"] / 1000 for rec in steps_logged]
+    opt = statistics.median(rec["optimizer_ms"] / rec["step_ms"] for rec in steps_logged[len(steps_logged) // 4:]) \
+        if steps_logged else None
+    vals = {rec["step"]: rec["val_loss"] for rec in recs if "val_loss" in rec}
+    if r.returncode or not dts:
+        print((r.stdout + r.stderr)[-3000:], file=sys.stderr)
+    name = "ours_doc_mask" if doc_mask else "ours"
+    return curve(name, muon_lr, steps, dts, vals, info, {"rc": r.returncode, "wall_s": round(time.time() - t0, 1),
+                                                         "optimizer": "Muon+AdamW", "optimizer_share": opt and round(opt, 4),
+                                                         "out_dir": out_dir})
+
+
+def paths_info(work):
+    return json.load(open(paths(work)["info"]))
+
+
+def emit(rec, results):
+    line = json.dumps(rec)
+    print("TTL " + line, flush=True)
+    if results:
+        with open(results, "a") as f:
+            f.write(line + "\n")
+
+
+def load(results):
+    return [json.loads(l) for l in open(results)] if results and os.path.exists(results) else []
+
+
+def best(recs, system):
+    """The lowest final val loss among a system's runs in `recs`."""
+    ok = [r for r in recs if r["system"] == system and r["final_val_loss"] is not None and r["rc"] == 0]
+    return min(ok, key=lambda r: r["final_val_loss"]) if ok else None
+
+
+def time_to(curve_pts, loss):
+    """Training seconds at which a curve first reaches `loss` (linear between evaluations), or None."""
+    prev = None
+    for pt in curve_pts:
+        if pt["val_loss"] <= loss:
+            if prev is None:
+                return pt["train_s"]
+            f = (prev["val_loss"] - loss) / (prev["val_loss"] - pt["val_loss"])
+            return prev["train_s"] + f * (pt["train_s"] - prev["train_s"])
+        prev = pt
+    return None
+
+
+def report(recs, png=None):
+    finals = [r for r in recs if r.get("stage") == "final" and r["rc"] == 0]
+    titan = best(finals, "torchtitan")
+    out = {"runs": [{k: r[k] for k in ("system", "stage", "lr", "steps", "train_s", "compile_s", "tok_per_s",
+                                       "final_val_loss", "final_val_bpb")} for r in recs if "stage" in r]}
+    if titan:
+        target, t_titan = titan["final_val_loss"], titan["train_s"]
+        for r in finals:
+            t = time_to(r["curve"], target)
+            out[f"speedup_{r['system']}"] = round(t_titan / t, 3) if t else None
+            out[f"time_to_titan_final_{r['system']}_s"] = round(t, 1) if t else None
+        out["titan_final_val_loss"] = target
+    if png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in finals:
+            pts = [pt for pt in r["curve"] if pt["step"] > 0]
+            ax.plot([pt["train_s"] for pt in pts], [pt["val_bpb"] for pt in pts], marker="o", ms=3,
+                    label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
+        if titan:
+            ax.axhline(bpb(titan["final_val_loss"], {"tokens_per_byte": titan["curve"][-1]["val_bpb"] /
+                                                     (titan["final_val_loss"] / math.log(2))}),
+                       color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
+        ax.set_xlabel("training seconds (1x H200, compile excluded)")
+        ax.set_ylabel("val bits per byte (held-out poems)")
+        ax.set_title("chinese-poetry, Qwen3-0.6B shape, 16x2048 tokens/step")
+        ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        fig.tight_layout(), fig.savefig(png, dpi=120)
+    return out
+
+
+def main():
+    global BATCH, SEQ
+    ap = argparse.ArgumentParser(description="time to loss: ours vs torchtitan on chinese-poetry (see docstring)")
+    ap.add_argument("stage", choices=("prep", "sweep", "final", "report"))
+    ap.add_argument("--work", default="/tmp/ttl", help="data and run directories")
+    ap.add_argument("--results", default="", help="jsonl file the runs are appended to (and read by final/report)")
+    ap.add_argument("--corpus", help="prep: poetry.jsonl(.xz)")
+    ap.add_argument("--val_fraction", type=float, default=0.01)
+    ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
+    ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
+    ap.add_argument("--steps", type=int, default=150, help="sweep: steps per run")
+    ap.add_argument("--evals", type=int, default=10, help="validations per run")
+    ap.add_argument("--system", choices=("titan", "ours", "ours_doc_mask"), help="final: which system")
+    ap.add_argument("--lr", type=float, default=None, help="final: the lr (default: the sweep's best)")
+    ap.add_argument("--budget_s", type=float, default=300.0, help="final: training seconds")
+    ap.add_argument("--out_dir", default=None, help="final, ours: keep the run (checkpoint + hf export) here")
+    ap.add_argument("--png", default="", help="report: the plot")
+    ap.add_argument("--batch", type=int, default=BATCH, help="sequences per optimizer step")
+    ap.add_argument("--seq", type=int, default=SEQ, help="tokens per sequence")
+    ap.add_argument("--ours_args", default="", help="extra train.py flags, space-separated (e.g. a tiny model)")
+    a = ap.parse_args()
+    BATCH, SEQ = a.batch, a.seq
+    ours_args = a.ours_args.split()
+    if a.stage == "prep":
+        if not a.corpus or not os.path.isfile(a.corpus):
+            sys.exit(f"error: --corpus {a.corpus}: no such file")
+        print(json.dumps({"prep": prep(a.corpus, a.work, a.val_fraction)}))
+    elif a.stage == "sweep":
+        for lr in [float(x) for x in a.titan_lrs.split(",") if x]:
+            emit({**run_titan(a.work, lr, a.steps, a.evals), "stage": "sweep"}, a.results)
+        for lr in [float(x) for x in a.muon_lrs.split(",") if x]:
+            emit({**run_ours(a.work, lr, a.steps, a.evals, False, extra_args=ours_args), "stage": "sweep"}, a.results)
+    elif a.stage == "final":
+        system = {"titan": "torchtitan", "ours": "ours", "ours_doc_mask": "ours"}[a.system]
+        swept = best([r for r in load(a.results) if r.get("stage") == "sweep"], system)
+        lr = a.lr if a.lr is not None else swept and swept["lr"]
+        if lr is None or swept is None:
+            sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
+        steps = int(a.budget_s / swept["step_s"])
+        if a.system == "titan":
+            rec = run_titan(a.work, lr, steps, a.evals)
+        else:
+            rec = run_ours(a.work, lr, steps, a.evals, a.system == "ours_doc_mask", a.out_dir, ours_args)
+        emit({**rec, "stage": "final"}, a.results)
+    else:
+        print(json.dumps({"time_to_loss": report(load(a.results), a.png)}))
+
+
+if __name__ == "__main__":
+    main()
