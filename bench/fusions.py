@@ -1,5 +1,5 @@
 """
-The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md, log 6):
+The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md):
 an experiment, not part of the library, so it lives here beside benchmarks.sh.
 
     python bench/fusions.py [micro_batch]      # one CUDA GPU, liger-kernel importable
