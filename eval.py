@@ -253,7 +253,7 @@ def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval
     decodes max_new_tokens at a time until a capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the
     answer is fixed by then. On CUDA the rows run on a bf16 copy of the weights (autocast's bf16 matmuls, without
     autocast, whose cast cache a CUDA graph must not read), with the step in a CUDA graph and never compiled (the
-    Triton step needs no compilation; eight tokens a question would not pay one back: BENCHMARKS.md log 12)."""
+    Triton step needs no compilation, and eight tokens a question would not pay one back)."""
     max_pos = model.config.max_position_embeddings
     if str(device).startswith("cuda"):
         model = copy.deepcopy(model).to(torch.bfloat16).eval()

@@ -155,8 +155,8 @@ def decode_hidden(model, caches, tok, input_pos):
 
 def decode_logits(model, caches, tok, input_pos, hidden=decode_hidden):
     """decode_hidden, then the lm_head -> float logits [B, vocab]. `hidden` is decode_hidden itself or its compiled
-    form: the lm_head stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix in 75 us
-    (inductor's tuned matrix-vector reduction took 137 us: BENCHMARKS.md log 12)."""
+    form: the lm_head stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix faster than
+    inductor's tuned matrix-vector reduction does."""
     return F.linear(hidden(model, caches, tok, input_pos), model.lm_head_weight).float()
 
 
@@ -199,8 +199,8 @@ class Decoder:
     `freeze` (default: with compile) compiles the weights in as constants (see compiled_decode_hidden), so the
     compiled step does not see later changes to the model's weights: build Decoders for a model whose weights are
     final (inference), not for one still training. The compiled step uses inductor's coordinate-descent tuning,
-    which turns each one-row matmul into a tuned reduction fused with its neighbours (1.45 ms a step instead of 1.94
-    on an H200: BENCHMARKS.md log 12). The Triton step (the default for 16-bit weights: decode_kernel.available)
+    which turns each one-row matmul into a tuned reduction fused with its neighbours (fewer kernels, and faster than
+    the untuned step). The Triton step (the default for 16-bit weights: decode_kernel.available)
     keeps a copy of the q/k/v and gate/up weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B
     model in bf16), so it too serves final weights only.
 

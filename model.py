@@ -170,7 +170,7 @@ class Attention(nn.Module):
         captured once in a CUDA graph, serves them all. The attention is written out (QK^T, masked softmax in fp32,
         PV: HF's "eager" attention), with the query heads that share a kv head folded into the query rows: for one
         query over a few thousand keys this is three small kernels that inductor fuses with their neighbours,
-        where SDPA's fused kernels spend 11 us a layer (BENCHMARKS.md log 12)."""
+        which together take less time than SDPA's fused kernels do for one query."""
         B, H, T, D = q.shape
         rep = H // self.n_kv
         visible = torch.arange(k.shape[2], device=q.device) <= positions[:, None, :, None]   # [B, 1, T, keys]
@@ -250,9 +250,9 @@ def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
 def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
     """liger-kernel's fused linear + cross-entropy (CUDA): logits are produced chunk by chunk and the gradients
     of h and weight are computed in the same pass, so [tokens x vocab] never exists. Kept outside any compiled
-    graph on purpose (why: BENCHMARKS.md, "liger under torch.compile"). chunk_mem_const=8 makes the chunks 8x
-    larger than liger's default, so the chunk matmuls run near the card's peak; the weight gradient is
-    accumulated in fp32 (accum_dtype) although the matmuls run in bf16."""
+    graph on purpose (inside torch.compile it fails to build, and gives a wrong loss with ignore_index targets).
+    chunk_mem_const=8 makes the chunks 8x larger than liger's default, so the chunk matmuls run near the card's
+    peak; the weight gradient is accumulated in fp32 (accum_dtype) although the matmuls run in bf16."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32

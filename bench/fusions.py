@@ -1,5 +1,5 @@
 """
-The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (BENCHMARKS.md log 7):
+The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md):
 an experiment, not part of the library, so it lives here beside benchmarks.sh.
 
     python bench/fusions.py [micro_batch]      # one CUDA GPU, liger-kernel importable
@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 
 def bench_fusions(micro_batch=12, seq_len=2048, steps=10, warmup=3):
-    """The A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (BENCHMARKS.md): the
+    """The A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md): the
     full 0.6B model's forward+backward on one bf16 micro-batch, four ways -- eager (the plain definition), eager
     with liger-kernel's RMSNorm/RoPE/SwiGLU Triton kernels (how the reference stack fuses them), compiled blocks
     (our fast path), and compiled blocks calling liger's kernels. The loss goes through liger's fused linear+CE

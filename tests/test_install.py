@@ -30,23 +30,52 @@ def test_readme_says_how_to_install_on_cpu_and_gpu():
     assert quick and quick[0].split("&&")[-1].strip().replace("python ", "") in ci.replace("python ", "")
 
 
-def test_documented_training_commands_use_existing_config_keys():
-    """Every --key= on a train.py / mfu.py command line of the README and the device scripts (bench/*.sh) is a key
-    train.py knows: a renamed key must not leave a command that stops with 'unknown config key' (bench/benchmarks.sh
-    kept --eval_batches after it became --val_tokens, and its reference run failed on the device)."""
+def _accepted_flags(script):
+    """The flags an entry point accepts: the globals assigned before it runs the configurator (the keys it may
+    override), and every flag its source spells out in quotes (argparse options; bench scripts and `--bench` read
+    sys.argv themselves). mfu.py --bench hands its flags to train.py."""
     import ast
+    src = open(os.path.join(ROOT, script), encoding="utf-8").read()
+    flags = set(re.findall(r"""["']--([A-Za-z][\w-]*)""", src))
+    for node in ast.walk(ast.parse(src)):
+        body = getattr(node, "body", None)
+        runs = [i for i, st in enumerate(body) if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call)
+                and "configurator" in ast.unparse(st)] if isinstance(body, list) else []
+        for st in body[:runs[0]] if runs else []:
+            for target in st.targets if isinstance(st, ast.Assign) else []:
+                flags |= {t.id for t in (target.elts if isinstance(target, ast.Tuple) else [target])
+                          if isinstance(t, ast.Name)}
+    return flags | (_accepted_flags("train.py") if script == "mfu.py" else set())
+
+
+def _documented_commands():
+    """(file, script, arguments) of every python / torchrun command in README.md and bench/*.sh."""
     import glob
-    tree = ast.parse(open(os.path.join(ROOT, "train.py"), encoding="utf-8").read())
-    keys = {t.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
-            for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
-    files = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))
-    used = set()
-    for path in files:
+    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh"))):
         text = open(path, encoding="utf-8").read().replace("\\\n", " ")   # join continued shell lines
         for line in text.splitlines():
-            for args in re.split(r"\b(?:train|mfu)\.py\b", line)[1:]:   # the flags after the script (not torchrun's)
-                args = re.split(r"[|;&>]", args)[0]
-                used |= {(os.path.basename(path), k) for k in re.findall(r"--(\w+)=", args) if k != "key"}
-    assert len(used) > 10 and "max_steps" in {k for _, k in used}, used   # the scan finds the commands
-    unknown = sorted((f, k) for f, k in used if k not in keys)
-    assert not unknown, unknown
+            for part in re.split(r"&&|[|;`()]", line):   # one command of a chain, or of a `code span`
+                m = re.search(r"\b(?:python3?|torchrun|torch\.distributed\.run)\b.*?([\w./-]+\.py)\b(.*)", part)
+                if m and "-m pytest" not in part:
+                    yield os.path.basename(path), m.group(1), re.split(r"\s#|>", m.group(2))[0]
+
+
+def test_documented_commands_use_flags_their_script_accepts():
+    """Every command of the README and the device scripts (bench/*.sh) runs as written: its script and config files
+    exist and each --flag is one the script accepts, for every entry point -- a renamed key must not leave a
+    command that stops with 'unknown config key' (bench/benchmarks.sh kept --eval_batches after it became
+    --val_tokens, and its reference run failed on the device)."""
+    bad, scripts = [], set()
+    for doc, script, args in _documented_commands():
+        if script.startswith("."):   # a device-only copy outside the repository
+            continue
+        scripts.add(script)
+        files = [script] + [a for a in args.split() if a.endswith(".py")]
+        bad += [(doc, f, "no such file") for f in files if not os.path.isfile(os.path.join(ROOT, f))]
+        if os.path.isfile(os.path.join(ROOT, script)):
+            known = _accepted_flags(script)
+            flags = re.findall(r"(?:^|\s)--([A-Za-z][\w-]*)", args)
+            bad += [(doc, script, "--" + f) for f in flags if f not in known]
+    # the scan finds the commands of every entry point the README documents
+    assert {"train.py", "mfu.py", "sample.py", "eval.py", "chat.py", "sft.py", "prepare.py"} <= scripts, scripts
+    assert not bad, bad
