@@ -5,7 +5,7 @@
 #   bash bench/benchmarks.sh speed OUTDIR     # N GPUs (NPROC, default 2): 1-GPU bench + HF peer, N-GPU DDP bench, and
 #                                       # the reference command `train.py config/h800.py` shortened to 10 steps + resume
 #   bash bench/benchmarks.sh mem OUTDIR       # 1 GPU: config/24gb.py memory / throughput variants, attention roofline
-# Needs liger-kernel importable and the HF peer script at .peer/hf_peer.py (copied from ../shared/bench).
+# Needs liger-kernel importable and the HF peer bench/peers/hf_peer.py.
 set -u
 cd "$(dirname "$0")/.."
 stage=${1:-check}; O=${2:-bench_out}; mkdir -p "$O"
@@ -33,7 +33,7 @@ if [ "$stage" = speed ]; then
   N=${NPROC:-2}
   # 1 GPU: our reference config at the reference per-GPU accumulation (8), then the HF peer, same machine
   CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/h800.py --global_batch=96 2>&1 | keep
-  CUDA_VISIBLE_DEVICES=0 python3 .peer/hf_peer.py compile 4 2>&1 | tail -1 | tee -a "$O/bench.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 bench/peers/hf_peer.py compile 4 2>&1 | tail -1 | tee -a "$O/bench.txt"
   # N GPUs DDP, same per-GPU work (micro 12 x accum 8)
   python3 -m torch.distributed.run --nproc_per_node=$N mfu.py --bench config/h800.py --global_batch=$((96 * N)) 2>&1 | keep
   # the reference command itself, shortened: demo data, 10 optimizer steps of 786k tokens, an evaluation and a
@@ -49,5 +49,5 @@ if [ "$stage" = mem ]; then
   CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=12 --micro_batch=6 2>&1 | keep
   CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=8 --micro_batch=4 --checkpointing=none 2>&1 | keep
   CUDA_VISIBLE_DEVICES=0 python3 mfu.py --bench config/24gb.py --global_batch=16 --micro_batch=8 --checkpointing=block 2>&1 | keep
-  CUDA_VISIBLE_DEVICES=0 python3 .peer/roofline.py 12 > "$O/roofline.json" 2>&1; tail -5 "$O/roofline.json"
+  CUDA_VISIBLE_DEVICES=0 python3 bench/peers/roofline.py 12 > "$O/roofline.json" 2>&1; tail -5 "$O/roofline.json"
 fi

@@ -169,7 +169,7 @@ def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperatur
                              lengths=[len(r) for r in rows])
         for row in y[:len(chunk), longest:].tolist():
             row = row[:next((j for j, t in enumerate(row) if t in (IM_END, EOT)), len(row))]
-            out.append(enc.decode(row))
+            out.append(enc.decode([t for t in row if t <= enc.max_token_value]))  # padded vocab rows: no text
     return out
 
 

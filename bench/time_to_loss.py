@@ -173,7 +173,8 @@ def report(recs, png=None):
     out = {"runs": [{k: r[k] for k in ("system", "stage", "lr", "steps", "train_s", "compile_s", "tok_per_s",
                                        "final_val_loss", "final_val_bpb")} for r in recs if "stage" in r]}
     if titan:
-        target, t_titan = titan["final_val_loss"], titan["train_s"]
+        target = titan["final_val_loss"]
+        t_titan = time_to(titan["curve"], target)
         for r in finals:
             t = time_to(r["curve"], target)
             out[f"speedup_{r['system']}"] = round(t_titan / t, 3) if t else None
@@ -189,9 +190,7 @@ def report(recs, png=None):
             ax.plot([pt["train_s"] for pt in pts], [pt["val_bpb"] for pt in pts], marker="o", ms=3,
                     label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
         if titan:
-            ax.axhline(bpb(titan["final_val_loss"], {"tokens_per_byte": titan["curve"][-1]["val_bpb"] /
-                                                     (titan["final_val_loss"] / math.log(2))}),
-                       color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
+            ax.axhline(titan["final_val_bpb"], color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
         ax.set_xlabel("training seconds (1x H200, compile excluded)")
         ax.set_ylabel("val bits per byte (held-out poems)")
         ax.set_title("chinese-poetry, Qwen3-0.6B shape, 16x2048 tokens/step")

@@ -1,0 +1,24 @@
+"""bench/time_to_loss.py: the steady-state clock, the time at which a curve reaches a loss, and the speed-up."""
+import os, sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import time_to_loss as ttl  # noqa: E402
+
+INFO = {"tokens_per_byte": 0.5}
+
+
+def test_compile_time_is_kept_off_the_clock():
+    dts = [20.0, 3.0, 1.0, 1.0, 1.0] + [1.0] * 15   # the first steps pay compilation
+    r = ttl.curve("ours", 0.02, 20, dts, {0: 12.0, 10: 6.0, 20: 4.0}, INFO, {"rc": 0})
+    assert r["step_s"] == 1.0 and r["compile_s"] == 21.0 and r["train_s"] == 20.0
+    assert [p["train_s"] for p in r["curve"]] == [0.0, 10.0, 20.0]
+    assert abs(r["final_val_bpb"] - 4.0 / 0.6931471805599453 * 0.5) < 1e-4
+
+
+def test_time_to_interpolates_between_evaluations_and_speedup():
+    pts = [{"train_s": 0.0, "val_loss": 10.0}, {"train_s": 100.0, "val_loss": 6.0}, {"train_s": 200.0, "val_loss": 4.0}]
+    assert ttl.time_to(pts, 5.0) == 150.0 and ttl.time_to(pts, 3.0) is None and ttl.time_to(pts, 10.5) == 0.0
+    mk = lambda system, scale: {**ttl.curve(system, 1.0, 20, [1.0 * scale] * 20, {0: 10.0, 10: 6.0, 20: 4.0}, INFO,
+                                            {"rc": 0}), "stage": "final"}
+    out = ttl.report([mk("torchtitan", 2.0), mk("ours", 1.0)])
+    assert out["speedup_ours"] == 2.0 and out["titan_final_val_loss"] == 4.0
