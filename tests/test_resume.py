@@ -65,8 +65,7 @@ def test_checkpoint_files_and_directories_are_fsynced_around_the_rename(tmp_path
     code = f"""
 import os, shutil, sys, json
 sys.path.insert(0, {ROOT!r})
-sys.argv = ['train.py', '--out_dir={tmp_path}', '--keep_ckpts=1']
-import train
+import checkpoint
 from model import Qwen3
 from muon import build_optimizer
 from conftest import small_config
@@ -79,10 +78,10 @@ def rmtree(p, *a, **k):
     events.append(('rmtree', str(p))); real_rmtree(p, *a, **k)
 model = Qwen3(small_config()); opt = build_optimizer(model)
 os.makedirs({str(tmp_path)!r}, exist_ok=True)
-train.save_checkpoint(model, opt, 1)
+checkpoint.save_checkpoint(model, opt, 1, {str(tmp_path)!r}, {{}}, keep=1)
 os.fsync, os.replace, shutil.rmtree = fsync, replace, rmtree
-train.os.fsync, train.os.replace, train.shutil.rmtree = fsync, replace, rmtree
-train.save_checkpoint(model, opt, 2)
+checkpoint.os.fsync, checkpoint.os.replace, checkpoint.shutil.rmtree = fsync, replace, rmtree
+checkpoint.save_checkpoint(model, opt, 2, {str(tmp_path)!r}, {{}}, keep=1)
 print(json.dumps(events))
 """
     r = subprocess.run([PY, "-c", code], cwd=os.path.join(ROOT, "tests"), capture_output=True, text=True, timeout=TIMEOUT)
@@ -128,7 +127,8 @@ def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path):
     r = run(["train.py"] + small_train_args(str(tmp_path / "nowhere"), str(tmp_path / "o")))
     assert r.returncode != 0 and "Traceback" not in r.stderr and "meta.json" in r.stderr.strip().splitlines()[-1]
     from conftest import small_config
-    from model import Qwen3, save_pretrained
+    from checkpoint import save_pretrained
+    from model import Qwen3
     save_pretrained(Qwen3(small_config()), str(tmp_path / "m"))
     open(os.path.join(d, "meta.json"), "w").write("{broken")
     r = run(["eval.py", f"--data_dir={d}", f"--init_from={tmp_path / 'm'}", "--seq_len=32"])
