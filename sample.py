@@ -6,9 +6,9 @@ Sample from a trained model, streaming text as it is generated.
     python sample.py --init_from=/path/to/hf_qwen3_dir --prompt "..." --top_p 0.9
 
 On CUDA it decodes through generate.Decoder (static KV cache, decode_kernel.py's Triton step replayed as a CUDA
-graph); on the CPU through the plain loop. The decode benchmark is bench/decode.py. --num_samples > 1 decodes the samples as one
-batch and prints them one after another; a single sample streams as it is generated. An empty prompt starts from
-<|endoftext|>, the token that begins every pretraining document.
+graph); on the CPU through the plain loop. --num_samples > 1 decodes the samples as one batch and prints them one
+after another; a single sample streams as it is generated. An empty prompt starts from <|endoftext|>, the token
+that begins every pretraining document. The decode benchmark is bench/decode.py.
 """
 import os
 import sys

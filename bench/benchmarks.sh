@@ -26,7 +26,7 @@ f = [json.loads(l) for l in open('$O/fast/log.jsonl')]; p = [json.loads(l) for l
 print('curve step fast plain'); [print(a['step'], round(a['loss'], 4), round(b['loss'], 4)) for a, b in zip(f, p)]
 print('max |diff| over logged steps', max(abs(a['loss'] - b['loss']) for a, b in zip(f, p)))"
   # RMSNorm / RoPE / SwiGLU: liger's kernels vs torch.compile's fusion, full model fwd+bwd, micro-batch 12
-  CUDA_VISIBLE_DEVICES=0 python3 bench/fusions.py 12 2>&1 | grep -E "^FUSIONS|rror" | tee -a "$O/fusions.txt"
+  CUDA_VISIBLE_DEVICES=0 python3 bench/fusions.py --micro_batch=12 2>&1 | grep -E "^FUSIONS|rror" | tee -a "$O/fusions.txt"
 fi
 if [ "$stage" = speed ]; then
   N=${NPROC:-2}

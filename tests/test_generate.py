@@ -128,6 +128,7 @@ def test_decoder_continues_from_its_cache_like_a_chat():
     assert dec.pos == history.shape[1] + 14
 
 
+@pytest.mark.slow
 def test_triton_step_computes_the_plain_step_in_the_cpu_interpreter():
     """decode_kernel.py's kernels run by Triton's CPU interpreter in float32: fused_linear alone against the PyTorch
     ops it fuses, and the whole Triton step and prefill inside Decoders against the PyTorch step: the same greedy

@@ -30,23 +30,57 @@ def test_readme_says_how_to_install_on_cpu_and_gpu():
     assert quick and quick[0].split("&&")[-1].strip().replace("python ", "") in ci.replace("python ", "")
 
 
-def test_documented_training_commands_use_existing_config_keys():
-    """Every --key= on a train.py / mfu.py command line of the README and the device scripts (bench/*.sh) is a key
-    train.py knows: a renamed key must not leave a command that stops with 'unknown config key' (bench/benchmarks.sh
-    kept --eval_batches after it became --val_tokens, and its reference run failed on the device)."""
+# every entry point and where its keys are: configurator scripts take their module globals (bench/train_speed.py
+# passes its arguments to train.py), the data tools their argparse flags
+ENTRY_POINTS = {"train": "train.py", "sample": "sample.py", "chat": "chat.py", "eval": "eval.py", "mfu": None,
+                "sft_demo": None, "prepare": "prepare.py", "sft": "sft.py", "bench/train_speed": "train.py",
+                "bench/decode": "bench/decode.py", "bench/sft": "bench/sft.py", "bench/ceval": "bench/ceval.py",
+                "bench/fusions": "bench/fusions.py"}
+
+
+def entry_point_keys(path):
+    """The --keys a script accepts: its argparse flags if it has any, else its module-level settings."""
+    import ast
+    if path is None:
+        return set()
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    flags = {a.value[2:] for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "attr", "") == "add_argument" for a in node.args
+             if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+    if flags:
+        return flags
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
+
+
+def documented_commands():
+    """(file, script, flag) for every --flag after an entry point's name on a line of the README, the device
+    scripts (bench/*.sh) and the docstrings of the Python files (their usage examples)."""
     import ast
     import glob
-    tree = ast.parse(open(os.path.join(ROOT, "train.py"), encoding="utf-8").read())
-    keys = {t.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
-            for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
-    files = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))
-    used = set()
-    for path in files:
-        text = open(path, encoding="utf-8").read().replace("\\\n", " ")   # join continued shell lines
-        for line in text.splitlines():
-            for args in re.split(r"\b(?:train|mfu)\.py\b", line)[1:]:   # the flags after the script (not torchrun's)
-                args = re.split(r"[|;&>]", args)[0]
-                used |= {(os.path.basename(path), k) for k in re.findall(r"--(\w+)=", args) if k != "key"}
-    assert len(used) > 10 and "max_steps" in {k for _, k in used}, used   # the scan finds the commands
-    unknown = sorted((f, k) for f, k in used if k not in keys)
+    texts = [(p, open(p, encoding="utf-8").read()) for p in
+             [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))]
+    for p in sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "bench", "*.py"))):
+        texts.append((p, ast.get_docstring(ast.parse(open(p, encoding="utf-8").read())) or ""))
+    script = re.compile(r"(?<![\w/.])((?:bench/)?\w+)\.py\b")
+    for path, text in texts:
+        for line in text.replace("\\\n", " ").splitlines():   # continued shell lines joined
+            parts = script.split(line)   # [before, name, args, name, args, ...]
+            for name, args in zip(parts[1::2], parts[2::2]):
+                if name in ENTRY_POINTS:
+                    args = re.split(r"[|;&>#]|`", args)[0]   # the flags of this command only (not a pipe's or comment's)
+                    for flag in re.findall(r"(?<![\w-])--(\w+)", args):
+                        yield os.path.relpath(path, ROOT), name, flag
+
+
+def test_documented_commands_use_existing_keys_of_every_entry_point():
+    """Every --key on a command line of an entry point (train, sample, chat, eval, the data tools, the bench
+    scripts) in the README, the device scripts and the usage docstrings is a key that entry point knows: a renamed
+    key must not leave a command that stops with 'unknown config key' (bench/benchmarks.sh kept --eval_batches after
+    it became --val_tokens, and its reference run failed on the device)."""
+    used = set(documented_commands())
+    names = {name for _, name, _ in used}
+    assert {"train", "sample", "eval", "prepare", "sft", "bench/train_speed"} <= names, names   # the scan finds them
+    unknown = sorted((f, name, k) for f, name, k in used
+                     if k != "key" and k not in entry_point_keys(ENTRY_POINTS[name]))
     assert not unknown, unknown

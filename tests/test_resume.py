@@ -2,6 +2,8 @@
 honest stop messages, and clear errors for bad settings."""
 import json, os, subprocess
 
+import pytest
+
 from conftest import PY, ROOT, TIMEOUT, losses, run, small_train_args, synthetic_dataset
 
 
@@ -9,6 +11,7 @@ def _records(out_dir):
     return [json.loads(l) for l in open(os.path.join(out_dir, "log.jsonl"))]
 
 
+@pytest.mark.slow
 def test_resume_uses_the_new_learning_rates_and_prints_the_changes(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -22,6 +25,7 @@ def test_resume_uses_the_new_learning_rates_and_prints_the_changes(tmp_path):
     assert rec[10]["muon_lr"] == 0.02 and rec[11]["muon_lr"] == 1e-3 and rec[11]["adamw_lr"] == 1e-4
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_change_of_data_order_or_model_unless_allowed(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -33,6 +37,7 @@ def test_resume_refuses_a_change_of_data_order_or_model_unless_allowed(tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_log_after_a_resume_is_one_clean_curve(tmp_path):
     """A run killed after its step-10 checkpoint logged steps 11..; the resume rewrites them, never twice."""
     d = synthetic_dataset(str(tmp_path / "ds"))
@@ -46,6 +51,7 @@ def test_log_after_a_resume_is_one_clean_curve(tmp_path):
     assert sorted(losses(out)) == list(range(1, 16))   # losses() fails on a step logged twice
 
 
+@pytest.mark.slow
 def test_fresh_run_into_an_out_dir_with_checkpoints_is_refused_unless_overwrite(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -98,6 +104,7 @@ print(json.dumps(events))
     assert i_replace < i_parent < i_delete
 
 
+@pytest.mark.slow
 def test_nan_stop_without_a_checkpoint_says_so_in_the_logs_numbering(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "nan")
@@ -135,6 +142,7 @@ def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "is broken" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
+@pytest.mark.slow
 def test_export_only_needs_no_seq_len_that_fits_the_model(tmp_path):
     """Exporting writes weights; a seq_len longer than the model's context (e.g. the reference config's 2048 on the
     demo model) must not stop it."""

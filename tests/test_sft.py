@@ -176,6 +176,7 @@ def test_loader_is_world_size_independent_and_has_targets_in_every_row(tmp_path)
         sorted(p.conv[:, 1].tolist())  # every conversation in exactly one row
 
 
+@pytest.mark.slow
 def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     """train.py --sft_data from a HF directory (whose shape is then the run's: the resume restates nothing);
     a checkpoint removed and resumed gives the same losses; the export carries the chat template and stops at
@@ -212,6 +213,7 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == sft.CHAT_TEMPLATE
 
 
+@pytest.mark.slow
 def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     """--doc_mask=True: the documents of a window do not see each other, so the loss differs from plain causal
     training on the same windows, and both runs are otherwise the same. The run is validated the way it trained
@@ -245,6 +247,7 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     assert abs(float(r.stdout.split("val loss ")[1].split()[0]) - masked) < 1e-3
 
 
+@pytest.mark.slow
 def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
     """Piped turns to chat.py print, turn by turn, the greedy answer to the whole conversation so far (recomputed
     here from scratch with generate()); a small max_context makes it drop old exchanges and carry on."""
