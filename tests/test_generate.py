@@ -130,12 +130,14 @@ def test_decoder_continues_from_its_cache_like_a_chat():
 
 @pytest.mark.slow
 def test_triton_step_computes_the_plain_step_in_the_cpu_interpreter():
-    """decode_kernel.py's kernels run by Triton's CPU interpreter in float32: fused_linear alone against the PyTorch
-    ops it fuses, and the whole Triton step and prefill inside Decoders against the PyTorch step: the same greedy
-    tokens (64 in one run) and the same cache contents, for right-padded rows at different positions, the cache in
-    one program or in chunks, and a continued cache (a prefill that starts mid-cache). (The interpreter must be
-    switched on before triton is imported: a subprocess. Its bf16 arithmetic is wrong, so bf16 is a CUDA test; before
-    Triton 3.9 -- 3.6 tried -- it cannot take a loop bound loaded from memory, which the GPU compiler can.)"""
+    """tests/triton_step.py: decode_kernel.py's kernels run by Triton's CPU interpreter in float32, fused_linear alone
+    (the tuned and small block configurations) against the PyTorch ops it fuses, and the whole Triton step and
+    prefill inside Decoders against the PyTorch step: the same greedy tokens and the same cache contents, for
+    right-padded rows at different positions, the cache in one program or in chunks, one row, and a continued cache
+    (a prefill that starts mid-cache). The Decoder runs use wide blocks: the interpreter runs a launch's programs one
+    after another. (The interpreter must be switched on before triton is imported: a subprocess. Its bf16 arithmetic
+    is wrong, so bf16 is a CUDA test; before Triton 3.9 -- 3.6 tried -- it cannot take a loop bound loaded from
+    memory, which the GPU compiler can.)"""
     triton = pytest.importorskip("triton")
     if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9):
         pytest.skip(f"Triton {triton.__version__}'s CPU interpreter cannot run the kernel's loop (3.9 can)")
