@@ -16,12 +16,12 @@ Instruction tuning data: chat conversations -> ChatML token ids + a loss mask ->
 
 `python sft_demo.py` is the offline end-to-end demo.
 """
-import argparse, hashlib, json, os, sys
+import argparse, json, os, sys
 
 import numpy as np
 
 from data import write_shard
-from prepare import _shard_name
+from prepare import _is_val, _shard_name
 from tokenizer import IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ template
@@ -98,11 +98,6 @@ def render(messages, add_generation_prompt=False):
 
 
 # ------------------------------------------------------------------------------------------------ preparation
-def _is_val(line, val_fraction):
-    """Per conversation, by the hash of its raw JSON line: the same conversation always lands in the same split."""
-    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little") < val_fraction * 2**64
-
-
 def prepare_file(path, out_dir, max_len, overlong, val_fraction):
     """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
     last: its presence means 'this input is done')."""
@@ -114,7 +109,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
             if not line.strip():
                 continue
             try:
-                ids, mask = render(to_messages(json.loads(line.decode("utf-8"))))
+                text = line.decode("utf-8")
+                ids, mask = render(to_messages(json.loads(text)))
             except UnicodeDecodeError:
                 bad("invalid_utf8")
                 continue
@@ -129,7 +125,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
                     bad("overlong")
                     continue
                 ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
-            toks, masks, lens = parts["val" if _is_val(line, val_fraction) else "train"]
+            # prepare.py's split, keyed on the conversation's JSON text: the same conversation, the same split
+            toks, masks, lens = parts["val" if _is_val(text, val_fraction) else "train"]
             toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
     side = {"input": os.path.abspath(path), "stat": _stat(path), "skipped": skips, "truncated": truncated,
             "conversations": {}, "tokens": {}, "loss_tokens": {}}

@@ -302,3 +302,17 @@ def test_input_files_without_a_val_conversation_are_fine(tmp_path):
     sft.prepare(files, d, max_len=128, val_fraction=0, quiet=True)
     assert data.PackedConversations(d, "val", seq_len=128).n_rows == 0
     assert data.PackedConversations(d, "train", seq_len=128).n_rows > 0
+
+
+def test_sft_split_is_prepare_pys_rule_on_each_conversations_text(tmp_path):
+    """One val-split rule for pretraining and SFT data: prepare._is_val on the document's text (here, the
+    conversation's JSON line), so a conversation lands in the same split wherever the file lives."""
+    import prepare
+    rows = [{"messages": [{"role": "user", "content": f"问题 {i}"}, {"role": "assistant", "content": f"答案 {i}"}]}
+            for i in range(40)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    meta = sft.prepare([path], str(tmp_path / "sft"), max_len=64, val_fraction=0.5, quiet=True)
+    lines = open(path, encoding="utf-8").readlines()
+    expected_val = sum(prepare._is_val(line, 0.5) for line in lines)
+    assert 0 < expected_val < len(rows)   # the check below can tell the splits apart
+    assert meta["conversations"] == {"train": len(rows) - expected_val, "val": expected_val}
