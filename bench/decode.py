@@ -7,7 +7,7 @@ weights, in one process. Prints one JSON object per line:
     python bench/decode.py --device=cpu --small=True      # a smoke run of the script itself (tests do this)
 
 - "ours" / "hf": batch 1, greedy, a 32-token prompt, 256 new tokens (prefill included, like HF's generate), after
-  warm-up; "first_call_s" is the first call (compilation + capture);
+  warm-up; "first_call_s" is the first call (Triton's kernel builds, or torch.compile, and the graph capture);
 - "roofline": bytes one decode step must read (all weights, the tied embedding once as the lm_head, plus the keys
   and values of the average context) / the copy bandwidth of a 1 GiB tensor copy: the tok/s no batch-1 decoder can
   beat on this card, and our fraction of it;
