@@ -8,7 +8,7 @@ Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in C
 The KV cache lives across turns: a turn feeds only its new tokens (the last answer's <|im_end|>\\n, the user's
 message, the generation prompt), never the history again. When a turn would not fit in max_context (with room
 for max_new_tokens), the oldest exchanges are dropped (the system message stays) and what is kept is encoded
-once more. /reset starts over. Decoding is generate.Decoder's: on CUDA its compiled one-token step replays as a
+once more. /reset starts over. Decoding is generate.Decoder's: on CUDA its Triton one-token step replays as a
 CUDA graph.
 """
 import os
@@ -16,8 +16,8 @@ import sys
 
 import torch
 
+from checkpoint import find_model_dir, from_pretrained
 from generate import Decoder, sample_next
-from model import find_model_dir, from_pretrained
 from sft import render
 from tokenizer import EOT, IM_END, StreamDecoder, get_tokenizer
 
@@ -38,7 +38,7 @@ STOP = (IM_END, EOT)
 @torch.no_grad()
 def reply(decoder, new_ids):
     """Append new_ids to the decoder's cache in one prefill, then sample token by token (generate.Decoder: on
-    CUDA a compiled step replayed as a CUDA graph, elsewhere the same step eagerly); yields each sampled id, the
+    CUDA the Triton step replayed as a CUDA graph, elsewhere the PyTorch step eagerly); yields each sampled id, the
     last one a STOP id unless max_new_tokens ran out. Each sampled id but the last is appended to the cache by the
     step that follows it, so the cache holds exactly what was said."""
     nxt = sample_next(decoder.prefill(torch.tensor([new_ids], device=device)), temperature, top_k or None, top_p)
@@ -94,8 +94,6 @@ class Conversation:
 
 
 def main():
-    if dtype not in ("float32", "bfloat16", "float16"):
-        sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
     torch.manual_seed(seed)
     model_dir = find_model_dir(init_from)
     model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()

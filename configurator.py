@@ -1,16 +1,23 @@
 """
-Poor man's configurator (nanoGPT's), exec'd by train.py / sample.py / eval.py / mfu.py over their own globals:
+Poor man's configurator (nanoGPT's), exec'd by every entry point that runs a model (train.py, sample.py, eval.py,
+chat.py and the bench/ scripts) over its own globals:
 
-    python train.py config/h800.py --micro_batch=8 --compile False
+    python train.py config/reference.py --micro_batch=8 --compile False
+
+The rule: an entry point's settings are its module globals, and config files and `--key=value` override them.
+Only the data tools (prepare.py, sft.py) take argparse flags instead, because they take lists of input files.
 
 Positional arguments are Python files executed over the caller's globals (so a config file may compute values
 from others). `--key=value` and `--key value` override a global that already exists; the value is parsed with
 ast.literal_eval (falling back to a plain string) and must have the type of the default (an int is accepted
 where a float is expected; a default of None accepts anything). An unknown key or a wrong type stops with a
-message naming the key -- a typo must never silently train with the default.
+message naming the key -- a typo must never silently train with the default. A `dtype` setting is checked here,
+once for every entry point.
 """
 import sys
 from ast import literal_eval
+
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _parse_value(key, raw, current):
@@ -33,6 +40,7 @@ def _parse_value(key, raw, current):
 
 
 def _apply_args(argv, g):
+    """Apply config files and --key=value overrides in argv to the settings dict g (an entry point's globals)."""
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -62,6 +70,9 @@ def _apply_args(argv, g):
             sys.exit(f"config error: unknown config key --{key}")
         g[key] = _parse_value(key, raw, g[key])
         print(f"Overriding: {key} = {g[key]!r}", file=sys.stderr)
+    if "dtype" in g and g["dtype"] not in _DTYPES:
+        sys.exit(f"config error: --dtype must be {'|'.join(_DTYPES)}, got {g['dtype']!r}")
 
 
-_apply_args(sys.argv[1:], globals())
+if __name__ != "configurator":   # exec'd by an entry point (imported as a module, e.g. by tests: only the functions)
+    _apply_args(sys.argv[1:], globals())

@@ -6,17 +6,22 @@ The token batches the model sees, in the order a reader meets them (prepare.py m
    may span files; no short file is lost), cut into (T+1)-token windows visited in a seeded bijective order. Sample
    g = step * global_batch + j depends only on g -- not on the world size, the rank or any loader state -- so ranks
    never overlap and a resume (on any number of GPUs) needs only the step. Memory is O(shards), no file stays open.
-   Validation is a fixed, seeded sample spread over the whole val stream, the same in train.py and eval.py;
+   Validation is a fixed, seeded sample spread over the whole val stream, the same in train.py and eval.py
+   (val_loss_bpb: loss and bits per byte);
+3. instruction tuning (train.py --sft_data=DIR): sft.py's conversations packed greedily into seq_len rows, with
+   doc_ids so that attention never crosses conversations and positions restart at 0 (model.py); the row at global
+   position g depends only on g, as for pretraining.
 Documents end with <|endoftext|> (no BOS, as Qwen); the tokenizer lives in tokenizer.py, preparation (the
 `python prepare.py` CLI and the demo corpus) in prepare.py. Every data error is one
 line naming the file and what to do.
 """
-import json, math, os
+import json, math, os, sys
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from tokenizer import EOT, RANKS_SHA256
+from tokenizer import EOT, QWEN_VOCAB, RANKS_SHA256, token_byte_lengths
 
 # ------------------------------------------------------------------------------------------------ shards
 MAGIC, VERSION, HEADER_BYTES = b"QWTOKSHD", 1, 32  # magic, u32 version, u32 bytes per token, u64 count, pad
@@ -208,3 +213,125 @@ def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu", doc_mask=
         rows = np.stack([w.window(j) for j in ids[i:i + batch_size]]).astype(np.int64)
         xy = torch.from_numpy(rows).to(device)
         yield (xy[:, :-1], xy[:, 1:]) + ((doc_ids_at_endoftext(xy[:, :-1]),) if doc_mask else ())
+
+
+@torch.no_grad()
+def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocast=nullcontext(), doc_mask=False):
+    """Mean next-token loss (nats) over the fixed held-out set, and bits per byte: the same total loss in bits
+    divided by the UTF-8 bytes of the scored target tokens (special tokens such as <|endoftext|> count 0 bytes),
+    i.e. bpb = loss / ln 2 * tokens / bytes. Unlike loss, bpb does not depend on the tokenizer. doc_mask: attention
+    and positions restart after each <|endoftext|>, as in a run trained with --doc_mask=True."""
+    was_training = model.training
+    model.eval()
+    nbytes = torch.from_numpy(token_byte_lengths(model.config.vocab_size)).to(device)
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    for x, y, *doc_ids in val_batches(data_dir, seq_len, n_tokens, batch_size, device, doc_mask):
+        with autocast:
+            _, loss = model(x, y, *doc_ids)
+        total_nats += loss.item() * y.numel()
+        total_tokens += y.numel()
+        total_bytes += int(nbytes[y].sum())
+    model.train(was_training)
+    return total_nats / total_tokens, total_nats / math.log(2) / max(total_bytes, 1)
+
+
+# ------------------------------------------------------------------------- packed SFT conversations (sft.py's shards)
+class PackedConversations:
+    """The conversations of a split, packed once: shuffled with `seed`, then greedily into rows of at most
+    seq_len tokens (a conversation that does not fit closes the row; conversations are never split). Each epoch
+    visits the rows in a new seeded order. row(r) -> (x, y, doc_ids), each [seq_len]: y is the next token where
+    the loss mask says so and -100 elsewhere; padding (EOT) is a document of its own with no targets."""
+
+    def __init__(self, data_dir, split, seq_len, seed=1337, quiet=True):
+        meta_path = os.path.join(data_dir, "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python sft.py --input ... --out {data_dir})")
+        meta = json.load(open(meta_path))
+        if meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256:
+            raise ValueError(f"{data_dir} is not SFT data made by sft.py with this tokenizer")
+        self.T, self.seed, self.tokens, self.masks, conv = seq_len, seed, [], [], []
+        for s in meta["shards"]:
+            base = os.path.join(data_dir, split, s["name"])
+            lens = np.asarray(open_shard(base + ".lens.bin"), dtype=np.int64)
+            self.tokens.append(open_shard(base + ".tokens.bin")), self.masks.append(open_shard(base + ".mask.bin"))
+            starts = (np.cumsum(lens) - lens).astype(np.int64)   # also right for a file with no conversation here
+            conv.append(np.stack([np.full_like(lens, len(self.tokens) - 1), starts, lens], 1))
+        conv = np.concatenate(conv) if conv else np.zeros((0, 3), dtype=np.int64)
+        too_long = conv[:, 2] > seq_len
+        if too_long.any() and not quiet:
+            print(f"note: {int(too_long.sum())} {split} conversations are longer than seq_len {seq_len} and are not "
+                  f"used (prepare with --max_len={seq_len} --overlong=truncate to keep them, truncated)")
+        self.conv = conv[~too_long][np.random.default_rng(seed).permutation(int((~too_long).sum()))]
+        bounds, used = [0], 0
+        for i, n in enumerate(self.conv[:, 2].tolist()):  # greedy packing in the shuffled order
+            if used + n > seq_len:
+                bounds.append(i)
+                used = 0
+            used += n
+        self.bounds = np.array(bounds + [len(self.conv)], dtype=np.int64)
+        self.n_rows = len(self.bounds) - 1 if len(self.conv) else 0
+        self.fill = float(self.conv[:, 2].sum()) / max(1, self.n_rows * seq_len)  # packing efficiency
+        self._order = (None, None)
+
+    def row_index(self, g):
+        """Global position g -> row: epoch g // n_rows, rows in a seeded order per epoch."""
+        epoch, i = divmod(int(g), self.n_rows)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_rows))
+        return int(self._order[1][i])
+
+    def row(self, r):
+        T, x = self.T, np.full(self.T, EOT, dtype=np.int64)
+        m, doc = np.zeros(T, dtype=bool), np.zeros(T, dtype=np.int64)
+        at = 0
+        for d, (s, start, n) in enumerate(self.conv[self.bounds[r]:self.bounds[r + 1]].tolist()):
+            x[at:at + n], m[at:at + n], doc[at:at + n] = self.tokens[s][start:start + n], self.masks[s][start:start + n], d
+            at += n
+        doc[at:] = doc[at - 1] + 1 if at else 0
+        y = np.full(T, -100, dtype=np.int64)
+        ok = m[1:] & (doc[1:] == doc[:-1])  # the first token of a conversation is <|im_start|>: never a target
+        y[:-1][ok] = x[1:][ok]
+        return x, y, doc
+
+
+class SFTBatches(DistributedBatches):
+    """data.DistributedBatches over packed rows: get(step, micro) -> (x, y, doc_ids) on the device, the rows at
+    the same global positions as pretraining's windows (world-size independent, resumable from the step)."""
+
+    def get(self, step, micro_step):
+        rows = [self.w.row(self.w.row_index(g)) for g in self.positions(step, micro_step)]
+        out = [torch.from_numpy(np.stack(a)) for a in zip(*rows)]
+        if str(self.device).startswith("cuda"):
+            out = [t.pin_memory().to(self.device, non_blocking=True) for t in out]
+        return tuple(out)
+
+
+@torch.no_grad()
+def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, master):
+    """train.py's SFT data: the packed training conversations of data_dir as SFTBatches, or a clear exit."""
+    if vocab_size < QWEN_VOCAB:
+        sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {vocab_size}")
+    rows = PackedConversations(data_dir, "train", seq_len, seed, quiet=not master)
+    if not rows.n_rows:
+        sys.exit(f"error: {data_dir} has no training conversation of at most seq_len {seq_len} tokens")
+    if master:
+        print(f"SFT: {len(rows.conv):,} conversations in {rows.n_rows:,} rows of {seq_len} ({100 * rows.fill:.0f}% filled)")
+    return SFTBatches(rows, micro_batch, world, rank, grad_accum, device)
+
+
+def sft_val_loss(model, data_dir, seq_len, batch_size, device, autocast):
+    """Mean loss per assistant token over the val split (None if it is empty), packed as in training."""
+    try:
+        p = PackedConversations(data_dir, "val", seq_len)
+    except FileNotFoundError:
+        return None
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    for i in range(0, p.n_rows, batch_size):
+        x, y, doc = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*[p.row(r) for r in range(i, min(i + batch_size, p.n_rows))]))
+        with autocast:
+            _, loss = model(x, y, doc)
+        n = int((y != -100).sum())
+        total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    return total / count if count else None

@@ -1,8 +1,9 @@
 """
 The decode step as hand-written Triton kernels (generate.Decoder uses them on CUDA), and a prefill made of them.
 
-Why: at batch 1 a decode step of a 0.6B model is latency-bound: a layer's ~31 MB of weights stream faster than the
-~8 kernels inductor made of a layer can start and finish one after another. Here a layer is five kernels:
+Why: at batch 1 a decode step of a 0.6B model is latency-bound. Each layer reads a few tens of MB of weights,
+which the card streams in a few microseconds, but compiled by inductor a layer is ~8 kernels, each costing about
+as long as that whole read. Here a layer is five kernels:
 - `fused_linear` x4: RMSNorm + q/k/v, o_proj + residual, RMSNorm + gate/up + SiLU * up, down + residual. One
   matrix-vector kernel with the norm as a prologue that every program recomputes from the input row (2 KB, in L2),
   so no kernel waits for a whole-row reduction, and the epilogue fused. Each program loads its whole slice of the
@@ -12,8 +13,8 @@ Why: at batch 1 a decode step of a 0.6B model is latency-bound: a layer's ~31 MB
 - `_decode_attention`: QK-norm, RoPE (cos/sin from the position), the cache write and flash-decoding over the cached
   keys (online softmax in float32); the cache is split into chunks over programs ("split-KV"), whose partial results
   `_combine_splits` merges.
-One more `fused_linear` does the final norm + lm_head. bench/decode.py measures the result against Hugging Face's
-compiled static cache (its numbers are in the lab notebook, dev/LOG.md).
+One more `fused_linear` does the final norm + lm_head. The speed against Hugging Face's compiled static cache is
+bench/decode.py's to measure (the table is in the README).
 
 `prefill_logits` runs a prompt through the same projections (B * T rows, tensor-core tiles), `_prefill_qk` and SDPA:
 ~7 launches a layer instead of the model's ~75 PyTorch ops, which is what an eager prefill of a short prompt costs.
@@ -268,7 +269,7 @@ def decode_attention(q, k, v, q_norm, k_norm, cache, positions, chunk=None, bloc
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) for Qwen3-0.6B's projections (N, K) at rows = the rows one program
-# takes (1 at batch 1, else 16 / 32 / 64): the fastest of a block-config sweep on an H200 (described in dev/LOG.md),
+# takes (1 at batch 1, else 16 / 32 / 64): the best of a sweep on an H200 (in the lab notebook),
 # in order q/k/v, o_proj, gate/up, down, lm_head. Other shapes follow the rule in linear_config.
 LINEAR_CONFIGS = {
     **dict(zip([(4096, 1024, 1), (1024, 2048, 1), (3072, 1024, 1), (1024, 3072, 1), (151936, 1024, 1)],

@@ -4,6 +4,9 @@ Evaluation: validation loss / bits-per-byte, and C-Eval (PPL and GEN modes) from
     python eval.py --init_from=out --data_dir=data/demo                      # val loss + bpb, newest checkpoint
     python eval.py --init_from=out/hf --ceval_dir=ceval-exam --mode=both --split=val --shots=5
     python eval.py --init_from=out/hf --ceval_dir=ceval-exam --shots=5 --prompt_style=opencompass
+    python eval.py --init_from=out/hf --ceval_dir=ceval-exam --results=out/ceval.json   # where the results go
+
+Val loss and bits per byte are data.val_loss_bpb's, the function train.py logs with.
 
 Val loss uses the checkpoint's own training seq_len and val_tokens (from state.pt's train_config) when
 --init_from is a training checkpoint, so it matches the val loss logged during training; --seq_len / --val_tokens
@@ -42,41 +45,22 @@ to manage, in a mode that is not the default. GEN: greedy decoding through gener
 in right-padded batches (each row decodes from its own position); the default style reads the answer with
 extract_choice (an explicit "答案…X" wins over a leading letter).
 """
-import copy, csv, json, math, os, re, sys
+import copy, csv, json, os, re, sys
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data import val_batches
-from generate import Decoder
-from tokenizer import EOT, token_byte_lengths
+from checkpoint import find_model_dir, from_pretrained
+from data import val_loss_bpb
+from generate import Decoder, default_step
+from tokenizer import EOT, get_tokenizer
 
 LETTERS = "ABCD"
 PROMPT_STYLES = ("ceval", "opencompass")
 CONTINUATIONS = ("letter", "text", "text_mean")
 OPENCOMPASS_MAX_OUT = 1024  # OpenCompass's max_out_len for Hugging Face base models
-
-
-@torch.no_grad()
-def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocast=nullcontext(), doc_mask=False):
-    """Mean next-token loss (nats) over the fixed held-out set, and bits per byte: the same total loss in bits
-    divided by the UTF-8 bytes of the scored target tokens (special tokens such as <|endoftext|> count 0 bytes),
-    i.e. bpb = loss / ln 2 * tokens / bytes. Unlike loss, bpb does not depend on the tokenizer. doc_mask: attention
-    and positions restart after each <|endoftext|>, as in a run trained with --doc_mask=True."""
-    was_training = model.training
-    model.eval()
-    nbytes = torch.from_numpy(token_byte_lengths(model.config.vocab_size)).to(device)
-    total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    for x, y, *doc_ids in val_batches(data_dir, seq_len, n_tokens, batch_size, device, doc_mask):
-        with autocast:
-            _, loss = model(x, y, *doc_ids)
-        total_nats += loss.item() * y.numel()
-        total_tokens += y.numel()
-        total_bytes += int(nbytes[y].sum())
-    model.train(was_training)
-    return total_nats / total_tokens, total_nats / math.log(2) / max(total_bytes, 1)
 
 
 def checkpoint_train_config(model_dir):
@@ -253,7 +237,7 @@ def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval
     decodes max_new_tokens at a time until a capital letter appears (or EOT, or OPENCOMPASS_MAX_OUT tokens): the
     answer is fixed by then. On CUDA the rows run on a bf16 copy of the weights (autocast's bf16 matmuls, without
     autocast, whose cast cache a CUDA graph must not read), with the step in a CUDA graph and never compiled (the
-    Triton step needs no compilation, and eight tokens a question would not pay one back)."""
+    Triton step needs no compilation; eight tokens a question would not pay a compilation back)."""
     max_pos = model.config.max_position_embeddings
     if str(device).startswith("cuda"):
         model = copy.deepcopy(model).to(torch.bfloat16).eval()
@@ -268,7 +252,7 @@ def generate_answers(model, enc, prompts, device, max_new_tokens=8, style="ceval
         max_len = min(max_pos, max(map(len, seqs)) + step)
         rows = max(1, min(batch_size, len(todo), cache_tokens // max_len))
         if shape != (rows, max_len):   # one Decoder for all; opencompass rounds may need a longer cache
-            decoder, shape = Decoder(model, rows, max_len, compile=False), (rows, max_len)
+            decoder, shape = Decoder(model, rows, max_len, step=default_step(model, compiled=False)), (rows, max_len)
         again = []
         for b in range(0, len(todo), rows):
             group = list(range(b, min(b + rows, len(todo))))
@@ -346,28 +330,44 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-if __name__ == "__main__":
-    from model import find_model_dir, from_pretrained
-    from tokenizer import get_tokenizer
-    init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
-    data_dir = ""              # prepared data (python prepare.py ...): report val loss and bits-per-byte
-    seq_len = None             # default: the checkpoint's training seq_len, else 2048
-    batch_size = 4
-    val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19
-    doc_mask = None            # default: the checkpoint's training doc_mask (attention restarts at <|endoftext|>), else False
-    ceval_dir = ""             # local C-Eval files: report C-Eval
-    mode = "both"              # ppl | gen | both
-    split = "val"              # val | dev | test (test has no answers: predictions only)
-    shots = 0                  # 0..5 dev examples in the prompt
-    subjects = ""              # comma-separated subject ids; empty = all in the split
-    prompt_style = "ceval"     # ceval (standard C-Eval prompt) | opencompass (OpenCompass's templates, comparable numbers)
-    ppl_continuation = "letter"  # letter | text (summed log-prob) | text_mean (mean log-prob per token)
-    max_new_tokens = 8         # GEN: greedy tokens per question (opencompass style: per round, until a capital letter)
-    batch_tokens = 16384       # PPL: tokens per padded batch
-    out = "ceval_results.json"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
+init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
+data_dir = ""              # prepared data (python prepare.py ...): report val loss and bits-per-byte
+seq_len = None             # default: the checkpoint's training seq_len, else 2048
+batch_size = 4
+val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19
+doc_mask = None            # default: the checkpoint's training doc_mask (attention restarts at <|endoftext|>), else False
+ceval_dir = ""             # local C-Eval files: report C-Eval
+mode = "both"              # ppl | gen | both
+split = "val"              # val | dev | test (test has no answers: predictions only)
+shots = 0                  # 0..5 dev examples in the prompt
+subjects = ""              # comma-separated subject ids; empty = all in the split
+prompt_style = "ceval"     # ceval (standard C-Eval prompt) | opencompass (OpenCompass's templates, comparable numbers)
+ppl_continuation = "letter"  # letter | text (summed log-prob) | text_mean (mean log-prob per token)
+max_new_tokens = 8         # GEN: greedy tokens per question (opencompass style: per round, until a capital letter)
+batch_tokens = 16384       # PPL: tokens per padded batch
+results = "ceval_results.json"   # the C-Eval results file (JSON: per-subject accuracy and every prediction)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def report_ceval(res, split):
+    """The per-subject table and the average over subjects; returns the averages."""
+    print(f"{'subject':<40} {'n':>5} {'PPL':>7} {'GEN':>7}")
+    fmt = lambda v: f"{100 * v:6.2f}%" if v is not None else "     - "
+    for s, r in res.items():
+        print(f"{s:<40} {r['n']:>5} {fmt(r.get('ppl_acc'))} {fmt(r.get('gen_acc'))}")
+    avg = {k: float(np.mean([r[k] for r in res.values()])) for k in ("ppl_acc", "gen_acc")
+           if all(k in r for r in res.values())}
+    print(f"{'average (over subjects)':<40} {sum(r['n'] for r in res.values()):>5} "
+          f"{fmt(avg.get('ppl_acc'))} {fmt(avg.get('gen_acc'))}")
+    if not avg:
+        print(f"note: the {split} split has no answers (C-Eval keeps test answers private); predictions only")
+    return avg
+
+
+def main():
+    global seq_len, val_tokens, doc_mask
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read(), globals())
     if mode not in ("ppl", "gen", "both") or split not in ("val", "dev", "test") or not 0 <= shots <= 5 \
             or ppl_continuation not in CONTINUATIONS or prompt_style not in PROMPT_STYLES:
         sys.exit("error: --mode ppl|gen|both, --split val|dev|test, --shots 0..5, "
@@ -392,17 +392,12 @@ if __name__ == "__main__":
         res = ceval(model, get_tokenizer(), ceval_dir, mode, split, shots,
                     [s for s in subjects.split(",") if s] or None, device, amp, ppl_continuation, max_new_tokens,
                     prompt_style, batch_tokens)
-        print(f"{'subject':<40} {'n':>5} {'PPL':>7} {'GEN':>7}")
-        fmt = lambda v: f"{100 * v:6.2f}%" if v is not None else "     - "
-        for s, r in res.items():
-            print(f"{s:<40} {r['n']:>5} {fmt(r.get('ppl_acc'))} {fmt(r.get('gen_acc'))}")
-        avg = {k: float(np.mean([r[k] for r in res.values()])) for k in ("ppl_acc", "gen_acc")
-               if all(k in r for r in res.values())}
-        print(f"{'average (over subjects)':<40} {sum(r['n'] for r in res.values()):>5} "
-              f"{fmt(avg.get('ppl_acc'))} {fmt(avg.get('gen_acc'))}")
-        if not avg:
-            print(f"note: the {split} split has no answers (C-Eval keeps test answers private); predictions only")
+        avg = report_ceval(res, split)
         json.dump({"model": model_dir, "split": split, "shots": shots, "mode": mode, "prompt_style": prompt_style,
                    "ppl_continuation": ppl_continuation, "average": avg, "subjects": res},
-                  open(out, "w"), ensure_ascii=False, indent=1)
-        print(f"wrote {out}")
+                  open(results, "w"), ensure_ascii=False, indent=1)
+        print(f"wrote {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,22 @@
 """
-Generation: a KV cache, sampling (temperature, top-k, top-p) and the token loop, as module functions over a Qwen3.
+Generation: a KV cache, sampling (temperature, top-k, top-p) and the token loop over a Qwen3.
 
-Two paths, one function (tests/test_generate.py proves they emit the same tokens):
-- the plain path, `stream` / `generate`: a Python loop that runs the model on one token at a time against caches
-  that grow by slicing. It works anywhere (CPU, tests, eval.py) but on a GPU it is launch-bound: 28 layers x ~15
-  small kernels per token, each launched from Python.
-- the fast path, `Decoder`: a static KV cache preallocated to `max_len`, the prompt prefilled in one call, and a
-  one-token `decode_step` whose shapes never change (the positions arrive as a tensor), captured once in a CUDA graph
-  and replayed for every token (the gpt-fast recipe). The step feeds its token back as the next input; the lm_head
-  and sampling are captured with it; randomness comes from a noise buffer filled before each replay. Nothing waits
-  for the GPU except what the caller reads (the streamed token). On CUDA the step (and a short prompt's prefill) is
-  decode_kernel.py's hand-written Triton kernels, five a layer; otherwise it is the PyTorch step below, compiled by
-  torch.compile on CUDA, eager on the CPU.
+Two paths (tests/test_generate.py proves they emit the same tokens):
+- the plain path, the module functions `stream` / `generate`: a Python loop that runs the model on one token at a
+  time against caches that grow by slicing. It works anywhere (CPU, tests) and is the definition, but on a GPU it
+  is launch-bound: 28 layers x ~15 small kernels per token, each launched from Python.
+- the fast path, a `Decoder`'s methods `stream` / `generate` (and `prefill` / `step` for a chat): a static KV cache
+  preallocated to `max_len`, the prompt prefilled in one call, and a one-token `decode_step` whose shapes never
+  change (the positions arrive as a tensor), captured once in a CUDA graph and replayed for every token (the
+  gpt-fast recipe). The step feeds its token back as the next input; the lm_head and sampling are captured with
+  it; randomness comes from a noise buffer filled before each replay. Nothing waits for the GPU except what the
+  caller reads (the streamed token). The step is decode_kernel.py's hand-written Triton kernels (`step="triton"`,
+  five a layer, the default on CUDA), the PyTorch step below compiled by torch.compile (`"compiled"`) or run as
+  it is (`"eager"`, the default on the CPU).
 
-    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)  # once; on CUDA: Triton + CUDA graphs
-    out = generate(model, idx, 256, temperature=0, decoder=dec)    # fresh cache each call; dec.generate /
-                                                                   # dec.stream continue the cache instead
+    out = generate(model, idx, 256, temperature=0)                 # the plain path
+    dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)   # once; on CUDA: Triton + CUDA graphs
+    out = dec.generate(idx, 256, temperature=0)                    # continues the cache: dec.reset() to start over
 
 The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [B, T] tensor of
 positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
@@ -105,15 +106,9 @@ def _eos_update(nxt, eos, done):
 
 
 @torch.no_grad()
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, decoder=None,
-           generator=None):
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
     """Yields the next token column [B, 1] at each step. temperature 0 means greedy. Stops early once every
-    row has produced `eos` (an id or a list of ids). With `decoder` (a Decoder for this model and batch size) the
-    fast path runs instead, from an emptied cache; `generator` seeds the sampling noise."""
-    if decoder is not None:
-        decoder.reset()
-        yield from decoder.stream(idx, max_new_tokens, temperature, top_k, top_p, eos, generator)
-        return
+    row has produced `eos` (an id or a list of ids); `generator` seeds the sampling noise."""
     eos = _eos_ids(eos, idx.device)
     done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     total = idx.shape[1] + max_new_tokens
@@ -134,14 +129,9 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
             return
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, decoder=None,
-             generator=None):
-    """Autoregressive sampling with a KV cache; returns idx with the new tokens appended. With `decoder`, the
-    fast path (see Decoder.generate)."""
-    if decoder is not None:
-        decoder.reset()
-        return decoder.generate(idx, max_new_tokens, temperature, top_k, top_p, eos, generator)
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos, generator=generator))
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
+    """Autoregressive sampling with a KV cache; returns idx with the new tokens appended."""
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos, generator))
     return torch.cat([idx] + new, dim=1)
 
 
@@ -155,8 +145,8 @@ def decode_hidden(model, caches, tok, input_pos):
 
 def decode_logits(model, caches, tok, input_pos, hidden=decode_hidden):
     """decode_hidden, then the lm_head -> float logits [B, vocab]. `hidden` is decode_hidden itself or its compiled
-    form: the lm_head stays outside the compiled part, where cuBLAS reads the 311 MB embedding matrix faster than
-    inductor's tuned matrix-vector reduction does."""
+    form: the lm_head stays outside the compiled part, because cuBLAS reads the large embedding matrix faster than
+    inductor's tuned matrix-vector reduction."""
     return F.linear(hidden(model, caches, tok, input_pos), model.lm_head_weight).float()
 
 
@@ -174,35 +164,49 @@ def frozen_decode_hidden(*args):
 _compiled = {}
 
 
-def compiled_decode_hidden(freeze):
-    """decode_hidden under torch.compile, shared by every Decoder (made on first use, so importing this file stays
-    cheap): dynamo guards on shapes, so decoders of the same batch size and max_len share the compiled code, and a
-    second batch size recompiles once with a dynamic batch dimension. `freeze`: compiled under inductor's freezing,
-    which makes the weights constants of the compiled code and so lets it concatenate the q/k/v projections into
-    one matmul and gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of);
-    dynamo then guards on the parameters' identity, so another model (or a copy) compiles anew."""
-    if freeze not in _compiled:
-        _compiled[freeze] = torch.compile(frozen_decode_hidden if freeze else decode_hidden, fullgraph=True)
-    return _compiled[freeze]
+def compiled_decode_hidden():
+    """decode_hidden under torch.compile with inductor's freezing, shared by every Decoder (made on first use, so
+    importing this file stays cheap): dynamo guards on shapes, so decoders of the same batch size and max_len share
+    the compiled code, and a second batch size recompiles once with a dynamic batch dimension. Freezing makes the
+    weights constants of the compiled code and so lets it concatenate the q/k/v projections into one matmul and
+    gate/up into another (4 matmuls per layer instead of 7: what a launch-bound step is made of); dynamo then guards
+    on the parameters' identity, so another model (or a copy) compiles anew."""
+    if "frozen" not in _compiled:
+        _compiled["frozen"] = torch.compile(frozen_decode_hidden, fullgraph=True)
+    return _compiled["frozen"]
+
+
+STEPS = ("triton", "compiled", "eager")
+
+
+def default_step(model, compiled=True):
+    """The Decoder's step when none is named: on CUDA the Triton kernels where they serve the model
+    (decode_kernel.available: 16-bit weights, a power-of-two head_dim), else the compiled PyTorch step (or, with
+    compiled=False, the eager one); on the CPU the eager PyTorch step."""
+    w = model.model.embed_tokens.weight
+    if w.device.type != "cuda":
+        return "eager"
+    if decode_kernel.available(model.config, w.dtype):
+        return "triton"
+    return "compiled" if compiled else "eager"
 
 
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions and the decode step,
-    captured in CUDA graphs (`cuda_graph`). The step is one of two: decode_kernel.py's hand-written Triton kernels
-    (`triton`: 5 a layer; the default on CUDA when triton is installed; nothing to compile) or the PyTorch step
-    (decode_logits), compiled by torch.compile (`compile`: the default on CUDA without triton). On the CPU all are off
-    and the PyTorch step runs eagerly. Build it once and reuse it across calls: the compiled code and the captured
-    graphs (one per sampling mode: greedy / top-k value / top-p on-off) are kept.
+    replayed as CUDA graphs (`cuda_graph`, the default on CUDA). `step` is one of STEPS: decode_kernel.py's
+    hand-written Triton kernels ("triton": 5 a layer, nothing to compile), the PyTorch step (decode_logits) under
+    torch.compile ("compiled") or as it is ("eager"); default_step picks it when it is not given. Build it once and
+    reuse it across calls: the compiled code and the captured graphs (one per sampling mode: greedy / top-k value /
+    top-p on-off) are kept.
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
     PyTorch step's attention reads the whole buffer, masked; the Triton step only the keys before each position).
-    `freeze` (default: with compile) compiles the weights in as constants (see compiled_decode_hidden), so the
-    compiled step does not see later changes to the model's weights: build Decoders for a model whose weights are
-    final (inference), not for one still training. The compiled step uses inductor's coordinate-descent tuning,
-    which turns each one-row matmul into a tuned reduction fused with its neighbours (fewer kernels, and faster than
-    the untuned step). The Triton step (the default for 16-bit weights: decode_kernel.available)
-    keeps a copy of the q/k/v and gate/up weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B
-    model in bf16), so it too serves final weights only.
+    The compiled step compiles the weights in as constants (inductor's freezing, see compiled_decode_hidden), so it
+    does not see later changes to the model's weights: build Decoders for a model whose weights are final
+    (inference), not for one still training. It uses inductor's coordinate-descent tuning, which turns each one-row
+    matmul into a tuned reduction fused with its neighbours. The Triton step keeps a copy of the q/k/v and gate/up
+    weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B model in bf16), so it too serves final
+    weights only.
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
@@ -210,7 +214,7 @@ class Decoder:
     Prompts of different lengths share a batch as right-padded rows with `lengths` (eval.py's C-Eval GEN does
     this): each row then decodes from its own position, and only a reset() makes the rows even again."""
 
-    def __init__(self, model, batch_size=1, max_len=None, compile=None, cuda_graph=None, freeze=None, triton=None):
+    def __init__(self, model, batch_size=1, max_len=None, step=None, cuda_graph=None):
         cfg, w = model.config, model.model.embed_tokens.weight
         self.model, self.batch_size = model, batch_size
         max_len = max_len or cfg.max_position_embeddings
@@ -220,17 +224,15 @@ class Decoder:
         # the fused attention kernels, whatever prompt length the caller sized the cache for
         self.max_len = min(-(-max_len // 16) * 16, cfg.max_position_embeddings)
         on_cuda = w.device.type == "cuda"
-        self.triton = on_cuda and decode_kernel.available(cfg, w.dtype) and not compile if triton is None else triton
-        self.compile = on_cuda and not self.triton if compile is None else compile
-        if self.triton and self.compile:
-            raise ValueError("triton and compile pick two different decode steps: ask for one of them")
-        self.freeze = self.compile if freeze is None else freeze
+        self.step_kind = default_step(model) if step is None else step
+        if self.step_kind not in STEPS:
+            raise ValueError(f"step must be one of {'|'.join(STEPS)}, got {step!r}")
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
         self.weights = None
-        if self.triton:  # the concatenated weights, and one RoPE frequency table shared by every layer's cache
+        if self.step_kind == "triton":  # the concatenated weights, and one RoPE frequency table shared by every layer's cache
             self.weights = decode_kernel.fused_weights(model)
             inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
             for cache in self.caches:
@@ -268,7 +270,7 @@ class Decoder:
             lengths = torch.as_tensor(lengths, device=idx.device)
             if not ((lengths >= 1) & (lengths <= T)).all():
                 raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
-        if self.triton and B * T <= decode_kernel.PREFILL_MAX_ROWS:
+        if self.step_kind == "triton" and B * T <= decode_kernel.PREFILL_MAX_ROWS:
             logits = decode_kernel.prefill_logits(self.model, self.caches, idx, self.pos, self.weights, lengths)
         else:  # int start: the plain path's causal attention
             logits = last_logits(self.model, idx, self.caches, self.pos, lengths)
@@ -314,13 +316,13 @@ class Decoder:
         """One step (Triton, compiled or eager): the next token, which is also fed back as the next input, and every
         row's position moved on by one -- so, in a graph, a replay is all a token costs. Freezing and the tuning are
         read while dynamo traces, so the flags are set around every call (graph replays never call Python)."""
-        if self.triton:
+        if self.step_kind == "triton":
             nxt = decode_step(*args, logits=partial(decode_kernel.decode_logits, weights=self.weights))
-        elif not self.compile:
+        elif self.step_kind == "eager":
             nxt = decode_step(*args)
         else:
-            with torch._inductor.config.patch(freezing=self.freeze, coordinate_descent_tuning=True):
-                nxt = decode_step(*args, logits=partial(decode_logits, hidden=compiled_decode_hidden(self.freeze)))
+            with torch._inductor.config.patch(freezing=True, coordinate_descent_tuning=True):
+                nxt = decode_step(*args, logits=partial(decode_logits, hidden=compiled_decode_hidden()))
         self.tok.copy_(nxt)
         self.input_pos += 1
         return nxt
@@ -374,13 +376,15 @@ class Decoder:
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
-        """Like the module's `stream`, continuing from the cache's current position."""
+        """Yields the next token column [B, 1] at each step, as the plain `stream` does, continuing from the cache's
+        current position (reset() first to start over)."""
         yield from self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None,
                  lengths=None):
-        """Like the module's `generate`, continuing from the cache's current position. It reads nothing back
+        """idx with the new tokens appended, as the plain `generate` returns it, continuing from the cache's current
+        position (reset() first to start over). It reads nothing back
         while decoding (eos is checked every 16 tokens), then trims the columns generated after every row
         finished, so the result equals the plain path's. With `lengths` (right-padded prompts, see prefill) the new
         tokens of every row are the columns after idx.shape[1], whatever its length."""

@@ -9,13 +9,8 @@ Per-token training FLOPs, two ways:
   counted once (as the lm_head; the lookup is free), norm gains excluded, plus attention scores and values
   12 * L * n_heads * head_dim * s (no causal discount, the usual convention).
 
-`python mfu.py --bench [config files] [--key=value ...]` runs train.py's own main() for a few steps with random
-tokens (evaluation, checkpoints and export off, a temporary out_dir) and prints tok/s, step time, both MFUs, peak
-memory and the optimizer's share. It works under torchrun.
+`python mfu.py` prints both for Qwen3-0.6B; bench/train_speed.py measures the training speed and reports both MFUs.
 """
-import json
-import os
-import sys
 
 # dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name().
 # Order matters: the first match wins, so PCIe/NVL variants come before the plain name.
@@ -59,46 +54,9 @@ def peak_tflops(device_name, override=None):
     return None, f"unknown device {device_name!r}: pass --peak_tflops_override=TFLOPS to get MFU"
 
 
-def bench(argv, warmup=3, steps=10):
-    """Median step of `steps` timed steps after `warmup`, through train.main() with random tokens."""
-    import tempfile
-    import torch
-    out = tempfile.mkdtemp(prefix="mfu_bench_")
-    sys.argv = ["train.py"] + argv + [f"--out_dir={out}", "--init_from=scratch", "--eval_interval=0", "--ckpt_interval=0",
-                                      "--export_at_end=False", "--wandb_log=False", f"--max_steps={warmup + steps}"]
-    import train
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    dev = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if train.device.startswith("cuda") else train.device
-    gen = torch.Generator().manual_seed(train.seed + rank)
-    fixed = torch.randint(0, train.vocab_size, (train.micro_batch, train.seq_len + 1), generator=gen).to(dev)
-    history = train.main(get_batch=lambda step, micro: (fixed[:, :-1], fixed[:, 1:]))
-    if rank:
-        return
-    timed = history[warmup:]
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    dt = median([r["step_ms"] for r in timed]) / 1000
-    cuda = dev.startswith("cuda")
-    tok_s = train.global_batch * train.seq_len / dt
-    cfg = train.Qwen3Config(**{f.name: getattr(train, f.name) for f in train.fields(train.Qwen3Config)})
-    peak, _ = peak_tflops(torch.cuda.get_device_name(dev) if cuda else "cpu", train.peak_tflops_override)
-    res = {"gpu": torch.cuda.get_device_name(dev) if cuda else "cpu", "world": world, "micro_batch": train.micro_batch,
-           "grad_accum": train.global_batch // (train.micro_batch * world), "seq": train.seq_len,
-           "compile": train.compile, "liger": cuda and train.use_cuda_kernels(cuda), "checkpointing": train.checkpointing,
-           "sdpa": train.sdpa_backend, "step_s": round(dt, 4), "tok_per_s": round(tok_s), "tok_per_s_per_gpu": round(tok_s / world),
-           "mfu_6n": round(tok_s / world * flops_per_token_6n(cfg, train.seq_len) / (peak * 1e12), 4) if peak else None,
-           "mfu_matmul": round(tok_s / world * flops_per_token_matmul(cfg, train.seq_len) / (peak * 1e12), 4) if peak else None,
-           "peak_mem_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if cuda else None,
-           "optimizer_share": round(median([r["optimizer_ms"] for r in timed]) / 1000 / dt, 4),
-           "loss": round(timed[-1]["loss"], 4)}
-    print("BENCH " + json.dumps(res))
-
-
 if __name__ == "__main__":
-    if "--bench" in sys.argv:
-        bench([a for a in sys.argv[1:] if a != "--bench"])
-    else:
-        from model import Qwen3Config
-        cfg = Qwen3Config()
-        print(f"Qwen3-0.6B: {count_params(cfg):,} params; per token at s=2048: 6N formula "
-              f"{flops_per_token_6n(cfg, 2048) / 1e9:.3f} GFLOP, matmul count {flops_per_token_matmul(cfg, 2048) / 1e9:.3f} GFLOP")
-        print("usage: python mfu.py --bench [config files] [--key=value ...]   (also under torchrun)")
+    from model import Qwen3Config
+    cfg = Qwen3Config()
+    print(f"Qwen3-0.6B: {count_params(cfg):,} params; per token at s=2048: 6N formula "
+          f"{flops_per_token_6n(cfg, 2048) / 1e9:.3f} GFLOP, matmul count {flops_per_token_matmul(cfg, 2048) / 1e9:.3f} GFLOP")
+    print("the training speed benchmark (tok/s, step time, both MFUs): python bench/train_speed.py [config files] [--key=value ...]")

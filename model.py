@@ -6,17 +6,16 @@ model.layers.{i}.self_attn.q_proj.weight, ...), so exporting and importing is a 
 and the exported directory loads in transformers with no custom code.
 
 One function, two speeds. The plain path (CPU or GPU, any PyTorch) is the definition. The CUDA fast path
-(`Qwen3(config, compile=True, loss="liger")`) changes *how* it is computed, never *what*: blocks compiled by
-torch.compile (which fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend
-with native GQA, and the lm_head + cross-entropy through liger-kernel's fused kernel so the [tokens x 151936]
-logits never exist. tests/test_cuda.py proves the two agree. Generation (KV cache, sampling) is generate.py's.
+changes *how* it is computed, never *what*: blocks compiled by torch.compile (train.py applies it, with activation
+checkpointing; inductor fuses RMSNorm, RoPE and SwiGLU into a few kernels), attention through SDPA's fastest backend
+with native GQA, and the lm_head + cross-entropy through liger-kernel's fused kernel (`Qwen3(config, loss="liger")`)
+so the [tokens x 151936] logits never exist. tests/test_cuda.py proves the two agree. Generation (KV cache,
+sampling) is generate.py's; reading and writing Hugging Face directories is checkpoint.py's.
 Packed rows (SFT, pretraining with --doc_mask) pass doc_ids: attention stays within each document (a boolean
 SDPA mask by definition, FlexAttention's block mask on CUDA) and positions restart at 0 for each document.
 """
-import json
 import math
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -117,9 +116,8 @@ def doc_mask(doc_ids, flex):
     return make(same_doc_causal, B, None, T, T, device=doc_ids.device)
 
 
-# FlexAttention and create_block_mask compiled, made on the first CUDA doc_mask. Uncompiled, FlexAttention is a
-# slow reference that builds the full scores (what runs on a CPU, forward only), and create_block_mask
-# materialises the [B, T, T] mask.
+# FlexAttention and create_block_mask compiled, made on the first CUDA doc_mask. Uncompiled, FlexAttention is a slow
+# reference that builds the full scores (CPU, forward only), and create_block_mask materialises the [B, T, T] mask.
 _compiled = {}
 
 
@@ -142,7 +140,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
+    def forward(self, x, cos, sin, mode, mask=None, cache=None, start=0):
+        """`mode` (chosen once per forward by Qwen3.hidden_states) says how queries see keys: "causal" (training,
+        a prefill from position 0), "mask" (the boolean `mask`: packed documents, or decoding after a prefix),
+        "flex" (`mask` is FlexAttention's BlockMask: packed documents on CUDA), "static" (the static-cache decode
+        step: `start` holds every query's position)."""
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)
@@ -150,17 +152,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(start, k, v)
-        if torch.is_tensor(start):
-            y = self._static_cache_attention(q, k, v, start)
-        elif mask is not None and not isinstance(mask, torch.Tensor):  # packed documents, CUDA: a BlockMask
+        gqa = self.n_kv != self.n_heads
+        if mode == "causal":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif mode == "mask":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif mode == "flex":
             y = flex_attention(q, k, v, mask)
-        elif mask is not None:  # packed documents: the boolean 'same document and causal' mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
-        elif start == 0:  # training and prefill: plain causal
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
-        else:  # decoding after a prefix: query i sits at position start+i and sees keys 0..start+i
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+        else:
+            y = self._static_cache_attention(q, k, v, start)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _static_cache_attention(self, q, k, v, positions):
@@ -169,8 +169,8 @@ class Attention(nn.Module):
         and the query at position p sees keys 0..p, so no shape depends on the position and one compiled step,
         captured once in a CUDA graph, serves them all. The attention is written out (QK^T, masked softmax in fp32,
         PV: HF's "eager" attention), with the query heads that share a kv head folded into the query rows: for one
-        query over a few thousand keys this is three small kernels that inductor fuses with their neighbours,
-        which together take less time than SDPA's fused kernels do for one query."""
+        query over a few thousand keys this is three small kernels that inductor fuses with their neighbours, far
+        cheaper than SDPA's fused kernels, which are built for long queries."""
         B, H, T, D = q.shape
         rep = H // self.n_kv
         visible = torch.arange(k.shape[2], device=q.device) <= positions[:, None, :, None]   # [B, 1, T, keys]
@@ -191,28 +191,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, checkpointing="none"):
+    def __init__(self, cfg):
         super().__init__()
-        if checkpointing not in ("none", "block", "selective"):
-            raise ValueError(f"checkpointing must be none|block|selective, got {checkpointing!r}")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
-        self.checkpointing = checkpointing
+        self.checkpointing = "none"   # activation checkpointing (none | block | selective): train.py sets it
 
-    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
+    def forward(self, x, cos, sin, mode, mask=None, cache=None, start=0):
         # The checkpoint sits inside forward so that a compiled block compiles it too (torch.compile traces
         # non-reentrant checkpoints and selective-checkpoint policies into its graph).
         if self.checkpointing == "block" and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, None, 0, mask, use_reentrant=False)
+            return checkpoint(self._forward, x, cos, sin, mode, mask, use_reentrant=False)
         if self.checkpointing == "selective" and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cos, sin, None, 0, mask, use_reentrant=False,
+            return checkpoint(self._forward, x, cos, sin, mode, mask, use_reentrant=False,
                               context_fn=_save_matmuls_context())
-        return self._forward(x, cos, sin, cache, start, mask)
+        return self._forward(x, cos, sin, mode, mask, cache, start)
 
-    def _forward(self, x, cos, sin, cache=None, start=0, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
+    def _forward(self, x, cos, sin, mode, mask=None, cache=None, start=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mode, mask, cache, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -250,9 +248,9 @@ def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
 def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
     """liger-kernel's fused linear + cross-entropy (CUDA): logits are produced chunk by chunk and the gradients
     of h and weight are computed in the same pass, so [tokens x vocab] never exists. Kept outside any compiled
-    graph on purpose (inside torch.compile it fails to build, and gives a wrong loss with ignore_index targets).
-    chunk_mem_const=8 makes the chunks 8x larger than liger's default, so the chunk matmuls run near the card's
-    peak; the weight gradient is accumulated in fp32 (accum_dtype) although the matmuls run in bf16."""
+    graph on purpose: traced by inductor, its Triton kernels lose the speed they are used for. chunk_mem_const=8
+    makes the chunks 8x larger than liger's default, so the chunk matmuls run near the card's peak; the weight
+    gradient is accumulated in fp32 (accum_dtype) although the matmuls run in bf16."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if h.dtype != weight.dtype:  # under autocast the hidden state is bf16 and the master weight fp32
@@ -262,12 +260,11 @@ def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
 
 
 class Qwen3(nn.Module):
-    """The network and its loss. The fast-path settings are constructor arguments and change how, never what, it
-    computes: `compile` compiles each block and the final norm (inductor fuses RMSNorm / RoPE / SwiGLU and the
-    residual adds around the matmuls), `loss="liger"` uses liger's fused lm_head + cross-entropy on CUDA,
-    `checkpointing` trades recomputation for activation memory (none | block | selective)."""
+    """The network and its loss. `loss="liger"` uses liger's fused lm_head + cross-entropy on CUDA: it changes how,
+    never what, the loss is computed. (torch.compile and activation checkpointing are applied per block by
+    train.py.)"""
 
-    def __init__(self, config: Qwen3Config, compile=False, loss="chunked", checkpointing="none"):
+    def __init__(self, config: Qwen3Config, loss="chunked"):
         super().__init__()
         if loss not in ("chunked", "liger"):
             raise ValueError(f"loss must be chunked|liger, got {loss!r}")
@@ -276,16 +273,12 @@ class Qwen3(nn.Module):
         # a ModuleDict named `model` gives the state-dict prefix 'model.' of HF's Qwen3ForCausalLM
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
-            layers=nn.ModuleList([Block(cfg, checkpointing) for _ in range(cfg.num_hidden_layers)]),
+            layers=nn.ModuleList([Block(cfg) for _ in range(cfg.num_hidden_layers)]),
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         # tied: the lm_head *is* the embedding matrix, so there is no separate parameter (and no state-dict key)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.reset_parameters()
-        if compile:
-            for block in self.model.layers:
-                block.compile()
-            self.model.norm.compile()
 
     def reset_parameters(self):
         """Init for pretraining from scratch: N(0, 0.02) for every matrix and the embedding (GPT-2 / HF
@@ -313,19 +306,22 @@ class Qwen3(nn.Module):
         doc_ids ([B, T] document index of each position, for packed rows; not with caches) attention stays within
         each document and positions restart at 0 for each: the mask is a FlexAttention BlockMask on CUDA, a boolean
         SDPA mask elsewhere."""
-        x = self.model.embed_tokens(idx)
-        mask = None
-        if doc_ids is not None:
+        x, T, mask = self.model.embed_tokens(idx), idx.shape[1], None
+        if doc_ids is not None:   # packed documents: 'same document and causal'
             positions, mask = doc_positions(doc_ids), doc_mask(doc_ids, flex=idx.is_cuda)
-        elif torch.is_tensor(start):
-            positions = start
+            mode = "mask" if torch.is_tensor(mask) else "flex"
+        elif torch.is_tensor(start):   # the static-cache decode step
+            positions, mode = start, "static"
         else:
-            positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+            positions = torch.arange(start, start + T, device=idx.device)
+            mode = "causal" if start == 0 else "mask"
+            if start:   # after a cached prefix: query i sits at position start+i and sees keys 0..start+i
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         if positions.dim() == 2:  # per-row positions (packed documents, static cache)
             cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, head_dim]: broadcast over heads
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, None if caches is None else caches[i], start, mask)
+            x = block(x, cos, sin, mode, mask, None if caches is None else caches[i], start)
         return self.model.norm(x)
 
     def forward(self, idx, targets=None, doc_ids=None):
@@ -343,105 +339,3 @@ class Qwen3(nn.Module):
         if self.loss == "liger" and h.is_cuda:
             return None, liger_cross_entropy(h, self.lm_head_weight, targets)
         return None, chunked_cross_entropy(h, self.lm_head_weight, targets)
-
-
-# ---------------------------------------------------------------------------------- Hugging Face interop
-def from_pretrained(path, dtype=torch.float32, device="cpu", **fast_path):
-    """Load a Hugging Face Qwen3 directory (config.json + model.safetensors or a sharded index); `fast_path` is
-    passed to Qwen3 (compile / loss / checkpointing). Weights are read only through safetensors: no pickle is
-    ever unpickled."""
-    from safetensors.torch import load_file
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
-    with open(cfg_path) as f:
-        hf = json.load(f)
-    if hf.get("model_type") != "qwen3":
-        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
-                         f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
-    if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
-    known = {f.name for f in fields(Qwen3Config)}
-    kw = {k: v for k, v in hf.items() if k in known}
-    if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
-        kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
-    kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
-    config = Qwen3Config(**kw)
-
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
-                                "(.bin / pickle checkpoints are not loaded, on purpose)")
-    sd = {}
-    for fn in files:
-        try:
-            sd.update(load_file(os.path.join(path, fn)))
-        except Exception as e:  # truncated / overwritten file: name it instead of a safetensors traceback
-            raise ValueError(f"{os.path.join(path, fn)} is damaged and cannot be read ({type(e).__name__}: "
-                             f"{str(e)[:200]}); use another checkpoint or re-export it") from None
-    if config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
-    with torch.device("meta"):
-        model = Qwen3(config, **fast_path)
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
-    return model.to(device)
-
-
-def hf_config(config, dtype="bfloat16", eos_token_id=None):
-    """config.json of HF's Qwen3ForCausalLM for a Qwen3Config."""
-    c = config
-    return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-        **{f.name: getattr(c, f.name) for f in fields(Qwen3Config)},
-        "hidden_act": "silu", "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0,
-        "use_sliding_window": False, "sliding_window": None, "max_window_layers": c.num_hidden_layers,
-        "use_cache": True, "torch_dtype": dtype,
-        **({"bos_token_id": eos_token_id, "eos_token_id": eos_token_id} if eos_token_id is not None else {}),
-    }
-
-
-def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, generation=None):
-    """Write a Hugging Face model directory: model.safetensors, config.json and generation_config.json, so
-    `AutoModelForCausalLM.from_pretrained(out_dir)` works with no custom code. The tokenizer files are the
-    caller's (tokenizer.save_tokenizer): this file knows nothing about tokens. `generation` are the sampling
-    defaults written to generation_config.json."""
-    from safetensors.torch import save_file
-    os.makedirs(out_dir, exist_ok=True)
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(model.config, str(dtype).removeprefix("torch."), eos_token_id)
-    eos = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
-    for name, obj in (("config.json", config), ("generation_config.json", {**eos, **(generation or {})})):
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(obj, f, indent=2)
-
-
-def list_checkpoints(out_dir):
-    """Finished checkpoints ckpt-NNNNNNN of a training out_dir, oldest first (a .tmp folder is one still being
-    written, or killed mid-write, and never counts)."""
-    if not os.path.isdir(out_dir):
-        return []
-    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
-
-
-def find_model_dir(path):
-    """What --init_from points at: a directory with config.json (a HF directory or one checkpoint) is used as is;
-    otherwise it is a training out_dir and we take its newest complete checkpoint (ckpt-NNNNNNN with
-    state.pt), else its exported hf/ folder."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    if not os.path.isdir(path):
-        raise SystemExit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
-    ckpts = [c for c in list_checkpoints(path) if os.path.isfile(os.path.join(c, "state.pt"))]
-    if ckpts:
-        return ckpts[-1]
-    if os.path.isfile(os.path.join(path, "hf", "config.json")):
-        return os.path.join(path, "hf")
-    raise SystemExit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
-
-

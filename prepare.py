@@ -302,12 +302,22 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     meta dict. Rows whose `score_field` is below `min_score` are dropped before tokenizing; `source_field` (a
     column such as chinese-fineweb-edu-v2's `source`) gets per-value token counts. Source weights (and
     --max_tokens) are applied by truncating each shard's `use_tokens`, never by repeating."""
-    import multiprocessing as mp
     settings = {"text_field": text_field, "val_fraction": val_fraction, "min_score": min_score,
                 "score_field": score_field if min_score is not None else None, "source_field": source_field,
                 "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
     files = expand_inputs(inputs)
     os.makedirs(out_dir, exist_ok=True)
+    errors = tokenize(files, out_dir, settings, workers, quiet)
+    meta = write_meta(files, out_dir, settings, max_tokens, errors)
+    if not quiet:
+        report(meta)
+    return meta
+
+
+def tokenize(files, out_dir, settings, workers=None, quiet=False):
+    """prepare_file for every input not already done with these settings, one process per file, with a progress
+    bar; returns the structural errors (one line each, naming the file)."""
+    import multiprocessing as mp
     todo = [f[0] for f in files if _done_sidecar(out_dir, f[0], settings) is None]
     stale = sum(os.path.exists(os.path.join(out_dir, "done", _shard_name(p) + ".json")) for p in todo)
     if stale and not quiet:
@@ -331,22 +341,13 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
                     errors.append(str(e))
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             bar.update(1.0, counters[1], final=True)
-    # meta.json from every sidecar of the requested inputs (whether done now or in an earlier run)
-    shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
-    totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
-    for path, source_index, weight in files:
-        sidecar = _done_sidecar(out_dir, path, settings)
-        if sidecar is None:
-            continue
-        shards.append({"name": _shard_name(path), "input": sidecar["input"], "source": source_index, "weight": weight,
-                       "max_token": sidecar["max_token"], "tokens": sidecar["tokens"]})
-        skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
-        totals.update({k: sidecar[k] for k in totals})
-        if not sum(sidecar["tokens"].values()):
-            warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
-                            f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
-    # mixing: with weights, each source keeps train tokens in proportion to its weight -- the scarcest source
-    # (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens scales down further.
+    return errors
+
+
+def mix(shards, max_tokens=None):
+    """Set each shard's `use_tokens`. With weights, each source keeps train tokens in proportion to its weight --
+    the scarcest source (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens
+    scales down further."""
     source_tokens, source_weight = Counter(), {}
     for s in shards:
         source_tokens[s["source"]] += s["tokens"]["train"]
@@ -362,32 +363,55 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
         k = s["source"]
         keep = min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale if source_tokens[k] else 0
         s["use_tokens"] = {"train": int(s["tokens"]["train"] * keep), "val": s["tokens"]["val"]}
+
+
+def write_meta(files, out_dir, settings, max_tokens=None, errors=()):
+    """meta.json from every sidecar of the requested inputs (whether done now or in an earlier run), mixed; returns
+    it."""
+    shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
+    totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
+    for path, source_index, weight in files:
+        sidecar = _done_sidecar(out_dir, path, settings)
+        if sidecar is None:
+            continue
+        shards.append({"name": _shard_name(path), "input": sidecar["input"], "source": source_index, "weight": weight,
+                       "max_token": sidecar["max_token"], "tokens": sidecar["tokens"]})
+        skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
+        totals.update({k: sidecar[k] for k in totals})
+        if not sum(sidecar["tokens"].values()):
+            warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
+                            f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
+    mix(shards, max_tokens)
     zh, en = totals["zh_chars"], totals["en_chars"]
     meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
             "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
             "use_tokens": {sp: sum(s["use_tokens"][sp] for s in shards) for sp in ("train", "val")},
             "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": dict(skipped),
             "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
-            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": errors}
+            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": list(errors)}
     tmp = os.path.join(out_dir, "meta.json.tmp")
     json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
     os.replace(tmp, os.path.join(out_dir, "meta.json"))
-    if not quiet:
-        kept = f"; min_score {min_score}: kept {totals['docs']:,} docs, dropped {totals['dropped_by_score']:,}"
-        print(f"{len(shards)} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
-              f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio'] or 'n/a (no English)'}; "
-              f"skipped rows: {dict(skipped) or 'none'}{kept if min_score is not None else ''}")
-        if source_field:
-            print(f"tokens per {source_field}: " + ", ".join(f"{k} {v:,}" for k, v in by_row_source.most_common()))
-        if val_fraction > 0 and meta["tokens"]["train"] and not meta["tokens"]["val"]:
-            print(f"WARNING no document fell into the val split (--val_fraction {val_fraction}): train.py's evaluation "
-                  "needs one; raise --val_fraction or add data", file=sys.stderr)
-        more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
-        for w in warnings[:20] + more:
-            print(f"WARNING {w}", file=sys.stderr)
-        for e in errors:
-            print(f"ERROR {e}", file=sys.stderr)
     return meta
+
+
+def report(meta):
+    """What the run made, on stdout, and its warnings and errors on stderr."""
+    skipped, warnings, min_score = meta["skipped_rows"], meta["warnings"], meta["min_score"]
+    kept = f"; min_score {min_score}: kept {meta['docs']:,} docs, dropped {meta['dropped_by_score']:,}"
+    print(f"{len(meta['shards'])} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
+          f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio'] or 'n/a (no English)'}; "
+          f"skipped rows: {skipped or 'none'}{kept if min_score is not None else ''}")
+    if meta["source_field"]:
+        print(f"tokens per {meta['source_field']}: " + ", ".join(f"{k} {v:,}" for k, v in meta["tokens_per_row_source"].items()))
+    if meta["val_fraction"] > 0 and meta["tokens"]["train"] and not meta["tokens"]["val"]:
+        print(f"WARNING no document fell into the val split (--val_fraction {meta['val_fraction']}): train.py's "
+              "evaluation needs one; raise --val_fraction or add data", file=sys.stderr)
+    more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
+    for w in warnings[:20] + more:
+        print(f"WARNING {w}", file=sys.stderr)
+    for e in meta["errors"]:
+        print(f"ERROR {e}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------- demo data

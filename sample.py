@@ -4,21 +4,21 @@ Sample from a trained model, streaming text as it is generated.
     python sample.py --prompt "你好"                          # newest checkpoint in out/
     python sample.py --init_from=out_tiny --prompt "Python is" --max_new_tokens=100 --temperature=0.8
     python sample.py --init_from=/path/to/hf_qwen3_dir --prompt "..." --top_p 0.9
-    python sample.py --bench                                  # the decode benchmark (bench/decode.py), on a GPU
 
-On CUDA it decodes through generate.Decoder (static KV cache, compiled step replayed as a CUDA graph: the first
-call compiles for ~a minute); on the CPU through the plain loop. --num_samples > 1 decodes the samples as one
-batch and prints them one after another; a single sample streams as it is generated. An empty prompt starts from
-<|endoftext|>, the token that begins every pretraining document.
+On CUDA it decodes through generate.Decoder (static KV cache, decode_kernel.py's Triton step replayed as a CUDA
+graph); on the CPU through the plain loop. --num_samples > 1 decodes the samples as one batch and prints them one
+after another; a single sample streams as it is generated. An empty prompt starts from <|endoftext|>, the token
+that begins every pretraining document. The decode benchmark is bench/decode.py.
 """
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 
+from checkpoint import find_model_dir, from_pretrained
 from generate import Decoder, stream
-from model import find_model_dir, from_pretrained
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
@@ -31,17 +31,11 @@ num_samples = 1
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-fast = None             # None: the Decoder (compiled + CUDA graph) on CUDA, the plain loop elsewhere
-if __name__ == "__main__" and "--bench" in sys.argv:
-    from bench.decode import main as bench_main
-    bench_main(sys.argv[1:])
-    sys.exit()
+fast = None             # None: the Decoder (Triton step + CUDA graph) on CUDA, the plain loop elsewhere
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 
 
 if __name__ == "__main__":
-    if dtype not in ("float32", "bfloat16", "float16"):
-        sys.exit(f"error: --dtype must be float32|bfloat16|float16, got {dtype!r}")
     torch.manual_seed(seed)
     model_dir = find_model_dir(init_from)
     try:
@@ -64,7 +58,8 @@ if __name__ == "__main__":
     texts, finished = [prompt] * num_samples, [False] * num_samples
     if num_samples == 1:
         print(prompt, end="", flush=True)
-    for col in stream(model, x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT, decoder=decoder):
+    columns = decoder.stream if decoder else partial(stream, model)   # the fast path, or the plain loop
+    for col in columns(x, max_new_tokens, temperature, top_k or None, top_p, eos=EOT):
         count += 1
         for i, tok in enumerate(col[:, 0].tolist()):  # the one host sync per token: the text has to be printed
             finished[i] |= tok == EOT
@@ -79,6 +74,6 @@ if __name__ == "__main__":
     else:
         for i, (text, d) in enumerate(zip(texts, decs)):
             print(f"--- sample {i + 1}\n{text}{d.flush()}")
-    print(f"--- {count} steps x {num_samples} samples, {count * num_samples / (time.time() - t0):.1f} tok/s "
-          f"({'compiled decoder: includes compilation on the first call' if use_decoder else 'plain loop'})",
+    how = f"Decoder, {decoder.step_kind} step: includes the first call's set-up" if use_decoder else "plain loop"
+    print(f"--- {count} steps x {num_samples} samples, {count * num_samples / (time.time() - t0):.1f} tok/s ({how})",
           file=sys.stderr)

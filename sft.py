@@ -1,5 +1,5 @@
 """
-Instruction tuning data: chat conversations -> ChatML token ids + a loss mask -> packed rows for train.py.
+Instruction tuning data: chat conversations -> ChatML token ids + a loss mask -> token shards for train.py.
 
 1. formats: one conversation per .jsonl line, in any of the common layouts
        {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}          (OpenAI)
@@ -12,20 +12,17 @@ Instruction tuning data: chat conversations -> ChatML token ids + a loss mask ->
 3. preparation: `python sft.py --input FILES --out DIR` tokenizes once into shards like prepare.py (per input
    file and split: tokens, loss mask and conversation lengths, three data.write_shard files) plus meta.json,
    counting bad rows by reason;
-4. the loader (train.py --sft_data=DIR): conversations packed greedily into seq_len rows, with doc_ids so that
-   attention never crosses conversations and positions restart at 0 (model.py). As data.DistributedBatches,
-   the row at global position g depends only on g: any world size, exact resume from the step alone.
+4. the loader (train.py --sft_data=DIR) is data.py's: conversations packed into seq_len rows.
 
-`python sft.py --demo` is the offline end-to-end demo (sft_demo.py).
+`python sft_demo.py` is the offline end-to-end demo.
 """
-import argparse, hashlib, json, os, sys
+import argparse, json, os, sys
 
 import numpy as np
-import torch
 
-from data import DistributedBatches, open_shard, write_shard
-from prepare import _shard_name
-from tokenizer import EOT, IM_END, IM_START, QWEN_VOCAB, RANKS_SHA256, SPECIALS, get_tokenizer
+from data import write_shard
+from prepare import _is_val, _shard_name
+from tokenizer import IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
 
 # ------------------------------------------------------------------------------------------------ template
 # ChatML exactly as render() writes it; no default system prompt is added (the one given, if any, is used).
@@ -101,11 +98,6 @@ def render(messages, add_generation_prompt=False):
 
 
 # ------------------------------------------------------------------------------------------------ preparation
-def _is_val(line, val_fraction):
-    """Per conversation, by the hash of its raw JSON line: the same conversation always lands in the same split."""
-    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little") < val_fraction * 2**64
-
-
 def prepare_file(path, out_dir, max_len, overlong, val_fraction):
     """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
     last: its presence means 'this input is done')."""
@@ -117,7 +109,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
             if not line.strip():
                 continue
             try:
-                ids, mask = render(to_messages(json.loads(line.decode("utf-8"))))
+                text = line.decode("utf-8")
+                ids, mask = render(to_messages(json.loads(text)))
             except UnicodeDecodeError:
                 bad("invalid_utf8")
                 continue
@@ -132,7 +125,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
                     bad("overlong")
                     continue
                 ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
-            toks, masks, lens = parts["val" if _is_val(line, val_fraction) else "train"]
+            # prepare.py's split, keyed on the conversation's JSON text: the same conversation, the same split
+            toks, masks, lens = parts["val" if _is_val(text, val_fraction) else "train"]
             toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
     side = {"input": os.path.abspath(path), "stat": _stat(path), "skipped": skips, "truncated": truncated,
             "conversations": {}, "tokens": {}, "loss_tokens": {}}
@@ -192,108 +186,6 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
     return meta
 
 
-# ------------------------------------------------------------------------------------------------ loader
-class PackedConversations:
-    """The conversations of a split, packed once: shuffled with `seed`, then greedily into rows of at most
-    seq_len tokens (a conversation that does not fit closes the row; conversations are never split). Each epoch
-    visits the rows in a new seeded order. row(r) -> (x, y, doc_ids), each [seq_len]: y is the next token where
-    the loss mask says so and -100 elsewhere; padding (EOT) is a document of its own with no targets."""
-
-    def __init__(self, data_dir, split, seq_len, seed=1337, quiet=True):
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python sft.py --input ... --out {data_dir})")
-        meta = json.load(open(meta_path))
-        if meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256:
-            raise ValueError(f"{data_dir} is not SFT data made by sft.py with this tokenizer")
-        self.T, self.seed, self.tokens, self.masks, conv = seq_len, seed, [], [], []
-        for s in meta["shards"]:
-            base = os.path.join(data_dir, split, s["name"])
-            lens = np.asarray(open_shard(base + ".lens.bin"), dtype=np.int64)
-            self.tokens.append(open_shard(base + ".tokens.bin")), self.masks.append(open_shard(base + ".mask.bin"))
-            starts = (np.cumsum(lens) - lens).astype(np.int64)   # also right for a file with no conversation here
-            conv.append(np.stack([np.full_like(lens, len(self.tokens) - 1), starts, lens], 1))
-        conv = np.concatenate(conv) if conv else np.zeros((0, 3), dtype=np.int64)
-        too_long = conv[:, 2] > seq_len
-        if too_long.any() and not quiet:
-            print(f"note: {int(too_long.sum())} {split} conversations are longer than seq_len {seq_len} and are not "
-                  f"used (prepare with --max_len={seq_len} --overlong=truncate to keep them, truncated)")
-        self.conv = conv[~too_long][np.random.default_rng(seed).permutation(int((~too_long).sum()))]
-        bounds, used = [0], 0
-        for i, n in enumerate(self.conv[:, 2].tolist()):  # greedy packing in the shuffled order
-            if used + n > seq_len:
-                bounds.append(i)
-                used = 0
-            used += n
-        self.bounds = np.array(bounds + [len(self.conv)], dtype=np.int64)
-        self.n_rows = len(self.bounds) - 1 if len(self.conv) else 0
-        self.fill = float(self.conv[:, 2].sum()) / max(1, self.n_rows * seq_len)  # packing efficiency
-        self._order = (None, None)
-
-    def row_index(self, g):
-        """Global position g -> row: epoch g // n_rows, rows in a seeded order per epoch."""
-        epoch, i = divmod(int(g), self.n_rows)
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_rows))
-        return int(self._order[1][i])
-
-    def row(self, r):
-        T, x = self.T, np.full(self.T, EOT, dtype=np.int64)
-        m, doc = np.zeros(T, dtype=bool), np.zeros(T, dtype=np.int64)
-        at = 0
-        for d, (s, start, n) in enumerate(self.conv[self.bounds[r]:self.bounds[r + 1]].tolist()):
-            x[at:at + n], m[at:at + n], doc[at:at + n] = self.tokens[s][start:start + n], self.masks[s][start:start + n], d
-            at += n
-        doc[at:] = doc[at - 1] + 1 if at else 0
-        y = np.full(T, -100, dtype=np.int64)
-        ok = m[1:] & (doc[1:] == doc[:-1])  # the first token of a conversation is <|im_start|>: never a target
-        y[:-1][ok] = x[1:][ok]
-        return x, y, doc
-
-
-class SFTBatches(DistributedBatches):
-    """data.DistributedBatches over packed rows: get(step, micro) -> (x, y, doc_ids) on the device, the rows at
-    the same global positions as pretraining's windows (world-size independent, resumable from the step)."""
-
-    def get(self, step, micro_step):
-        rows = [self.w.row(self.w.row_index(g)) for g in self.positions(step, micro_step)]
-        out = [torch.from_numpy(np.stack(a)) for a in zip(*rows)]
-        if str(self.device).startswith("cuda"):
-            out = [t.pin_memory().to(self.device, non_blocking=True) for t in out]
-        return tuple(out)
-
-
-@torch.no_grad()
-def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, master):
-    """train.py's SFT data: the packed training conversations of data_dir as SFTBatches, or a clear exit."""
-    if vocab_size < QWEN_VOCAB:
-        sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {vocab_size}")
-    rows = PackedConversations(data_dir, "train", seq_len, seed, quiet=not master)
-    if not rows.n_rows:
-        sys.exit(f"error: {data_dir} has no training conversation of at most seq_len {seq_len} tokens")
-    if master:
-        print(f"SFT: {len(rows.conv):,} conversations in {rows.n_rows:,} rows of {seq_len} ({100 * rows.fill:.0f}% filled)")
-    return SFTBatches(rows, micro_batch, world, rank, grad_accum, device)
-
-
-def val_loss(model, data_dir, seq_len, batch_size, device, autocast):
-    """Mean loss per assistant token over the val split (None if it is empty), packed as in training."""
-    try:
-        p = PackedConversations(data_dir, "val", seq_len)
-    except FileNotFoundError:
-        return None
-    was_training, total, count = model.training, 0.0, 0
-    model.eval()
-    for i in range(0, p.n_rows, batch_size):
-        x, y, doc = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*[p.row(r) for r in range(i, min(i + batch_size, p.n_rows))]))
-        with autocast:
-            _, loss = model(x, y, doc)
-        n = int((y != -100).sum())
-        total, count = total + loss.item() * n, count + n
-    model.train(was_training)
-    return total / count if count else None
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Tokenize chat conversations (.jsonl) for train.py --sft_data (see README).")
     ap.add_argument("--input", nargs="+", help=".jsonl files or directories (OpenAI messages, ShareGPT or Alpaca rows)")
@@ -302,14 +194,9 @@ if __name__ == "__main__":
     ap.add_argument("--max_len", type=int, default=None, help="longest conversation in tokens (default: --seq_len)")
     ap.add_argument("--overlong", default="drop", choices=("drop", "truncate"), help="what to do with longer ones")
     ap.add_argument("--val_fraction", type=float, default=0.01)
-    ap.add_argument("--demo", action="store_true", help="the offline demo: SFT the demo base model on review "
-                    "sentiment, report held-out accuracy before and after (sft_demo.py)")
     a = ap.parse_args()
-    if a.demo:
-        import sft_demo
-        sft_demo.main()
-    elif not a.input or not a.out:
-        ap.error("--input and --out are required (or --demo)")
+    if not a.input or not a.out:
+        ap.error("--input and --out are required")
     else:
         meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction)
         sys.exit(0 if meta["conversations"]["train"] else 1)

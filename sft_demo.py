@@ -1,5 +1,5 @@
 """
-The offline SFT demo (`python sft.py --demo`): teach the demo base model to answer a question about a product
+The offline SFT demo (`python sft_demo.py`): teach the demo base model to answer a question about a product
 review -- is it positive or negative? -- and measure it on reviews it has never seen, before and after.
 
 - the base model: `python train.py config/tiny.py` (out/), pretrained on data/demo, which contains every review of
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import sft
+from checkpoint import find_model_dir, from_pretrained
 from data import open_shard
 from prepare import DEMO_DIR, build_demo
-from model import find_model_dir, from_pretrained
 from tokenizer import EOT, get_tokenizer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

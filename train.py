@@ -1,10 +1,10 @@
 """
 Pretrain Qwen3 from scratch (or continue a Hugging Face Qwen3) with Muon + AdamW.
 
-    python train.py config/tiny.py                           # CPU demo: prepares data/demo if missing
-    python train.py config/sft_demo.py                       # instruction tuning (SFT) of that model (sft.py)
-    torchrun --nproc_per_node=8 train.py config/h800.py      # the reference recipe
-    torchrun --nproc_per_node=4 train.py config/h800.py --init_from=resume   # any GPU count resumes exactly
+    python train.py config/tiny.py                              # CPU demo: prepares data/demo if missing
+    python train.py config/sft_demo.py                          # instruction tuning (SFT) of that model (sft.py)
+    torchrun --nproc_per_node=8 train.py config/reference.py    # the reference recipe
+    torchrun --nproc_per_node=4 train.py config/reference.py --init_from=resume   # any GPU count resumes exactly
 
 Design: every default is a module global below -- the defaults *are* the reference recipe, so config files state
 only what differs; config files and --key=value override them (configurator.py). The global batch (sequences per
@@ -20,14 +20,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from data import DistributedBatches, TokenWindows, doc_ids_at_endoftext
-from prepare import DEMO_DIR, build_demo
-from eval import val_loss_bpb
+from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
+                        save_checkpoint, trim_log)
+from data import DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_val_loss, val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
-from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained
+from model import Qwen3, Qwen3Config
 from muon import build_optimizer
-from sft import CHAT_TEMPLATE, sft_batches, val_loss as sft_val_loss
-from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
+from prepare import DEMO_DIR, build_demo
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
 out_dir = "out"
@@ -38,8 +37,19 @@ init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) 
 overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
-# model: every Qwen3Config field (model.py) is a setting, defaulting to the project's Qwen3-0.6B (rope_theta 1e4, 4k)
-globals().update({f.name: f.default for f in fields(Qwen3Config)})
+# model: the Qwen3Config fields (model.py), Qwen3-0.6B with rope_theta 1e4 and a 4k context
+vocab_size = 151936
+hidden_size = 1024
+intermediate_size = 3072
+num_hidden_layers = 28
+num_attention_heads = 16
+num_key_value_heads = 8
+head_dim = 128
+rms_norm_eps = 1e-6
+rope_theta = 10000.0
+max_position_embeddings = 4096
+tie_word_embeddings = True
+initializer_range = 0.02
 # batch: 384 x 2048 = 786,432 tokens per optimizer step (micro 12 x accumulation 8 x 4 GPUs; 8 GPUs: accumulation 4)
 seq_len = 2048
 micro_batch = 12              # sequences per GPU per micro-step
@@ -70,21 +80,12 @@ seed = 1337
 peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not know
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+MODEL_KEYS = tuple(f.name for f in fields(Qwen3Config))
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
-SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + tuple(f.name for f in fields(Qwen3Config))
+SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + MODEL_KEYS
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def wsd_lr_factor(step):
-    """Warmup-stable-decay: 0 -> 1 over warmup_steps, 1 until max_steps - decay_steps, then linear to min_lr_frac."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_start = max_steps - decay_steps
-    if step < decay_start:
-        return 1.0
-    return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
-
-
+# ------------------------------------------------------------------------------------------------ setup
 def setup_processes():
     """torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; without them this is one process. NCCL on GPUs, gloo on CPU."""
     if "RANK" not in os.environ:
@@ -108,7 +109,7 @@ def check_settings(world):
                     f"no micro_batch does: make global_batch a multiple of {world}"))
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
-    for key, allowed in (("dtype", ("bfloat16", "float32")), ("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
+    for key, allowed in (("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
                          ("checkpointing", ("none", "block", "selective"))):
         if globals()[key] not in allowed:
             sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {globals()[key]!r}")
@@ -133,106 +134,6 @@ def use_cuda_kernels(cuda):
         return False
 
 
-def stop_non_finite(what, master):
-    """NaN/inf: every rank reaches the same verdict (the values are all-reduced or replicated) and stops before
-    anything is written, so the newest checkpoint is still the last good one."""
-    if master:
-        ckpts = list_checkpoints(out_dir)
-        print(f"error: {what}. " + (f"The newest checkpoint, {ckpts[-1]}, is from before it: lower the lr and resume "
-                                    "from it (--init_from=resume)." if ckpts else
-                                    "No checkpoint has been written yet: lower the lr and start again."))
-    if dist.is_initialized():  # every rank is here (same verdict): leave the group together, then exit
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.exit(2)
-
-
-def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)   # a file or a directory: both must reach the disk
-    os.fsync(fd), os.close(fd)
-
-
-def save_checkpoint(model, optimizer, step):
-    """A HF model directory (fp32 save_pretrained) plus state.pt (optimizer, step, RNG, training config). Written
-    to a temp folder, every file and the folder fsynced, renamed into place, the parent fsynced -- only then do
-    the checkpoints beyond keep_ckpts go, so a power cut leaves at least one complete checkpoint."""
-    final = os.path.join(out_dir, f"ckpt-{step:07d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp, dtype=torch.float32, eos_token_id=EOT if model.config.vocab_size > EOT else None)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "train_config": config,
-             "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
-    torch.save(state, os.path.join(tmp, "state.pt"))
-    for name in os.listdir(tmp):
-        fsync_path(os.path.join(tmp, name))
-    fsync_path(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_path(out_dir)
-    for old in list_checkpoints(out_dir)[:-keep_ckpts]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path, model, optimizer, master):
-    """Restore weights, optimizer state and RNG, after comparing the checkpoint's training config with this one.
-    The optimizer's hyper-parameters (lr, betas, weight decay, ...) are the current config's, not the
-    checkpoint's. Returns the step to continue from."""
-    from safetensors.torch import load_file
-    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        state = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
-    except Exception as e:
-        state = e
-    if isinstance(state, dict):
-        compare_config(state.get("train_config", {}), master)
-    try:
-        if isinstance(state, Exception):
-            raise state
-        model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-    except Exception as e:
-        sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
-                 f"Delete it to resume from the previous one ({len(list_checkpoints(out_dir)) - 1} others in {out_dir}).")
-    for g, hyper in zip(optimizer.param_groups, current):
-        g.update(hyper)
-    torch.set_rng_state(state["rng_cpu"])
-    if torch.cuda.is_available() and state["rng_cuda"].numel():
-        torch.cuda.set_rng_state(state["rng_cuda"])
-    return state["step"]
-
-
-def compare_config(saved, master):
-    """Print every setting that differs from the checkpoint's run; stop if one of them changes the data order or
-    the model, unless allow_config_change."""
-    ignore = ("init_from", "overwrite", "export_only", "allow_config_change")
-    diff = {k: (saved[k], config[k]) for k in config if k in saved and k not in ignore and saved[k] != config[k]}
-    for k in ("data_dir", "sft_data"):   # the same directory, named differently
-        if k in diff and diff[k][0] and diff[k][1] and os.path.abspath(diff[k][0]) == os.path.abspath(diff[k][1]):
-            del diff[k]
-    if master:
-        for k, (old, new) in diff.items():
-            print(f"resume: {k} {old!r} -> {new!r}")
-    breaking = [k for k in diff if k in SAME_RUN_KEYS]
-    if breaking and not allow_config_change:
-        sys.exit(f"error: resuming with a different {', '.join(breaking)} changes the data order or the model, so it "
-                 "is no longer the same run; pass --allow_config_change=True if that is what you want")
-
-
-def trim_log(path, step):
-    """After a resume at `step`, drop the records the killed run wrote past it (and its evaluation at `step`,
-    which the resumed run repeats on the same weights), so log.jsonl is one curve."""
-    if not os.path.exists(path):
-        return
-    lines = [l for l in open(path) if l.strip()]
-    recs = [json.loads(l) for l in lines]
-    keep = [l for l, r in zip(lines, recs) if r.get("step", 0) < step or (r.get("step") == step and "loss" in r)]
-    if len(keep) != len(lines):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(path + ".tmp", path)
-
-
 def start_out_dir(master):
     """A fresh run must not mix with another run's checkpoints in the same out_dir."""
     old = list_checkpoints(out_dir)
@@ -247,20 +148,6 @@ def start_out_dir(master):
         os.makedirs(out_dir, exist_ok=True)
 
 
-def export_hf(model, path):
-    """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
-    id fits the embedding -- the tokenizer files with the ChatML chat template. A chat (SFT) model stops
-    generating at <|im_end|>."""
-    fits = model.config.vocab_size >= QWEN_VOCAB
-    generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
-    if fits and sft_data:
-        generation["eos_token_id"] = [IM_END, EOT]
-    save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
-    if fits:
-        save_tokenizer(path, chat_template=CHAT_TEMPLATE)
-    print(f"exported a Hugging Face directory to {path}")
-
-
 def adopt_model_shape(shape, only_defaults=False):
     """The model's shape is the weights' when training starts from weights: record it in the settings, so that
     the checkpoints' train_config is true and a resume rebuilds the same model without restating it. With
@@ -271,22 +158,38 @@ def adopt_model_shape(shape, only_defaults=False):
             globals()[f.name] = config[f.name] = shape[f.name]
 
 
+def model_config():
+    return Qwen3Config(**{k: globals()[k] for k in MODEL_KEYS})
+
+
+def apply_fast_path(model):
+    """Activation checkpointing and torch.compile per block (as torchtitan applies them): inductor fuses RMSNorm /
+    RoPE / SwiGLU and the residual adds around the matmuls, and traces each block's checkpoint into its graph."""
+    for block in model.model.layers:
+        block.checkpointing = checkpointing
+        if compile:
+            block.compile()
+    if compile:
+        model.model.norm.compile()
+    return model
+
+
 def build_model(dev, use_liger, master):
     """The model (fresh, from weights, or resumed from out_dir's newest checkpoint) and its optimizer, on `dev`.
     Returns (model, optimizer, step to continue from)."""
-    fast = dict(compile=compile, loss="liger" if use_liger else "chunked", checkpointing=checkpointing)
+    loss = "liger" if use_liger else "chunked"
     ckpts = list_checkpoints(out_dir) if init_from == "resume" else []
     if ckpts:
         adopt_model_shape(json.load(open(os.path.join(ckpts[-1], "config.json"))), only_defaults=True)
     if init_from in ("scratch", "resume"):
-        model = Qwen3(Qwen3Config(**{f.name: globals()[f.name] for f in fields(Qwen3Config)}), **fast)
+        model = Qwen3(model_config(), loss=loss)
     else:  # continue pretraining, or fine-tune, from weights: a HF Qwen3 directory, a checkpoint, or an out_dir
-        model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, **fast)
+        model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, loss=loss)
         adopt_model_shape({f.name: getattr(model.config, f.name) for f in fields(Qwen3Config)})
     if seq_len > model.config.max_position_embeddings and not export_only:
         sys.exit(f"error: seq_len {seq_len} > the model's max_position_embeddings {model.config.max_position_embeddings}: "
                  f"pass --seq_len={model.config.max_position_embeddings} or less (or the config file it was trained with)")
-    model.to(dev)
+    apply_fast_path(model).to(dev)
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
     if init_from != "resume":
@@ -294,13 +197,15 @@ def build_model(dev, use_liger, master):
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    step = load_checkpoint(ckpts[-1], model, optimizer, master)
+    check = lambda saved: compare_config(saved, config, SAME_RUN_KEYS, allow_config_change, master)
+    step = load_checkpoint(ckpts[-1], model, optimizer, check)
     if master:
         print(f"resumed from {ckpts[-1]} at step {step}")
         trim_log(os.path.join(out_dir, "log.jsonl"), step)
     return model, optimizer, step
 
 
+# ------------------------------------------------------------------------------------------------- data
 def make_batches(model, world, rank, grad_accum, dev, master, ddp):
     """get_batch(step, micro_step) for the configured data: packed SFT conversations -> (x, y, doc_ids), or
     pretraining windows -> (x, y), plus doc_ids cut at <|endoftext|> with doc_mask."""
@@ -324,17 +229,120 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
 
 
 def data_or_exit(fn, *args):
-    """fn(*args), a data problem (data.py and sft.py raise it naming the file and what to do) as one line. Every
-    rank reads the same files, so every rank stops."""
+    """fn(*args), a data problem (data.py names the file and what to do) as one line; every rank stops."""
     try:
         return fn(*args)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 
+def open_log(master):
+    """log(record, text=None): rank 0 prints the text and appends the record to out_dir/log.jsonl (and wandb)."""
+    if not master:
+        return lambda rec, text=None: None
+    log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+    if wandb_log:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+
+    def log(rec, text=None):
+        if text:
+            print(text)
+        log_file.write(json.dumps(rec) + "\n")
+        log_file.flush()
+        if wandb_log:
+            wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+    return log
+
+
+def evaluate(model, step, dev, autocast, log):
+    """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
+    if sft_data:  # loss per assistant token on the held-out conversations
+        loss = sft_val_loss(model, sft_data, seq_len, micro_batch, dev, autocast)
+        if loss is not None:
+            log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}")
+        return
+    loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
+    log({"step": step, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
+
+
+# ------------------------------------------------------------------------------------------------- loop
+def wsd_lr_factor(step):
+    """Warmup-stable-decay: 0 -> 1 over warmup_steps, 1 until max_steps - decay_steps, then linear to min_lr_frac."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_start = max_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
+
+
+def stop_non_finite(what, master):
+    """NaN/inf: every rank reaches the same verdict (the values are all-reduced or replicated) and stops before
+    anything is written, so the newest checkpoint is still the last good one."""
+    if master:
+        ckpts = list_checkpoints(out_dir)
+        print(f"error: {what}. " + (f"The newest checkpoint, {ckpts[-1]}, is from before it: lower the lr and resume "
+                                    "from it (--init_from=resume)." if ckpts else
+                                    "No checkpoint has been written yet: lower the lr and start again."))
+    if dist.is_initialized():  # every rank is here (same verdict): leave the group together, then exit
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
+def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world, ddp, dev, autocast, master):
+    """One optimizer step at `step`: the scheduled lr, grad_accum micro-steps (gradients all-reduced on the last),
+    clipping, the update. Returns (mean loss, gradient norm, seconds of the step, seconds of the optimizer)."""
+    cuda = dev.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize(dev)
+    t0 = time.time()
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
+    loss_sum = torch.zeros((), device=dev)
+    for micro in range(grad_accum):
+        batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
+        sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
+        with (nullcontext() if sync else train_model.no_sync()), autocast:
+            _, loss = train_model(*batch)
+        (loss / grad_accum).backward()
+        loss_sum += loss.detach()
+    if ddp:
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+    loss_val = loss_sum.item() / (grad_accum * world)
+    if not math.isfinite(loss_val):
+        stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
+    if not math.isfinite(grad_norm):
+        stop_non_finite(f"gradient norm is {grad_norm} at step {step + 1}; stopped without an optimizer step", master)
+    t_opt = time.time()   # the .item() above waited for the backward pass
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize(dev)
+    t1 = time.time()
+    return loss_val, grad_norm, t1 - t0, t1 - t_opt
+
+
+def maybe_checkpoint(step, model, optimizer, dev, ddp, master):
+    """Every ckpt_interval steps and at the last: rank 0 saves, unless a weight is non-finite (every rank stops)."""
+    if not ckpt_interval or (step % ckpt_interval and step != max_steps):
+        return
+    finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
+    if ddp:  # never save a poisoned checkpoint, and every rank stops together
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        stop_non_finite(f"non-finite weights after step {step}; not saving", master)
+    if master:
+        save_checkpoint(model, optimizer, step, out_dir, config, keep_ckpts)
+    if ddp:
+        dist.barrier()   # nobody runs ahead while rank 0 writes
+
+
 def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
-    (mfu.py --bench feeds random tokens through it). Returns the per-step records."""
+    (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
@@ -342,11 +350,10 @@ def main(get_batch=None):
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
-
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
-            export_hf(model, os.path.join(out_dir, "hf"))
+            export_hf(model, os.path.join(out_dir, "hf"), chat=bool(sft_data))
         return []
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
@@ -359,91 +366,36 @@ def main(get_batch=None):
         print(f"params {sum(p.numel() for p in model.parameters()):,} | world {world} x micro_batch {micro_batch} x "
               f"accum {grad_accum} x seq {seq_len} = {tokens_per_step:,} tokens/step | compile {compile} liger "
               f"{use_liger} ckpt {checkpointing} | peak {peak or 'unknown'} TFLOP/s ({peak_src})")
-        log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
-        if wandb_log:
-            import wandb
-            wandb.init(project=wandb_project, name=wandb_run_name, config=config)
+    log = open_log(master)
 
-    def log(rec, text=None):
-        if master:
-            if text:
-                print(text)
-            log_file.write(json.dumps(rec) + "\n")
-            log_file.flush()
-            if wandb_log:
-                wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
-
-    def evaluate(at_step):
-        if sft_data:  # loss per assistant token on the held-out conversations
-            loss = sft_val_loss(model, sft_data, seq_len, micro_batch, dev, autocast)
-            if loss is not None:
-                log({"step": at_step, "val_loss": loss}, f"step {at_step}: val loss {loss:.4f}")
-            return
-        loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
-        log({"step": at_step, "val_loss": loss, "val_bpb": bpb}, f"step {at_step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
-
-    # ---------------------------------------------------------------------------------------- train
+    # ----------------------------------------------------------------------------------------- loop
     history, t_start, first = [], time.time(), step
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     while step < max_steps:
         if eval_interval and step % eval_interval == 0:
-            evaluate(step)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        t0 = time.time()
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
-        loss_sum = torch.zeros((), device=dev)
-        for micro in range(grad_accum):
-            batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
-            sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
-            with (nullcontext() if sync else train_model.no_sync()), autocast:
-                _, loss = train_model(*batch)
-            (loss / grad_accum).backward()
-            loss_sum += loss.detach()
-        if ddp:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-        loss_val = loss_sum.item() / (grad_accum * world)
-        if not math.isfinite(loss_val):
-            stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
-        if not math.isfinite(grad_norm):
-            stop_non_finite(f"gradient norm is {grad_norm} at step {step + 1}; stopped without an optimizer step", master)
-        t_opt = time.time()   # the .item() above waited for the backward pass
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        t1 = time.time()
+            evaluate(model, step, dev, autocast, log)
+        loss, grad_norm, dt, dt_opt = train_step(step, model, train_model, optimizer, get_batch, grad_accum, world,
+                                                 ddp, dev, autocast, master)
         step += 1
-        tok_s = tokens_per_step / (t1 - t0)
+        tok_s = tokens_per_step / dt
         mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
-        eta = (t1 - t_start) / (step - first) * (max_steps - step)
-        rec = {"step": step, "loss": loss_val, "muon_lr": optimizer.param_groups[0]["lr"],
+        eta = (time.time() - t_start) / (step - first) * (max_steps - step)
+        rec = {"step": step, "loss": loss, "muon_lr": optimizer.param_groups[0]["lr"],
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
-               "step_ms": 1000 * (t1 - t0), "optimizer_ms": 1000 * (t1 - t_opt), "eta_s": eta}
+               "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
         if step % log_interval == 0 or step == max_steps:
-            log(rec, f"step {step}/{max_steps} | loss {loss_val:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
+            log(rec, f"step {step}/{max_steps} | loss {loss:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
-                     f"{1000 * (t1 - t0):.0f} ms | ETA {eta / 3600:.2f} h")
-        if ckpt_interval and (step % ckpt_interval == 0 or step == max_steps):
-            finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
-            if ddp:  # never save a poisoned checkpoint, and every rank stops together
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not finite.item():
-                stop_non_finite(f"non-finite weights after step {step}; not saving", master)
-            if master:
-                save_checkpoint(model, optimizer, step)
-            if ddp:
-                dist.barrier()   # nobody runs ahead while rank 0 writes
+                     f"{1000 * dt:.0f} ms | ETA {eta / 3600:.2f} h")
+        maybe_checkpoint(step, model, optimizer, dev, ddp, master)
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval:
-        evaluate(step)
+        evaluate(model, step, dev, autocast, log)
     if master and export_at_end:
-        export_hf(model, os.path.join(out_dir, "hf"))
+        export_hf(model, os.path.join(out_dir, "hf"), chat=bool(sft_data))
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down

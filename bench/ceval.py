@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the repo root
 
 N_QUESTIONS, N_SUBJECTS, SHOTS = 1346, 52, 5
 GEN_BUDGET_S = 150   # GEN time allowed before falling back to a measured subset
@@ -57,14 +58,17 @@ def write_synthetic_ceval(d, seed=0):
     return sorted(mapping)
 
 
+smoke = False   # a 2-layer model on the CPU over 1 subject: the script's own check, no numbers
+
+
 def main(smoke=False):
-    """smoke=True (--smoke): a 2-layer model on the CPU over 1 subject, to check this script without a GPU."""
+    """smoke=True (--smoke=True): a 2-layer model on the CPU over 1 subject, to check this script without a GPU."""
     import torch
     import eval as ev
     from model import Qwen3, Qwen3Config
     from tokenizer import get_tokenizer
     if not smoke and not torch.cuda.is_available():
-        sys.exit("bench/ceval.py needs a CUDA GPU (--smoke runs a tiny CPU check)")
+        sys.exit("bench/ceval.py needs a CUDA GPU (--smoke=True runs a tiny CPU check)")
     t_start = time.time()
     device = "cpu" if smoke else "cuda"
     sync = (lambda: None) if smoke else torch.cuda.synchronize
@@ -114,4 +118,5 @@ def main(smoke=False):
 
 
 if __name__ == "__main__":
-    main(smoke="--smoke" in sys.argv[1:])
+    exec(open(os.path.join(ROOT, "configurator.py")).read())
+    main(smoke)

@@ -1,13 +1,13 @@
 """
-Decode speed on one CUDA GPU: our generate.Decoder (static KV cache, compiled one-token step replayed as a CUDA
+Decode speed on one CUDA GPU: our generate.Decoder (static KV cache, Triton one-token step replayed as a CUDA
 graph) against Hugging Face's generate with its static cache (compiled too), on the same random bf16 Qwen3-0.6B
 weights, in one process. Prints one JSON object per line:
 
-    python bench/decode.py [--no-hf] [--quick]      # or: python sample.py --bench
-    python bench/decode.py --device=cpu --small      # a smoke run of the script itself (tests do this)
+    python bench/decode.py [--hf=False] [--quick=True]
+    python bench/decode.py --device=cpu --small=True      # a smoke run of the script itself (tests do this)
 
 - "ours" / "hf": batch 1, greedy, a 32-token prompt, 256 new tokens (prefill included, like HF's generate), after
-  warm-up; "first_call_s" is the first call (compilation + capture);
+  warm-up; "first_call_s" is the first call (Triton's kernel builds, or torch.compile, and the graph capture);
 - "roofline": bytes one decode step must read (all weights, the tied embedding once as the lm_head, plus the keys
   and values of the average context) / the copy bandwidth of a 1 GiB tensor copy: the tok/s no batch-1 decoder can
   beat on this card, and our fraction of it;
@@ -29,6 +29,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: model.py
 
 PROMPT, NEW, BUDGET_S = 32, 256, 235  # BUDGET_S: a stage that would end past this many seconds is skipped
+hf = True          # also time Hugging Face's generate (static cache, compiled)
+quick = False      # skip the batch and variant stages
+small = False      # a 2-layer model and 16 new tokens: the same code path, no numbers
+device = "cuda"
 
 
 def emit(what, **kw):
@@ -70,8 +74,7 @@ def ours(model, batch, prompt, reps=3, **decoder_kw):
     run = lambda: (dec.reset(), dec.generate(prompt, NEW, temperature=0))[1]
     _, first = timed(run, 1)
     out, dt = timed(run, reps)
-    how = "+".join(k for k in ("compile", "freeze", "cuda_graph", "triton") if getattr(dec, k)) or "eager"
-    return out, batch * NEW / dt, first, how
+    return out, batch * NEW / dt, first, dec.step_kind + ("+cuda_graph" if dec.cuda_graph else "")
 
 
 def agree(a, b):
@@ -82,12 +85,14 @@ def agree(a, b):
 
 
 def main(argv=()):
+    """argv: --key=value settings (configurator.py) of the globals above."""
     import torch
+    from checkpoint import save_pretrained
+    from configurator import _apply_args
     from generate import Decoder, generate
-    from model import Qwen3, Qwen3Config, save_pretrained
+    from model import Qwen3, Qwen3Config
+    _apply_args(list(argv), globals())
     t_start, res = time.time(), {}
-    no_hf, quick = "--no-hf" in argv, "--quick" in argv
-    device = "cpu" if "--device=cpu" in argv else "cuda"
 
     def stage(what, need_s, fn):
         """Runs one optional stage if it still fits in the budget; an exception is reported, not fatal."""
@@ -100,7 +105,7 @@ def main(argv=()):
 
     torch.manual_seed(0)
     cfg = Qwen3Config()
-    if "--small" in argv:  # the smoke run: a 2-layer model and 16 new tokens, same code path
+    if small:  # the smoke run: a 2-layer model and 16 new tokens, same code path
         global NEW
         NEW = 16
         cfg = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -112,7 +117,7 @@ def main(argv=()):
     emit("setup", device=torch.cuda.get_device_name() if device == "cuda" else device, torch=torch.__version__,
          prompt=PROMPT, new=NEW, params=sum(p.numel() for p in model.parameters()))
 
-    for kw in ({}, {"triton": False}, {"triton": False, "freeze": False}, {"triton": False, "compile": False}):
+    for kw in ({}, {"step": "compiled"}, {"step": "eager"}):
         try:
             out1, tps1, first, how = ours(model, 1, prompt, **kw)
         except Exception as e:  # noqa: BLE001 -- report it, keep the other numbers
@@ -137,7 +142,7 @@ def main(argv=()):
         emit("hf", batch=1, tok_per_s=round(NEW / dt, 1), ms_per_token=round(1000 * dt / NEW, 3),
              transformers=transformers.__version__, first_call_s=round(first_hf, 1),
              ours_over_hf=round(tps1 * dt / NEW, 2))
-    if not no_hf:
+    if hf:
         stage("hf", 90, hf_stage)
 
     def roofline():
@@ -180,7 +185,7 @@ def main(argv=()):
 
     def variants():
         if device == "cuda":
-            _, tps, first, how = ours(model, 1, prompt, triton=False, compile=False)
+            _, tps, first, how = ours(model, 1, prompt, step="eager")
             emit("variant", step=how + " (the PyTorch step)", batch=1, tok_per_s=round(tps, 1),
                  first_call_s=round(first, 1))
         _, dt = timed(lambda: generate(model, prompt, 64, temperature=0), 1)
@@ -189,7 +194,7 @@ def main(argv=()):
         stage("variant", 10, variants)
 
     def compiled():
-        _, tps, first, how = ours(model, 1, prompt, triton=False)
+        _, tps, first, how = ours(model, 1, prompt, step="compiled")
         emit("variant", step=how + " (the PyTorch step)", batch=1, tok_per_s=round(tps, 1),
              first_call_s=round(first, 1))
     if not quick and device == "cuda":

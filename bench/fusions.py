@@ -1,14 +1,17 @@
 """
-The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md):
-an experiment, not part of the library, so it lives here beside benchmarks.sh.
+The kernel A/B behind "RMSNorm, RoPE and SwiGLU are fused by torch.compile, not by liger" (dev/LOG.md): an
+experiment, not part of the library, so it lives here beside benchmarks.sh.
 
-    python bench/fusions.py [micro_batch]      # one CUDA GPU, liger-kernel importable
+    python bench/fusions.py [--micro_batch=12]      # one CUDA GPU, liger-kernel importable
 """
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root: model.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the repo root: model.py
+
+micro_batch = 12
 
 
 def bench_fusions(micro_batch=12, seq_len=2048, steps=10, warmup=3):
@@ -36,7 +39,11 @@ def bench_fusions(micro_batch=12, seq_len=2048, steps=10, warmup=3):
         M.RMSNorm.forward, M.MLP.forward, M.apply_rope = kernels
         torch._dynamo.reset()
         torch.manual_seed(0)
-        model = M.Qwen3(M.Qwen3Config(), compile=compile, loss="liger").cuda()
+        model = M.Qwen3(M.Qwen3Config(), loss="liger").cuda()
+        if compile:   # as train.py's apply_fast_path compiles: each block and the final norm
+            for block in model.model.layers:
+                block.compile()
+            model.model.norm.compile()
         torch.cuda.reset_peak_memory_stats()
         times, start, end = [], torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         try:
@@ -72,4 +79,5 @@ def bench_fusions(micro_batch=12, seq_len=2048, steps=10, warmup=3):
 
 
 if __name__ == "__main__":
-    bench_fusions(int(sys.argv[1]) if len(sys.argv) > 1 else 12)
+    exec(open(os.path.join(ROOT, "configurator.py")).read())
+    bench_fusions(micro_batch)

@@ -1,7 +1,7 @@
 """
 SFT throughput against pretraining on one GPU, in one process: the full 0.6B model (Qwen3Config defaults),
 micro-batch 12 x seq 2048, bf16 autocast, compiled blocks + liger's fused loss -- train.py's own main(), as
-mfu.py --bench runs it. Pretraining gets fixed random windows; SFT gets train.py's real SFT loader (sft.py) over
+bench/train_speed.py runs it. Pretraining gets fixed random windows; SFT gets train.py's real SFT loader (data.py) over
 random conversations written as a prepared SFT directory: lengths log-normal (median ~400 tokens, 64..2048),
 40% of each conversation user/template (no loss), 60% assistant, packed greedily into rows, with document
 masking (FlexAttention on CUDA). Then a check on the device: on the same weights and packed batch, the
@@ -10,7 +10,7 @@ gradients (eager blocks, so that only attention differs).
 
     python bench/sft.py [--micro_batch=12] [--steps=10]      # one CUDA GPU; < 4 min on an H200
     python bench/sft.py --micro_batch=6 --checkpointing=selective --steps=4   # config/24gb.py's setting: memory
-    python bench/sft.py --smoke=1                            # the same code on a CPU with a tiny model (no numbers)
+    python bench/sft.py --smoke=True                         # the same code on a CPU with a tiny model (no numbers)
 
 Prints one JSON line per mode (BENCH_SFT {...}: tok/s counting every position of a row, padding included; step
 time; peak memory), the ratio SFT / pretraining (target >= 0.9), and CHECK_SFT {...}.
@@ -24,6 +24,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+micro_batch = 12
+steps = 10
+checkpointing = "none"   # train.py's activation checkpointing: none | block | selective
+smoke = False            # a tiny model on the CPU: the code path, no numbers
 
 
 def write_random_sft_dir(d, seq_len, n_conv=3000, seed=0):
@@ -49,8 +54,8 @@ def check_flex_equals_sdpa(sft_dir, rows, seq_len, cfg, dev):
     """Loss and gradients of the eager 0.6B model on `rows` packed rows: FlexAttention vs the boolean SDPA mask."""
     import torch
     import model as M
-    import sft
-    p = sft.PackedConversations(sft_dir, "train", seq_len)
+    from data import PackedConversations
+    p = PackedConversations(sft_dir, "train", seq_len)
     x, y, doc = (torch.from_numpy(np.stack(a)).to(dev) for a in zip(*[p.row(r) for r in range(rows)]))
     torch.manual_seed(0)
     model = M.Qwen3(cfg, loss="liger").to(dev)
@@ -73,9 +78,8 @@ def check_flex_equals_sdpa(sft_dir, rows, seq_len, cfg, dev):
 
 
 if __name__ == "__main__":
-    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    micro, steps, warmup, seq = int(opts.get("micro_batch", 12)), int(opts.get("steps", 10)), 3, 2048
-    smoke = opts.get("smoke") == "1"
+    exec(open(os.path.join(ROOT, "configurator.py")).read())
+    micro, warmup, seq = micro_batch, 3, 2048
     if smoke:
         micro, steps, seq = 2, 2, 256
         tiny = ["--device=cpu", "--compile=False", "--dtype=float32", "--hidden_size=32", "--intermediate_size=64",
@@ -86,7 +90,7 @@ if __name__ == "__main__":
     sys.argv = ["train.py", f"--out_dir={tmp}/out", "--init_from=scratch", "--eval_interval=0", "--ckpt_interval=0",
                 "--export_at_end=False", "--wandb_log=False", f"--max_steps={warmup + steps}", f"--seq_len={seq}",
                 f"--micro_batch={micro}", f"--global_batch={micro}", "--log_interval=1",
-                f"--checkpointing={opts.get('checkpointing', 'none')}"] + (tiny if smoke else [])
+                f"--checkpointing={checkpointing}"] + (tiny if smoke else [])
     os.chdir(ROOT)
     import torch
     import train
@@ -103,8 +107,8 @@ if __name__ == "__main__":
                      "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                      "loss": round(history[-1]["loss"], 4)}
         if mode == "sft":
-            import sft
-            p = sft.PackedConversations(sft_dir, "train", seq)
+            from data import PackedConversations
+            p = PackedConversations(sft_dir, "train", seq)
             rows = [p.row(r) for r in range(64)]
             res[mode]["fill"] = round(p.fill, 4)
             res[mode]["loss_token_share"] = round(float(np.mean([(r[1] != -100).mean() for r in rows])), 4)
@@ -115,5 +119,5 @@ if __name__ == "__main__":
             torch.cuda.reset_peak_memory_stats()
     ratio = res["sft"]["tok_per_s"] / res["pretrain"]["tok_per_s"]
     print("BENCH_SFT " + json.dumps({"sft_over_pretrain_tok_s": round(ratio, 4), "target": 0.9, "ok": ratio >= 0.9}))
-    cfg = train.Qwen3Config(**{f.name: getattr(train, f.name) for f in train.fields(train.Qwen3Config)})
+    cfg = train.model_config()
     print("CHECK_SFT " + json.dumps(check_flex_equals_sdpa(sft_dir, 4, seq, cfg, dev)), flush=True)

@@ -109,7 +109,7 @@ def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=())
     info = paths_info(work)
     keep = out_dir is not None
     out_dir = out_dir or os.path.join(p["runs"], f"ours_lr{muon_lr}_dm{int(doc_mask)}_s{steps}")
-    args = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "h800.py"),
+    args = [sys.executable, os.path.join(ROOT, "train.py"), os.path.join(ROOT, "config", "reference.py"),
             f"--data_dir={p['shards']}", f"--out_dir={out_dir}", "--overwrite=True", f"--global_batch={BATCH}",
             f"--micro_batch={BATCH}", f"--seq_len={SEQ}", f"--max_steps={steps}", f"--warmup_steps={max(1, round(WARMUP_FRAC * steps))}",
             f"--decay_steps={round(DECAY_FRAC * steps)}", f"--muon_lr={muon_lr}", f"--doc_mask={doc_mask}",

@@ -1,5 +1,5 @@
 # Instruction tuning (SFT) of the demo base model (python train.py config/tiny.py -> out/) on review sentiment,
-# run by `python sft.py --demo` (sft_demo.py), which prepares data/sft_demo first. The model shape comes from the
+# run by `python sft_demo.py`, which prepares data/sft_demo first. The model shape comes from the
 # weights; a few hundred steps of ~3 packed conversations per row take a few minutes on a laptop CPU.
 init_from = "out"
 out_dir = "out_sft"

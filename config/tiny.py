@@ -4,7 +4,7 @@ out_dir = "out"
 hidden_size, intermediate_size = 64, 192
 num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim = 4, 4, 2, 32
 max_position_embeddings = 1024
-# the 151,936-way softmax dominates a CPU step, so batches stay small: 512 tokens/step
+# a 151,936-way softmax per token dominates on a CPU, so batches stay small: 512 tokens/step
 seq_len = 128
 micro_batch = 4
 global_batch = 4

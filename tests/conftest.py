@@ -1,6 +1,7 @@
 """
 Shared helpers for the tests. CPU tests run everywhere (CI); tests marked `cuda` skip without a GPU and prove the
-fast path on the device. Run: python -m pytest -q tests
+fast path on the device. Run: python -m pytest -q tests (everything, the slow end-to-end runs included);
+python -m pytest -q tests -m "not slow" for the quick part.
 
 Every subprocess a test starts has a timeout, so a hang fails its test instead of eating CI's time.
 """
@@ -21,6 +22,20 @@ from model import Qwen3Config  # noqa: E402
 from tokenizer import RANKS_SHA256  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end run in subprocesses (training, torchrun, the Triton "
+                                       "interpreter); run by default, `-m 'not slow'` leaves them out")
+
+
+@pytest.fixture
+def train_module(monkeypatch):
+    """train.py imported into this process, its settings parsed from an empty command line; what a test changes
+    through monkeypatch goes back after it."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    import train
+    return train
 
 
 def small_config(**kw):

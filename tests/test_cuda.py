@@ -1,9 +1,22 @@
 """The CUDA fast path computes the same function as the plain path (skipped without a GPU)."""
+import sys
+
 import pytest
 import torch
 from conftest import cuda
 
 from model import Qwen3, Qwen3Config
+
+
+def _apply_fast_path(model, checkpointing):
+    """train.py's own apply_fast_path (compiled blocks, activation checkpointing), its settings set here."""
+    argv, sys.argv = sys.argv, ["train.py"]   # train.py parses its command line on import
+    try:
+        import train
+    finally:
+        sys.argv = argv
+    train.compile, train.checkpointing = True, checkpointing
+    return train.apply_fast_path(model)
 
 
 def _gpu_pair(seed=0, checkpointing="none", **kw):
@@ -12,7 +25,7 @@ def _gpu_pair(seed=0, checkpointing="none", **kw):
     cfg = Qwen3Config(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=64, **kw)
     plain = Qwen3(cfg).cuda()
-    fast = Qwen3(cfg, compile=True, loss="liger", checkpointing=checkpointing).cuda()
+    fast = _apply_fast_path(Qwen3(cfg, loss="liger"), checkpointing).cuda()
     fast.load_state_dict(plain.state_dict())
     return plain, fast
 

@@ -12,7 +12,8 @@ import data
 import prepare
 import eval as ev
 from generate import generate
-from model import Qwen3, chunked_cross_entropy, save_pretrained
+from checkpoint import save_pretrained
+from model import Qwen3, chunked_cross_entropy
 from tokenizer import EOT, get_tokenizer
 
 KEYS = ["question", "A", "B", "C", "D", "answer"]
@@ -107,7 +108,7 @@ def test_bpb_equals_loss_over_ln2_times_tokens_over_bytes_by_hand(tmp_path):
     prepare.prepare([str(tmp_path / "in")], d, val_fraction=0.5, quiet=True)
     torch.manual_seed(0)
     model = Qwen3(small_config(vocab_size=151936, hidden_size=16, intermediate_size=32, head_dim=8)).eval()
-    loss, bpb = ev.val_loss_bpb(model, d, 32, 12 * 32, 3, "cpu")
+    loss, bpb = data.val_loss_bpb(model, d, 32, 12 * 32, 3, "cpu")
     enc = get_tokenizer()
     nats, tokens, nbytes = 0.0, 0, 0
     for x, y in data.val_batches(d, 32, 12 * 32, 3):   # the same windows, one at a time, by hand
@@ -229,7 +230,7 @@ def test_missing_subject_mapping_warns_on_stderr(trained, tmp_path, capsys):
 def test_cli_prints_per_subject_table_average_and_json(trained):
     out = trained["tmp"] / "r.json"
     r = run(["eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={trained['dir']}", "--mode=ppl",
-             "--shots=2", f"--out={out}"])
+             "--shots=2", f"--results={out}"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "common_sense" in r.stdout and "average" in r.stdout
     assert json.load(open(out))["average"]["ppl_acc"] >= 0.5
@@ -276,7 +277,7 @@ def _cli_val_loss(model_dir, data_dir, *extra):
 def test_cli_val_loss_takes_seq_len_and_val_tokens_from_the_checkpoint(checkpoint):
     stdout, loss = _cli_val_loss(checkpoint["ckpt"], checkpoint["data"])
     assert "seq_len 32 | val_tokens 640" in stdout
-    assert abs(loss - ev.val_loss_bpb(checkpoint["model"], checkpoint["data"], 32, 640, 4, "cpu")[0]) < 1e-3
+    assert abs(loss - data.val_loss_bpb(checkpoint["model"], checkpoint["data"], 32, 640, 4, "cpu")[0]) < 1e-3
 
 
 def test_explicit_seq_len_beats_the_checkpoint_and_hf_dirs_keep_the_defaults(checkpoint):

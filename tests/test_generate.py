@@ -9,7 +9,8 @@ from conftest import cuda, run, small_config
 
 import generate as G
 from generate import Decoder, KVCache, decode_step, generate, new_caches, sample_next, stream
-from model import Qwen3, save_pretrained
+from checkpoint import save_pretrained
+from model import Qwen3
 from tokenizer import EOT, get_tokenizer, save_tokenizer
 
 
@@ -47,7 +48,7 @@ def test_fast_path_greedy_equals_plain_path_and_transformers(tmp_path):
     prompt = torch.randint(0, 320, (2, 7), generator=torch.Generator().manual_seed(0))
     plain = generate(model, prompt, 80, temperature=0)
     dec = Decoder(model, batch_size=2, max_len=96)
-    assert not dec.compile and not dec.cuda_graph  # the CPU runs the same code eagerly
+    assert dec.step_kind == "eager" and not dec.cuda_graph  # the CPU runs the same code eagerly
     fast = dec.generate(prompt, 80, temperature=0)
     save_pretrained(model, tmp_path, dtype=torch.float32)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
@@ -127,69 +128,28 @@ def test_decoder_continues_from_its_cache_like_a_chat():
     assert dec.pos == history.shape[1] + 14
 
 
-TRITON_STEP = """
-import torch, decode_kernel, generate as G
-import torch.nn.functional as F
-from test_generate import peaky_model
-model = peaky_model(seed=0, head_dim=16, max_position_embeddings=1024)  # norm gains away from 1, peaky logits
-
-# fused_linear alone: every option, one row (multiply-and-sum) and 3 rows (tl.dot), a K loop of 1-3
-# blocks, N not a multiple of the block
-tuned = decode_kernel.linear_config
-small_blocks = lambda N, K, rows: (8, 32, 4, 1) if rows == 1 else (16, 32, 4, 1)
-close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-block = model.model.layers[0]
-for config, runs in ((tuned, ((3, 96), (1, 32), (1, 128))), (small_blocks, ((3, 96),))):
-    decode_kernel.linear_config = config
-    for B in (1, 3):
-        x, r = torch.randn(B, 64), torch.randn(B, 96)
-        w = torch.randn(2 * 96, 64)
-        mv = decode_kernel.fused_linear
-        close(mv(x, w[:96]), x @ w[:96].T)
-        close(mv(x, w[:96], residual=r), r + x @ w[:96].T)
-        xn = block.input_layernorm(x)
-        close(mv(x, w, norm=block.input_layernorm, glu=True), F.silu(xn @ w[:96].T) * (xn @ w[96:].T))
-        w2 = torch.randn(64, 96)
-        close(mv(r, w2), r @ w2.T)  # K=96, N=64
-
-    # the whole step inside a Decoder: the same greedy tokens and cache contents as the PyTorch step
-    prompt = torch.randint(0, 320, (3, 40))
-    lengths = [40, 29, 11]   # right-padded rows at different positions
-    for B, max_len in runs:  # the cache in chunks of 32 keys (the rows cross their boundaries), or in one program
-        outs = []
-        for triton in (False, True):
-            dec = G.Decoder(model, B, max_len=max_len, triton=triton)
-            assert dec.triton == triton and not dec.compile and not dec.cuda_graph
-            p = prompt[:B, :12] if max_len == 32 else prompt[:B]
-            out = dec.generate(p, 64 if max_len == 128 else 16, temperature=0, lengths=lengths[:B] if B > 1 else None)
-            if max_len == 128:  # 64 tokens, then a second prompt continues the cache (a chat turn): a prefill at 103
-                out = torch.cat([out, dec.generate(torch.cat([dec.last, prompt[:1, :7]], 1), 8, temperature=0)], 1)
-            outs.append((out, torch.stack([torch.stack([c.k, c.v]) for c in dec.caches])))
-        (plain, plain_cache), (kernel, kernel_cache) = outs
-        assert torch.equal(plain, kernel), (plain[:, 40:], kernel[:, 40:])
-        err = (plain_cache - kernel_cache).abs().max().item()
-        assert err < 1e-5, err   # the keys and values the kernel wrote (normalised, rotated) are the plain path's
-print("ok")
-"""
-
-
+@pytest.mark.slow
 def test_triton_step_computes_the_plain_step_in_the_cpu_interpreter():
-    """decode_kernel.py's kernels run by Triton's CPU interpreter in float32: fused_linear alone against the PyTorch
-    ops it fuses, and the whole Triton step and prefill inside Decoders against the PyTorch step: the same greedy
-    tokens (64 in one run) and the same cache contents, for right-padded rows at different positions, the cache in
-    one program or in chunks, and a continued cache (a prefill that starts mid-cache). (The interpreter must be
-    switched on before triton is imported: a subprocess. Its bf16 arithmetic is wrong, so bf16 is a CUDA test; before
-    Triton 3.9 -- 3.6 tried -- it cannot take a loop bound loaded from memory, which the GPU compiler can.)"""
+    """tests/triton_step.py: decode_kernel.py's kernels run by Triton's CPU interpreter in float32, fused_linear alone
+    (the tuned and small block configurations) against the PyTorch ops it fuses, and the whole Triton step and
+    prefill inside Decoders against the PyTorch step: the same greedy tokens and the same cache contents, for
+    right-padded rows at different positions, the cache in one program or in chunks, one row, and a continued cache
+    (a prefill that starts mid-cache). The Decoder runs use wide blocks: the interpreter runs a launch's programs one
+    after another. (The interpreter must be switched on before triton is imported: a subprocess. Its bf16 arithmetic
+    is wrong, so bf16 is a CUDA test; before Triton 3.9 -- 3.6 tried -- it cannot take a loop bound loaded from
+    memory, which the GPU compiler can.)"""
     triton = pytest.importorskip("triton")
     if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9):
         pytest.skip(f"Triton {triton.__version__}'s CPU interpreter cannot run the kernel's loop (3.9 can)")
-    r = run(["-c", "import sys; sys.path.insert(0, 'tests')\n" + TRITON_STEP], env={"TRITON_INTERPRET": "1"})
+    r = run(["tests/triton_step.py"], env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
 
 
-def test_decoder_refuses_both_steps():
-    with pytest.raises(ValueError, match="triton and compile"):
-        Decoder(peaky_model(), 1, max_len=16, triton=True, compile=True)
+def test_decoder_refuses_an_unknown_step_and_a_cpu_cuda_graph():
+    with pytest.raises(ValueError, match="step must be one of triton|compiled|eager"):
+        Decoder(peaky_model(), 1, max_len=16, step="compile")
+    with pytest.raises(ValueError, match="cuda_graph needs"):
+        Decoder(peaky_model(), 1, max_len=16, cuda_graph=True)
 
 
 def test_triton_step_is_the_default_only_for_16_bit_weights():
@@ -209,26 +169,24 @@ def test_sampling_fast_path_equals_plain_path_for_one_seed():
     prompt = torch.randint(0, 320, (3, 6))
     kw = dict(temperature=1.5, top_k=40, top_p=0.95)
     plain = generate(model, prompt, 30, generator=torch.Generator().manual_seed(11), **kw)
-    fast = generate(model, prompt, 30, decoder=Decoder(model, 3, max_len=64),
-                    generator=torch.Generator().manual_seed(11), **kw)
+    fast = Decoder(model, 3, max_len=64).generate(prompt, 30, generator=torch.Generator().manual_seed(11), **kw)
     other = generate(model, prompt, 30, generator=torch.Generator().manual_seed(12), **kw)
     assert torch.equal(fast, plain) and not torch.equal(other, plain)
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch, freeze):
-    """decode_hidden traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations; with
-    freeze, the weights as constants) and the traced function emits the eager tokens; aot_eager keeps this fast on
-    the CPU (the GPU uses inductor)."""
+def test_compiled_step_is_one_graph_and_computes_the_same(monkeypatch):
+    """decode_hidden traces into a single graph (fullgraph: no graph breaks, cache writes as input mutations) and
+    the traced function emits the eager tokens; aot_eager keeps this fast on the CPU (the GPU uses inductor, with the
+    weights frozen in as constants)."""
     step = lambda *args: G.decode_hidden(*args)  # its own code object: dynamo's state for decode_hidden stays untouched
-    monkeypatch.setattr(G, "_compiled", {freeze: torch.compile(step, backend="aot_eager", fullgraph=True)})
+    monkeypatch.setattr(G, "_compiled", {"frozen": torch.compile(step, backend="aot_eager", fullgraph=True)})
     model = peaky_model(seed=8)
     prompt = torch.randint(0, 320, (2, 5))
-    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, temperature=0)
+    fast = Decoder(model, 2, max_len=32, step="compiled").generate(prompt, 12, temperature=0)
     assert torch.equal(fast, generate(model, prompt, 12, temperature=0))
     g = lambda: torch.Generator().manual_seed(3)
     kw = dict(temperature=0.7, top_k=30, top_p=0.9)
-    fast = Decoder(model, 2, max_len=32, compile=True, freeze=freeze).generate(prompt, 12, generator=g(), **kw)
+    fast = Decoder(model, 2, max_len=32, step="compiled").generate(prompt, 12, generator=g(), **kw)
     assert torch.equal(fast, generate(model, prompt, 12, generator=g(), **kw))
 
 
@@ -254,8 +212,8 @@ def test_generation_stops_when_every_row_has_produced_eos():
     model = Qwen3(small_config()).eval()
     out = generate(model, torch.zeros(2, 3, dtype=torch.long), 20, temperature=1.0, eos=list(range(320)))
     assert out.shape[1] == 4  # every token is an eos: one step and stop
-    out = generate(model, torch.zeros(2, 3, dtype=torch.long), 20, temperature=1.0, eos=list(range(320)),
-                   decoder=Decoder(model, 2, max_len=32))
+    out = Decoder(model, 2, max_len=32).generate(torch.zeros(2, 3, dtype=torch.long), 20, temperature=1.0,
+                                                 eos=list(range(320)))
     assert out.shape[1] == 4
 
 
@@ -267,11 +225,12 @@ def test_decoder_stops_at_eos_like_the_plain_path():
     free = generate(model, prompt, 30, temperature=0)[:, 4:]
     eos = [free[0, 3].item(), free[1, 7].item()]  # row 0 stops by step 4, row 1 by step 8
     plain = generate(model, prompt, 30, temperature=0, eos=eos)
-    fast = generate(model, prompt, 30, temperature=0, eos=eos, decoder=Decoder(model, 2, max_len=64))
+    fast = Decoder(model, 2, max_len=64).generate(prompt, 30, temperature=0, eos=eos)
     assert torch.equal(fast, plain) and plain.shape[1] < 4 + 30
     dec = Decoder(model, 2, max_len=64)
-    streamed = torch.cat(list(stream(model, prompt, 30, temperature=0, eos=eos, decoder=dec)), 1)
+    streamed = torch.cat(list(dec.stream(prompt, 30, temperature=0, eos=eos)), 1)
     assert torch.equal(streamed, plain[:, 4:])
+    assert torch.equal(torch.cat(list(stream(model, prompt, 30, temperature=0, eos=eos)), 1), plain[:, 4:])
 
 
 CPU = ["--device=cpu", "--dtype=float32"]  # the expected text is computed here on the CPU, also on a GPU machine
@@ -310,7 +269,7 @@ def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftex
     text = _greedy_text(model, [EOT], 6)
     assert text.strip(), "vacuous: the greedy continuation is empty"
     assert r.stdout.count("--- sample") == 3 and r.stdout.count(f"\n{text}\n") == 3, r.stdout
-    assert "6 steps x 3 samples" in r.stderr and "compiled decoder" in r.stderr  # one batch of 3 rows, the Decoder
+    assert "6 steps x 3 samples" in r.stderr and "(Decoder, eager step" in r.stderr  # one batch of 3 rows, the Decoder
 
 
 def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path):
@@ -324,7 +283,7 @@ def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path):
 def test_decode_bench_smoke_run_on_cpu(capsys):
     """bench/decode.py's own code path with a small model on the CPU (the real run needs a GPU): valid JSON lines."""
     from bench.decode import main
-    main(["--device=cpu", "--small", "--no-hf", "--quick"])
+    main(["--device=cpu", "--small=True", "--hf=False", "--quick=True"])
     lines = {d["what"]: d for d in map(json.loads, capsys.readouterr().out.splitlines())}
     assert lines["ours"]["tok_per_s"] > 0 and lines["agreement"]["ours_vs_plain"]["prefix"] == 16
     assert lines["ttft"]["ms"] > 0 and lines["roofline"]["roofline_tok_per_s"] > 0 and "done" in lines
@@ -348,8 +307,8 @@ def _same_greedy_up_to_bf16_ties(model, got, want, start):
 
 @cuda
 def test_cuda_graph_paths_agree_with_plain_path_bf16():
-    """On the GPU in bf16 with a fixed seed: the Triton step (the default), the compiled PyTorch step (weights frozen
-    or not) and the eager PyTorch step, each replayed as a CUDA graph, emit the plain path's first 32 greedy tokens
+    """On the GPU in bf16 with a fixed seed: the Triton step (the default), the compiled PyTorch step (weights frozen)
+    and the eager PyTorch step, each replayed as a CUDA graph, emit the plain path's first 32 greedy tokens
     (batch 2) -- up to bf16 near-ties, which a random model has -- also when the graph is replayed again and when the
     Decoder continues its cache; sampling (top-k and top-p inside the graph) stays among the top candidates."""
     torch._dynamo.reset()  # compile from a clean slate (no shapes remembered from the CPU tests' traces)
@@ -357,9 +316,9 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
                         head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
     prompt = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0)).cuda()
     plain = generate(model, prompt, 32, temperature=0)
-    for kw in ({}, dict(triton=False), dict(triton=False, freeze=False), dict(triton=False, compile=False)):
+    for kw in ({}, dict(step="compiled"), dict(step="eager")):
         dec = Decoder(model, 2, max_len=128, **kw)
-        assert dec.cuda_graph and dec.triton == (kw == {}) and dec.compile == (kw.get("compile", True) and kw != {})
+        assert dec.cuda_graph and dec.step_kind == kw.get("step", "triton")
         fast = dec.generate(prompt, 32, temperature=0)
         agreed = _same_greedy_up_to_bf16_ties(model, fast, plain, 16)
         print(f"{kw or 'triton'}: {agreed} of 32 greedy tokens agree with the plain path")
@@ -385,7 +344,7 @@ def test_cuda_graph_capture_at_the_last_free_position_stays_inside_the_cache():
     write past the cache's end (a device-side assert), and the step computes the plain path's token."""
     model = peaky_model(seed=12, max_position_embeddings=64, head_dim=32).cuda().to(torch.bfloat16)  # Triton kernel
     prompt = torch.randint(0, 320, (1, 63), generator=torch.Generator().manual_seed(5)).cuda()
-    dec = Decoder(model, 1, compile=False)   # the graph without compilation: the same capture, quick
+    dec = Decoder(model, 1, step="triton")   # the graph without compilation: the same capture, quick
     first = sample_next(dec.prefill(prompt), 0)
     second = dec.step(first)
     torch.cuda.synchronize()
@@ -420,7 +379,7 @@ def test_cuda_triton_decode_kernel_matches_the_pytorch_step_bf16():
         return c
     ref_cache = cache()
     with torch.no_grad():
-        ref = att(x, cos, sin, ref_cache, positions)
+        ref = att(x, cos, sin, "static", None, ref_cache, positions)
         for chunk in (None, 4096, 512, 64):
             c = cache()
             out = att.o_proj(decode_attention(att.q_proj(x), att.k_proj(x), att.v_proj(x), att.q_norm, att.k_norm,

@@ -30,52 +30,57 @@ def test_readme_says_how_to_install_on_cpu_and_gpu():
     assert quick and quick[0].split("&&")[-1].strip().replace("python ", "") in ci.replace("python ", "")
 
 
-def _accepted_flags(script):
-    """The flags an entry point accepts: the globals assigned before it runs the configurator (the keys it may
-    override), and every flag its source spells out in quotes (argparse options; bench scripts and `--bench` read
-    sys.argv themselves). mfu.py --bench hands its flags to train.py."""
+# every entry point and where its keys are: configurator scripts take their module globals (bench/train_speed.py
+# passes its arguments to train.py), the data tools their argparse flags
+ENTRY_POINTS = {"train": "train.py", "sample": "sample.py", "chat": "chat.py", "eval": "eval.py", "mfu": None,
+                "sft_demo": None, "prepare": "prepare.py", "sft": "sft.py", "bench/train_speed": "train.py",
+                "bench/decode": "bench/decode.py", "bench/sft": "bench/sft.py", "bench/ceval": "bench/ceval.py",
+                "bench/fusions": "bench/fusions.py"}
+
+
+def entry_point_keys(path):
+    """The --keys a script accepts: its argparse flags if it has any, else its module-level settings."""
     import ast
-    src = open(os.path.join(ROOT, script), encoding="utf-8").read()
-    flags = set(re.findall(r"""["']--([A-Za-z][\w-]*)""", src))
-    for node in ast.walk(ast.parse(src)):
-        body = getattr(node, "body", None)
-        runs = [i for i, st in enumerate(body) if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call)
-                and "configurator" in ast.unparse(st)] if isinstance(body, list) else []
-        for st in body[:runs[0]] if runs else []:
-            for target in st.targets if isinstance(st, ast.Assign) else []:
-                flags |= {t.id for t in (target.elts if isinstance(target, ast.Tuple) else [target])
-                          if isinstance(t, ast.Name)}
-    return flags | (_accepted_flags("train.py") if script == "mfu.py" else set())
+    if path is None:
+        return set()
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    flags = {a.value[2:] for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "attr", "") == "add_argument" for a in node.args
+             if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+    if flags:
+        return flags
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
 
 
-def _documented_commands():
-    """(file, script, arguments) of every python / torchrun command in README.md and bench/*.sh."""
+def documented_commands():
+    """(file, script, flag) for every --flag after an entry point's name on a line of the README, the device
+    scripts (bench/*.sh) and the docstrings of the Python files (their usage examples)."""
+    import ast
     import glob
-    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh"))):
-        text = open(path, encoding="utf-8").read().replace("\\\n", " ")   # join continued shell lines
-        for line in text.splitlines():
-            for part in re.split(r"&&|[|;`()]", line):   # one command of a chain, or of a `code span`
-                m = re.search(r"\b(?:python3?|torchrun|torch\.distributed\.run)\b.*?([\w./-]+\.py)\b(.*)", part)
-                if m and "-m pytest" not in part:
-                    yield os.path.basename(path), m.group(1), re.split(r"\s#|>", m.group(2))[0]
+    texts = [(p, open(p, encoding="utf-8").read()) for p in
+             [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))]
+    for p in sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "bench", "*.py"))):
+        texts.append((p, ast.get_docstring(ast.parse(open(p, encoding="utf-8").read())) or ""))
+    script = re.compile(r"(?<![\w/.])((?:bench/)?\w+)\.py\b")
+    for path, text in texts:
+        for line in text.replace("\\\n", " ").splitlines():   # continued shell lines joined
+            parts = script.split(line)   # [before, name, args, name, args, ...]
+            for name, args in zip(parts[1::2], parts[2::2]):
+                if name in ENTRY_POINTS:
+                    args = re.split(r"[|;&>#]|`", args)[0]   # the flags of this command only (not a pipe's or comment's)
+                    for flag in re.findall(r"(?<![\w-])--(\w+)", args):
+                        yield os.path.relpath(path, ROOT), name, flag
 
 
-def test_documented_commands_use_flags_their_script_accepts():
-    """Every command of the README and the device scripts (bench/*.sh) runs as written: its script and config files
-    exist and each --flag is one the script accepts, for every entry point -- a renamed key must not leave a
-    command that stops with 'unknown config key' (bench/benchmarks.sh kept --eval_batches after it became
-    --val_tokens, and its reference run failed on the device)."""
-    bad, scripts = [], set()
-    for doc, script, args in _documented_commands():
-        if script.startswith("."):   # a device-only copy outside the repository
-            continue
-        scripts.add(script)
-        files = [script] + [a for a in args.split() if a.endswith(".py")]
-        bad += [(doc, f, "no such file") for f in files if not os.path.isfile(os.path.join(ROOT, f))]
-        if os.path.isfile(os.path.join(ROOT, script)):
-            known = _accepted_flags(script)
-            flags = re.findall(r"(?:^|\s)--([A-Za-z][\w-]*)", args)
-            bad += [(doc, script, "--" + f) for f in flags if f not in known]
-    # the scan finds the commands of every entry point the README documents
-    assert {"train.py", "mfu.py", "sample.py", "eval.py", "chat.py", "sft.py", "prepare.py"} <= scripts, scripts
-    assert not bad, bad
+def test_documented_commands_use_existing_keys_of_every_entry_point():
+    """Every --key on a command line of an entry point (train, sample, chat, eval, the data tools, the bench
+    scripts) in the README, the device scripts and the usage docstrings is a key that entry point knows: a renamed
+    key must not leave a command that stops with 'unknown config key' (bench/benchmarks.sh kept --eval_batches after
+    it became --val_tokens, and its reference run failed on the device)."""
+    used = set(documented_commands())
+    names = {name for _, name, _ in used}
+    assert {"train", "sample", "eval", "prepare", "sft", "bench/train_speed"} <= names, names   # the scan finds them
+    unknown = sorted((f, name, k) for f, name, k in used
+                     if k != "key" and k not in entry_point_keys(ENTRY_POINTS[name]))
+    assert not unknown, unknown

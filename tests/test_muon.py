@@ -65,6 +65,7 @@ def _distributed_muon_worker(rank, world, init_file, out_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 8])  # 8: more ranks than matrices in a stack, so some ranks get none
 def test_distributed_muon_equals_single_process(tmp_path, world):
     ctx = torch.multiprocessing.spawn(_distributed_muon_worker, args=(world, str(tmp_path / "init"), str(tmp_path / "p")),

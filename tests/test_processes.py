@@ -2,7 +2,11 @@
 two "nodes" x two processes on this machine (gloo, localhost rendezvous) equal to one process."""
 import os, subprocess
 
+import pytest
 from conftest import PY, ROOT, free_port, losses, run, small_train_args, synthetic_dataset, torchrun
+
+
+pytestmark = pytest.mark.slow   # end-to-end runs in subprocesses
 
 
 def _together(commands, envs=None, timeout=300):

@@ -2,12 +2,16 @@
 SIGKILLed, resumed on one process with a lower lr, then a clean log, export, eval.py and sample.py."""
 import json, os, signal, subprocess, time
 
+import pytest
 from conftest import PY, ROOT, TIMEOUT, free_port, losses, run
 from test_rehearsal import make_mixed_inputs
 
 import data
 import prepare
 from tokenizer import get_tokenizer
+
+
+pytestmark = pytest.mark.slow   # end-to-end runs in subprocesses
 
 
 def _args(data_dir, out_dir, **over):

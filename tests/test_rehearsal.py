@@ -4,6 +4,7 @@ with the README's kind of command: weights 3:1, a score filter, per-source count
 import json, os
 
 import numpy as np
+import pytest
 from conftest import run
 
 import data
@@ -11,6 +12,7 @@ import prepare
 from tokenizer import get_tokenizer
 
 SCORES = (0.2, 0.5, 0.8, 0.95)
+pytestmark = pytest.mark.slow   # end-to-end runs in subprocesses
 
 
 def make_mixed_inputs(root, n_files):

@@ -2,6 +2,8 @@
 honest stop messages, and clear errors for bad settings."""
 import json, os, subprocess
 
+import pytest
+
 from conftest import PY, ROOT, TIMEOUT, losses, run, small_train_args, synthetic_dataset
 
 
@@ -9,6 +11,7 @@ def _records(out_dir):
     return [json.loads(l) for l in open(os.path.join(out_dir, "log.jsonl"))]
 
 
+@pytest.mark.slow
 def test_resume_uses_the_new_learning_rates_and_prints_the_changes(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -22,6 +25,7 @@ def test_resume_uses_the_new_learning_rates_and_prints_the_changes(tmp_path):
     assert rec[10]["muon_lr"] == 0.02 and rec[11]["muon_lr"] == 1e-3 and rec[11]["adamw_lr"] == 1e-4
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_change_of_data_order_or_model_unless_allowed(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -33,6 +37,7 @@ def test_resume_refuses_a_change_of_data_order_or_model_unless_allowed(tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_log_after_a_resume_is_one_clean_curve(tmp_path):
     """A run killed after its step-10 checkpoint logged steps 11..; the resume rewrites them, never twice."""
     d = synthetic_dataset(str(tmp_path / "ds"))
@@ -46,6 +51,7 @@ def test_log_after_a_resume_is_one_clean_curve(tmp_path):
     assert sorted(losses(out)) == list(range(1, 16))   # losses() fails on a step logged twice
 
 
+@pytest.mark.slow
 def test_fresh_run_into_an_out_dir_with_checkpoints_is_refused_unless_overwrite(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
@@ -65,8 +71,7 @@ def test_checkpoint_files_and_directories_are_fsynced_around_the_rename(tmp_path
     code = f"""
 import os, shutil, sys, json
 sys.path.insert(0, {ROOT!r})
-sys.argv = ['train.py', '--out_dir={tmp_path}', '--keep_ckpts=1']
-import train
+import checkpoint
 from model import Qwen3
 from muon import build_optimizer
 from conftest import small_config
@@ -79,10 +84,10 @@ def rmtree(p, *a, **k):
     events.append(('rmtree', str(p))); real_rmtree(p, *a, **k)
 model = Qwen3(small_config()); opt = build_optimizer(model)
 os.makedirs({str(tmp_path)!r}, exist_ok=True)
-train.save_checkpoint(model, opt, 1)
+checkpoint.save_checkpoint(model, opt, 1, {str(tmp_path)!r}, {{}}, keep=1)
 os.fsync, os.replace, shutil.rmtree = fsync, replace, rmtree
-train.os.fsync, train.os.replace, train.shutil.rmtree = fsync, replace, rmtree
-train.save_checkpoint(model, opt, 2)
+checkpoint.os.fsync, checkpoint.os.replace, checkpoint.shutil.rmtree = fsync, replace, rmtree
+checkpoint.save_checkpoint(model, opt, 2, {str(tmp_path)!r}, {{}}, keep=1)
 print(json.dumps(events))
 """
     r = subprocess.run([PY, "-c", code], cwd=os.path.join(ROOT, "tests"), capture_output=True, text=True, timeout=TIMEOUT)
@@ -99,6 +104,7 @@ print(json.dumps(events))
     assert i_replace < i_parent < i_delete
 
 
+@pytest.mark.slow
 def test_nan_stop_without_a_checkpoint_says_so_in_the_logs_numbering(tmp_path):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "nan")
@@ -128,13 +134,15 @@ def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path):
     r = run(["train.py"] + small_train_args(str(tmp_path / "nowhere"), str(tmp_path / "o")))
     assert r.returncode != 0 and "Traceback" not in r.stderr and "meta.json" in r.stderr.strip().splitlines()[-1]
     from conftest import small_config
-    from model import Qwen3, save_pretrained
+    from checkpoint import save_pretrained
+    from model import Qwen3
     save_pretrained(Qwen3(small_config()), str(tmp_path / "m"))
     open(os.path.join(d, "meta.json"), "w").write("{broken")
     r = run(["eval.py", f"--data_dir={d}", f"--init_from={tmp_path / 'm'}", "--seq_len=32"])
     assert r.returncode != 0 and "Traceback" not in r.stderr and "is broken" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
+@pytest.mark.slow
 def test_export_only_needs_no_seq_len_that_fits_the_model(tmp_path):
     """Exporting writes weights; a seq_len longer than the model's context (e.g. the reference config's 2048 on the
     demo model) must not stop it."""

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from conftest import cuda, losses, run, small_config, small_train_args
 
+import data
 import sft
-from model import Qwen3, doc_mask, doc_positions, rope_cos_sin, save_pretrained
+from checkpoint import save_pretrained
+from model import Qwen3, doc_mask, doc_positions, rope_cos_sin
 from tokenizer import EOT, IM_END, IM_START, get_tokenizer, save_tokenizer
 
 CONV = [("system", "你是一个助手。"), ("user", "Hello, 你好"), ("assistant", "Hi! 很高兴见到你。"),
@@ -71,7 +73,7 @@ def test_bad_rows_are_counted_by_reason_and_overlong_is_dropped_or_truncated(tmp
     assert meta["conversations"] == {"train": 3, "val": 0} and meta["truncated"] == 0
     meta = sft.prepare([src], str(tmp_path / "trunc"), max_len=100, overlong="truncate", val_fraction=0, quiet=True)
     assert meta["skipped_rows"] == expected and meta["conversations"]["train"] == 4 and meta["truncated"] == 1
-    p = sft.PackedConversations(str(tmp_path / "trunc"), "train", seq_len=100)
+    p = data.PackedConversations(str(tmp_path / "trunc"), "train", seq_len=100)
     assert sorted(p.conv[:, 2].tolist())[-1] == 100  # the truncated one, cut at max_len and still used
 
 
@@ -98,8 +100,8 @@ def test_doc_mask_flex_block_mask_equals_the_sdpa_boolean_mask():
     cos, sin = rope_cos_sin(doc_positions(doc), 16, 1e4)
     x = torch.randn(2, 32, 64)
     with torch.no_grad():
-        a = attn(x, cos[:, None], sin[:, None], mask=doc_mask(doc, flex=False))
-        b = attn(x, cos[:, None], sin[:, None], mask=doc_mask(doc, flex=True))
+        a = attn(x, cos[:, None], sin[:, None], "mask", doc_mask(doc, flex=False))
+        b = attn(x, cos[:, None], sin[:, None], "flex", doc_mask(doc, flex=True))
     assert (a - b).abs().max() < 1e-5
     assert doc_positions(doc)[0].tolist() == list(range(10)) + list(range(15)) + list(range(7))
 
@@ -118,7 +120,7 @@ CONVS = [[("user", "你好"), ("assistant", "你好！有什么可以帮你？")
 
 def test_packed_loss_is_the_mean_over_assistant_tokens_of_each_conversation_alone(tmp_path):
     rows = [{"messages": [{"role": r, "content": c} for r, c in conv]} for conv in CONVS]
-    p = sft.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
+    p = data.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
     assert p.n_rows < len(CONVS)  # several conversations share a row
     x, y, doc = (torch.from_numpy(np.stack(a)) for a in zip(*[p.row(r) for r in range(p.n_rows)]))
     model = chat_model().eval()
@@ -161,12 +163,12 @@ def test_no_gradient_flows_between_packed_conversations():
 
 def test_loader_is_world_size_independent_and_has_targets_in_every_row(tmp_path):
     rows = [{"messages": [{"role": r, "content": c * (1 + i % 3)} for r, c in conv]} for i in range(30) for conv in CONVS]
-    p = sft.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
-    one = sft.SFTBatches(p, micro_batch=2, world_size=1, rank=0, grad_accum=4)
+    p = data.PackedConversations(prepared(tmp_path, rows), "train", seq_len=64)
+    one = data.SFTBatches(p, micro_batch=2, world_size=1, rank=0, grad_accum=4)
     for step in (0, 7):
         ref = [one.get(step, m) for m in range(4)]
         for world in (2, 4):
-            got = [sft.SFTBatches(p, 2, world, r, 4 // world).get(step, m) for m in range(4 // world) for r in range(world)]
+            got = [data.SFTBatches(p, 2, world, r, 4 // world).get(step, m) for m in range(4 // world) for r in range(world)]
             for i in range(3):
                 assert torch.equal(torch.cat([g[i] for g in ref]), torch.cat([g[i] for g in got]))
     assert all((p.row(r)[1] != -100).any() for r in range(p.n_rows))
@@ -174,6 +176,7 @@ def test_loader_is_world_size_independent_and_has_targets_in_every_row(tmp_path)
         sorted(p.conv[:, 1].tolist())  # every conversation in exactly one row
 
 
+@pytest.mark.slow
 def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     """train.py --sft_data from a HF directory (whose shape is then the run's: the resume restates nothing);
     a checkpoint removed and resumed gives the same losses; the export carries the chat template and stops at
@@ -210,13 +213,12 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == sft.CHAT_TEMPLATE
 
 
+@pytest.mark.slow
 def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     """--doc_mask=True: the documents of a window do not see each other, so the loss differs from plain causal
     training on the same windows, and both runs are otherwise the same. The run is validated the way it trained
     (document masking on the val windows too), in train.py's log and in eval.py alike."""
-    import data
-    import eval as ev
-    from model import from_pretrained
+    from checkpoint import from_pretrained
     from tokenizer import RANKS_SHA256
     d = tmp_path / "ds"
     rng = np.random.default_rng(0)
@@ -238,13 +240,14 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     out = tmp_path / "oTrue"
     logged = [json.loads(l)["val_loss"] for l in open(out / "log.jsonl") if "val_loss" in l][-1]
     model = from_pretrained(str(out / "ckpt-0000003"))
-    masked, causal = (ev.val_loss_bpb(model, str(d), 32, 256, 2, "cpu", doc_mask=m)[0] for m in (True, False))
+    masked, causal = (data.val_loss_bpb(model, str(d), 32, 256, 2, "cpu", doc_mask=m)[0] for m in (True, False))
     assert abs(logged - masked) < 1e-4 and abs(masked - causal) > 1e-3
     r = run(["eval.py", f"--init_from={out}", f"--data_dir={d}"])
     assert r.returncode == 0 and "doc_mask True" in r.stdout, r.stderr[-2000:]
     assert abs(float(r.stdout.split("val loss ")[1].split()[0]) - masked) < 1e-3
 
 
+@pytest.mark.slow
 def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
     """Piped turns to chat.py print, turn by turn, the greedy answer to the whole conversation so far (recomputed
     here from scratch with generate()); a small max_context makes it drop old exchanges and carry on."""
@@ -297,5 +300,19 @@ def test_input_files_without_a_val_conversation_are_fine(tmp_path):
     files = [write_jsonl(tmp_path / f"{i}.jsonl", [OPENAI, SHAREGPT, ALPACA]) for i in range(2)]
     d = str(tmp_path / "sft")
     sft.prepare(files, d, max_len=128, val_fraction=0, quiet=True)
-    assert sft.PackedConversations(d, "val", seq_len=128).n_rows == 0
-    assert sft.PackedConversations(d, "train", seq_len=128).n_rows > 0
+    assert data.PackedConversations(d, "val", seq_len=128).n_rows == 0
+    assert data.PackedConversations(d, "train", seq_len=128).n_rows > 0
+
+
+def test_sft_split_is_prepare_pys_rule_on_each_conversations_text(tmp_path):
+    """One val-split rule for pretraining and SFT data: prepare._is_val on the document's text (here, the
+    conversation's JSON line), so a conversation lands in the same split wherever the file lives."""
+    import prepare
+    rows = [{"messages": [{"role": "user", "content": f"问题 {i}"}, {"role": "assistant", "content": f"答案 {i}"}]}
+            for i in range(40)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    meta = sft.prepare([path], str(tmp_path / "sft"), max_len=64, val_fraction=0.5, quiet=True)
+    lines = open(path, encoding="utf-8").readlines()
+    expected_val = sum(prepare._is_val(line, 0.5) for line in lines)
+    assert 0 < expected_val < len(rows)   # the check below can tell the splits apart
+    assert meta["conversations"] == {"train": len(rows) - expected_val, "val": expected_val}

@@ -1,0 +1,223 @@
+"""
+Models on disk: the Hugging Face directory (read and write), a training run's checkpoints (save, load, resume), and
+finding the model a path names.
+
+- HF interop: the parameter names are those of `Qwen3ForCausalLM` (model.py), so a model directory is a plain
+  safetensors write/read plus config.json, and it loads in transformers with no custom code. Weights are read only
+  through safetensors: no pickle is ever unpickled.
+- a training out_dir holds ckpt-NNNNNNN/ folders (a HF directory in fp32 plus state.pt: optimizer, step, RNG and the
+  training settings), log.jsonl and, at the end, the exported hf/ folder. A checkpoint is written to a temp folder,
+  fsynced and renamed into place, so a power cut leaves at least one complete checkpoint.
+"""
+import json
+import os
+import shutil
+import sys
+from dataclasses import fields
+
+import torch
+
+from model import Qwen3, Qwen3Config
+from sft import CHAT_TEMPLATE   # issue 24 moves the chat template into tokenizer.py: import it from there then
+from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
+
+
+# ---------------------------------------------------------------------------------- Hugging Face interop
+def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
+    """Load a Hugging Face Qwen3 directory (config.json + model.safetensors or a sharded index); `loss` is Qwen3's
+    (chunked | liger)."""
+    from safetensors.torch import load_file
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "qwen3":
+        raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
+                         f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
+    if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
+        raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
+    known = {f.name for f in fields(Qwen3Config)}
+    kw = {k: v for k, v in hf.items() if k in known}
+    if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
+        kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
+    kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+    config = Qwen3Config(**kw)
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json "
+                                "(.bin / pickle checkpoints are not loaded, on purpose)")
+    sd = {}
+    for fn in files:
+        try:
+            sd.update(load_file(os.path.join(path, fn)))
+        except Exception as e:  # truncated / overwritten file: name it instead of a safetensors traceback
+            raise ValueError(f"{os.path.join(path, fn)} is damaged and cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200]}); use another checkpoint or re-export it") from None
+    if config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
+    with torch.device("meta"):
+        model = Qwen3(config, loss=loss)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    return model.to(device)
+
+
+def hf_config(config, dtype="bfloat16", eos_token_id=None):
+    """config.json of HF's Qwen3ForCausalLM for a Qwen3Config."""
+    c = config
+    return {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+        **{f.name: getattr(c, f.name) for f in fields(Qwen3Config)},
+        "hidden_act": "silu", "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0,
+        "use_sliding_window": False, "sliding_window": None, "max_window_layers": c.num_hidden_layers,
+        "use_cache": True, "torch_dtype": dtype,
+        **({"bos_token_id": eos_token_id, "eos_token_id": eos_token_id} if eos_token_id is not None else {}),
+    }
+
+
+def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, generation=None):
+    """Write a Hugging Face model directory: model.safetensors, config.json and generation_config.json, so
+    `AutoModelForCausalLM.from_pretrained(out_dir)` works with no custom code. The tokenizer files are written by
+    export_hf (tokenizer.save_tokenizer). `generation` are the sampling defaults written to
+    generation_config.json."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(model.config, str(dtype).removeprefix("torch."), eos_token_id)
+    eos = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
+    for name, obj in (("config.json", config), ("generation_config.json", {**eos, **(generation or {})})):
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def export_hf(model, path, chat=False):
+    """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
+    id fits the embedding -- the tokenizer files with the ChatML chat template. A chat (SFT) model stops
+    generating at <|im_end|>."""
+    fits = model.config.vocab_size >= QWEN_VOCAB
+    generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
+    if fits and chat:
+        generation["eos_token_id"] = [IM_END, EOT]
+    save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
+    if fits:
+        save_tokenizer(path, chat_template=CHAT_TEMPLATE)
+    print(f"exported a Hugging Face directory to {path}")
+
+
+# ---------------------------------------------------------------------------------- a training run's folder
+def list_checkpoints(out_dir):
+    """Finished checkpoints ckpt-NNNNNNN of a training out_dir, oldest first (a .tmp folder is one still being
+    written, or killed mid-write, and never counts)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
+
+
+def find_model_dir(path):
+    """What --init_from points at: a directory with config.json (a HF directory or one checkpoint) is used as is;
+    otherwise it is a training out_dir and we take its newest complete checkpoint (ckpt-NNNNNNN with
+    state.pt), else its exported hf/ folder."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    if not os.path.isdir(path):
+        raise SystemExit(f"error: --init_from={path!r}: no such directory (train first, or pass a HF Qwen3 directory)")
+    ckpts = [c for c in list_checkpoints(path) if os.path.isfile(os.path.join(c, "state.pt"))]
+    if ckpts:
+        return ckpts[-1]
+    if os.path.isfile(os.path.join(path, "hf", "config.json")):
+        return os.path.join(path, "hf")
+    raise SystemExit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)   # a file or a directory: both must reach the disk
+    os.fsync(fd), os.close(fd)
+
+
+def save_checkpoint(model, optimizer, step, out_dir, train_config, keep):
+    """A HF model directory (fp32 save_pretrained) plus state.pt (optimizer, step, RNG, training config). Written
+    to a temp folder, every file and the folder fsynced, renamed into place, the parent fsynced -- only then do
+    the checkpoints beyond the newest `keep` go, so a power cut leaves at least one complete checkpoint."""
+    final = os.path.join(out_dir, f"ckpt-{step:07d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(model, tmp, dtype=torch.float32, eos_token_id=EOT if model.config.vocab_size > EOT else None)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "train_config": train_config,
+             "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
+    torch.save(state, os.path.join(tmp, "state.pt"))
+    for name in os.listdir(tmp):
+        fsync_path(os.path.join(tmp, name))
+    fsync_path(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    fsync_path(out_dir)
+    for old in list_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path, model, optimizer, check_config):
+    """Restore weights, optimizer state and RNG; `check_config(saved train_config)` is called first (it prints the
+    changed settings and stops on a breaking one). The optimizer's hyper-parameters (lr, betas, weight decay, ...)
+    are the current config's, not the checkpoint's. Returns the step to continue from."""
+    from safetensors.torch import load_file
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        state = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
+    except Exception as e:
+        state = e
+    if isinstance(state, dict):
+        check_config(state.get("train_config", {}))
+    try:
+        if isinstance(state, Exception):
+            raise state
+        model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:
+        out_dir = os.path.dirname(path)
+        sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
+                 f"Delete it to resume from the previous one ({len(list_checkpoints(out_dir)) - 1} others in {out_dir}).")
+    for g, hyper in zip(optimizer.param_groups, current):
+        g.update(hyper)
+    torch.set_rng_state(state["rng_cpu"])
+    if torch.cuda.is_available() and state["rng_cuda"].numel():
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state["step"]
+
+
+def compare_config(saved, current, same_run_keys, allow_change, master):
+    """Print every setting that differs from the checkpoint's run; stop if one of `same_run_keys` (what fixes the
+    data order or the model) changed, unless allow_change."""
+    ignore = ("init_from", "overwrite", "export_only", "allow_config_change")
+    diff = {k: (saved[k], current[k]) for k in current if k in saved and k not in ignore and saved[k] != current[k]}
+    for k in ("data_dir", "sft_data"):   # the same directory, named differently
+        if k in diff and diff[k][0] and diff[k][1] and os.path.abspath(diff[k][0]) == os.path.abspath(diff[k][1]):
+            del diff[k]
+    if master:
+        for k, (old, new) in diff.items():
+            print(f"resume: {k} {old!r} -> {new!r}")
+    breaking = [k for k in diff if k in same_run_keys]
+    if breaking and not allow_change:
+        sys.exit(f"error: resuming with a different {', '.join(breaking)} changes the data order or the model, so it "
+                 "is no longer the same run; pass --allow_config_change=True if that is what you want")
+
+
+def trim_log(path, step):
+    """After a resume at `step`, drop the records the killed run wrote past it (and its evaluation at `step`,
+    which the resumed run repeats on the same weights), so log.jsonl is one curve."""
+    if not os.path.exists(path):
+        return
+    lines = [l for l in open(path) if l.strip()]
+    recs = [json.loads(l) for l in lines]
+    keep = [l for l, r in zip(lines, recs) if r.get("step", 0) < step or (r.get("step") == step and "loss" in r)]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
