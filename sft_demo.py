@@ -10,8 +10,9 @@ review -- is it positive or negative? -- and measure it on reviews it has never 
 - SFT conversations (Alpaca rows, data/sft_demo/raw/train.jsonl) are the labelled reviews of the train split:
   user = the instruction and the review, assistant = 正面 (positive) or 负面 (negative);
 - the measure: accuracy of the constrained choice (whichever of 正面 / 负面 the model finds more probable right
-  after the generation prompt; each is one token), and how often the unconstrained greedy token is exactly the
-  right label (0 for a model that does not follow the format).
+  after the generation prompt with thinking off, i.e. after Qwen3's empty think block; each is one token), and
+  how often the unconstrained greedy token is exactly the right label (0 for a model that does not follow the
+  format).
 Training is config/sft_demo.py through train.py, in a subprocess, like any run.
 """
 import json, os, subprocess, sys, time, unicodedata
@@ -24,7 +25,7 @@ import sft
 from data import open_shard
 from prepare import DEMO_DIR, build_demo
 from model import find_model_dir, from_pretrained
-from tokenizer import EOT, get_tokenizer
+from tokenizer import EOT, get_tokenizer, render_chat
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SFT_DIR = os.path.join(ROOT, "data", "sft_demo")
@@ -87,7 +88,9 @@ def accuracy(model, examples, batch_size=32):
     model.eval()
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        prompts = [sft.render([("user", INSTRUCTION + t)], add_generation_prompt=True)[0] for t, _ in chunk]
+        # the label follows Qwen3's empty think block, which the SFT rows (no reasoning) train the model to write
+        prompts = [render_chat([("user", INSTRUCTION + t)], add_generation_prompt=True, enable_thinking=False)[0]
+                   for t, _ in chunk]
         x = torch.full((len(prompts), max(map(len, prompts))), EOT)
         for j, p in enumerate(prompts):   # right padding: causal attention never looks at it
             x[j, :len(p)] = torch.tensor(p)

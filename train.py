@@ -26,7 +26,7 @@ from eval import val_loss_bpb
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config, find_model_dir, from_pretrained, list_checkpoints, save_pretrained
 from muon import build_optimizer
-from sft import CHAT_TEMPLATE, sft_batches, val_loss as sft_val_loss
+from sft import data_chat_template, sft_batches, val_loss as sft_val_loss
 from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
@@ -249,15 +249,15 @@ def start_out_dir(master):
 
 def export_hf(model, path):
     """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
-    id fits the embedding -- the tokenizer files with the ChatML chat template. A chat (SFT) model stops
-    generating at <|im_end|>."""
+    id fits the embedding -- the tokenizer files with the chat template (the SFT data's, else Qwen3's). A chat (SFT)
+    model stops generating at <|im_end|>."""
     fits = model.config.vocab_size >= QWEN_VOCAB
     generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     if fits and sft_data:
         generation["eos_token_id"] = [IM_END, EOT]
     save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
     if fits:
-        save_tokenizer(path, chat_template=CHAT_TEMPLATE)
+        save_tokenizer(path, chat_template=data_chat_template(sft_data) if sft_data else "qwen3")
     print(f"exported a Hugging Face directory to {path}")
 
 
