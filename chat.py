@@ -26,13 +26,14 @@ import torch
 
 from generate import Decoder, sample_next
 from model import find_model_dir, from_pretrained
-from tokenizer import CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer, render_chat
+from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
+                       render_chat)
 
 init_from = "out_sft"   # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
 system = ""             # the system message ("" = none)
 think = True            # Qwen3's enable_thinking: False closes an empty think block in the prompt (no reasoning)
 show_think = True       # print the reasoning (dimmed on a terminal); False hides it
-chat_template = "qwen3" # or "chatml" (a model tuned on sft.py --chat_template=chatml data)
+chat_template = "qwen3"  # or "chatml" (a model tuned on sft.py --chat_template=chatml data)
 max_new_tokens = 512    # per answer
 max_context = 0         # tokens of history kept in the cache; 0 = the model's max_position_embeddings
 temperature = 0.7       # 0 = greedy

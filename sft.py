@@ -358,5 +358,6 @@ if __name__ == "__main__":
     elif not a.input or not a.out:
         ap.error("--input and --out are required (or --demo)")
     else:
-        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction, chat_template=a.chat_template)
+        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction,
+                       chat_template=a.chat_template)
         sys.exit(0 if meta["conversations"]["train"] else 1)

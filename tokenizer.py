@@ -118,8 +118,9 @@ def _assistant_body(m, i, last_query, last):
     for j, call in enumerate(m.get("tool_calls") or []):
         fn = call.get("function") or call
         args = fn.get("arguments")
-        body += ("\n" if content or j else "") + '<tool_call>\n{"name": "' + str(fn.get("name")) + '", "arguments": ' + (
-            args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)) + "}\n</tool_call>"
+        args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)   # a string goes in verbatim
+        body += "\n" if content or j else ""
+        body += f'<tool_call>\n{{"name": "{fn.get("name")}", "arguments": {args}}}\n</tool_call>'
     return body
 
 
