@@ -65,7 +65,7 @@ def _openai_message(t):
     role, m = t.get("role"), {"role": t.get("role"), "content": t.get("content")}
     if role not in ROLES:
         raise BadRow("unknown_role")
-    if role == "assistant" and t.get("tool_calls") is not None:
+    if role == "assistant" and t.get("tool_calls") not in (None, []):   # [] is written for "no call"
         m["tool_calls"] = _tool_calls(t["tool_calls"])
         m["content"] = m["content"] if m["content"] is not None else ""   # a call alone has content null
     if role == "assistant" and t.get("reasoning_content") is not None:

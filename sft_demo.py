@@ -15,7 +15,7 @@ review -- is it positive or negative? -- and measure it on reviews it has never 
   format).
 Training is config/sft_demo.py through train.py, in a subprocess, like any run.
 """
-import json, os, subprocess, sys, time, unicodedata
+import json, os, shutil, subprocess, sys, time, unicodedata
 
 import numpy as np
 import torch
@@ -73,6 +73,10 @@ def build_data(demo_dir=DEMO_DIR, out_dir=SFT_DIR):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     json.dump(heldout, open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8"), ensure_ascii=False)
+    if os.path.exists(os.path.join(out_dir, "meta.json")) and sft.data_chat_template(out_dir) != "qwen3":
+        os.remove(os.path.join(out_dir, "meta.json"))   # prepared in ChatML by an older version: prepare anew
+        for old in ("done", "train", "val"):
+            shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
     sft.prepare([os.path.join(out_dir, "raw")], out_dir, max_len=256, val_fraction=0.02)
     return heldout
 
