@@ -1,28 +1,39 @@
 """
-Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in ChatML (sft.py's template).
+Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in Qwen3's chat template (tokenizer.py).
 
     python chat.py --init_from=out_sft                                   # newest checkpoint of an SFT run
-    python chat.py --init_from=out_sft/hf --system "你是一个乐于助人的助手。" --temperature=0.7
+    python chat.py --init_from=out_sft/hf --system "你是一个乐于助人的助手。" --temperature=0.7 --think=False
     printf '你好\\n再见\\n' | python chat.py --init_from=out_sft --temperature=0   # piped: a line is a turn
 
-The KV cache lives across turns: a turn feeds only its new tokens (the last answer's <|im_end|>\\n, the user's
-message, the generation prompt), never the history again. When a turn would not fit in max_context (with room
-for max_new_tokens), the oldest exchanges are dropped (the system message stays) and what is kept is encoded
-once more. /reset starts over. Decoding is generate.Decoder's: on CUDA its Triton one-token step replays as a
+--think is Qwen3's enable_thinking: True lets the model reason in a <think> block before it answers (shown dimmed
+on a terminal, between its tags elsewhere; --show_think=False hides it), False closes an empty think block in the
+prompt so that it answers at once. As in the template, an earlier answer stays in the history without its
+reasoning. Piped (stdin not a terminal), each turn prints as `user: ...` / `assistant: ...`, a readable transcript;
+runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML.
+
+The KV cache lives across turns: a turn renders the whole conversation, rewinds the cache to the first token where
+it differs from what the cache holds (the last answer's think block, or its end), and feeds only the rest (the
+user's message and the generation prompt), never the history again. When a turn would not fit in max_context
+(with room for max_new_tokens), the oldest exchanges are dropped (the system message stays) and what is kept is
+encoded once more. /reset starts over. Decoding is generate.Decoder's: on CUDA its Triton one-token step replays as a
 CUDA graph.
 """
 import os
+import re
 import sys
 
 import torch
 
 from checkpoint import find_model_dir, from_pretrained
 from generate import Decoder, sample_next
-from sft import render
-from tokenizer import EOT, IM_END, StreamDecoder, get_tokenizer
+from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
+                       render_chat)
 
 init_from = "out_sft"   # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
 system = ""             # the system message ("" = none)
+think = True            # Qwen3's enable_thinking: False closes an empty think block in the prompt (no reasoning)
+show_think = True       # print the reasoning (dimmed on a terminal); False hides it
+chat_template = "qwen3"  # or "chatml" (a model tuned on sft.py --chat_template=chatml data)
 max_new_tokens = 512    # per answer
 max_context = 0         # tokens of history kept in the cache; 0 = the model's max_position_embeddings
 temperature = 0.7       # 0 = greedy
@@ -31,8 +42,8 @@ top_p = 0.8             # 1.0 = off
 seed = 1337
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 STOP = (IM_END, EOT)
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"   # ANSI faint / reset
 
 
 @torch.no_grad()
@@ -49,55 +60,98 @@ def reply(decoder, new_ids):
         nxt = decoder.step(nxt, temperature, top_k or None, top_p)
 
 
+class Printer:
+    """Writes an answer as it streams: the reasoning dimmed on a terminal, between <think> tags elsewhere, or not
+    at all (show_think=False); whitespace at either end dropped and runs of blank lines squeezed into one, since a
+    model that has not learnt to stop can print pages of newlines."""
+
+    def __init__(self, out, show_think=True):
+        self.out, self.show_think, self.tty = out, show_think, out.isatty()
+        self.held, self.started, self.thinking = "", False, False   # held: whitespace not yet written
+
+    def write(self, text, thinking=False):
+        if thinking and not self.show_think:
+            return
+        for part in re.split(r"(\s+)", text):
+            if part.isspace():
+                self.held += part
+            elif part:
+                gap = ("\n\n" if self.held.count("\n") > 1 else self.held) if self.started else ""
+                if thinking and not self.thinking:
+                    gap += DIM if self.tty else "<think>\n"
+                elif self.thinking and not thinking:
+                    gap = (PLAIN if self.tty else "\n</think>") + gap
+                self.out.write(gap + part)
+                self.out.flush()
+                self.held, self.started, self.thinking = "", True, thinking
+
+    def close(self):
+        self.out.write((PLAIN if self.tty else "\n</think>") * self.thinking + "\n")
+        self.out.flush()
+
+
 class Conversation:
-    """The messages so far and how many of their tokens the cache holds; `pending` are tokens of the
-    conversation not yet in the cache (the closing <|im_end|>\\n of the last answer)."""
+    """The messages so far (OpenAI-style dicts, answers as the model wrote them, think block included: the template
+    drops it) and the ids the decoder's cache holds."""
 
     def __init__(self, model, ctx):
-        self.model, self.ctx = model, ctx
+        self.ctx = ctx
         self.decoder = Decoder(model, batch_size=1, max_len=ctx)   # one static KV cache for the whole chat
         self.reset()
 
     def reset(self):
-        self.messages = [("system", system)] if system else []
+        self.messages = [{"role": "system", "content": system}] if system else []
         self.decoder.reset(0)
-        self.pending = render(self.messages)[0]
+        self.cached = []
 
-    def turn(self, text):
-        """Stream the answer to one user message to stdout."""
-        new = self.pending + render([("user", text)], add_generation_prompt=True)[0]
-        if self.decoder.pos + len(new) + max_new_tokens > self.ctx:   # trim: re-encode the newest exchanges that fit
+    def prompt(self, messages):
+        return render_chat(messages, add_generation_prompt=True, enable_thinking=think, template=chat_template)[0]
+
+    def turn(self, text, out=sys.stdout, prefix=""):
+        """Stream the answer to one user message to `out`, after `prefix`."""
+        user = {"role": "user", "content": text}
+        ids = self.prompt(self.messages + [user])
+        if len(ids) + max_new_tokens > self.ctx:   # trim: keep the newest exchanges that fit
             keep = self.messages[:1] if system else []
             rest = self.messages[len(keep):]
-            while rest and len(render(keep + rest + [("user", text)], True)[0]) + max_new_tokens > self.ctx:
+            while rest and len(self.prompt(keep + rest + [user])) + max_new_tokens > self.ctx:
                 rest = rest[2:]   # the oldest user message and its answer
             self.messages = keep + rest
-            self.decoder.reset(0)
-            new = render(self.messages + [("user", text)], add_generation_prompt=True)[0]
+            ids = self.prompt(self.messages + [user])
             print(f"[history trimmed to {len(rest) // 2} earlier exchange(s) to fit {self.ctx} tokens]", file=sys.stderr)
-            if len(new) + max_new_tokens > self.ctx:
+            if len(ids) + max_new_tokens > self.ctx:
                 print("[message too long for the context; not sent]", file=sys.stderr)
                 self.reset()
                 return
-        dec, said, sampled = StreamDecoder(get_tokenizer()), [], 0
-        for tok in reply(self.decoder, new):
-            sampled += 1
+        same = 0   # the cache's ids that the conversation still starts with (at least one id is fed)
+        while same < min(len(self.cached), len(ids) - 1) and self.cached[same] == ids[same]:
+            same += 1
+        self.decoder.reset(same)
+        out.write(prefix)
+        dec, printer, sampled, thinking = StreamDecoder(get_tokenizer()), Printer(out, show_think), [], False
+        for tok in reply(self.decoder, ids[same:]):
+            sampled.append(tok)
             if tok in STOP:
                 break
-            said.append(tok)
-            print(dec.push(tok), end="", flush=True)
-        print(dec.flush(), flush=True)
-        # the cache now holds `new` and every sampled id but the last (never fed back); the answer is closed
-        # with <|im_end|>\n when the next turn is fed (a stop id sampled is replaced by <|im_end|>)
-        self.pending = (said[-1:] if sampled == len(said) else []) + [IM_END] + get_tokenizer().encode_ordinary("\n")
-        self.messages += [("user", text), ("assistant", get_tokenizer().decode(said))]
+            if tok in (THINK, END_THINK):
+                printer.write(dec.flush(), thinking)
+                thinking = tok == THINK
+            else:
+                printer.write(dec.push(tok), thinking)
+        printer.write(dec.flush(), thinking)
+        printer.close()
+        self.cached = ids + sampled[:-1]   # the last sampled id was never fed
+        said = get_tokenizer().decode([t for t in sampled if t not in STOP])
+        self.messages += [user, {"role": "assistant", "content": said}]
 
 
 def main():
+    if chat_template not in CHAT_TEMPLATES:
+        sys.exit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
     torch.manual_seed(seed)
     model_dir = find_model_dir(init_from)
     model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
-    if model.config.vocab_size <= IM_END:
+    if model.config.vocab_size < QWEN_VOCAB:
         sys.exit(f"error: {model_dir} has vocab_size {model.config.vocab_size}: no room for the chat tokens")
     ctx = min(max_context or model.config.max_position_embeddings, model.config.max_position_embeddings)
     if ctx <= max_new_tokens:
@@ -112,8 +166,11 @@ def main():
         if text.strip() == "/reset":
             chat.reset()
         elif text.strip():
-            chat.turn(text)
+            if not tty:   # piped: a transcript that says who speaks
+                print(f"user: {text}")
+            chat.turn(text, prefix="" if tty else "assistant: ")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":   # the settings are read here, so that tests can import the chat loop
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
     main()

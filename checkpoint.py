@@ -18,7 +18,6 @@ from dataclasses import fields
 import torch
 
 from model import Qwen3, Qwen3Config
-from sft import CHAT_TEMPLATE   # issue 24 moves the chat template into tokenizer.py: import it from there then
 from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
 
 
@@ -97,17 +96,17 @@ def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, gen
             json.dump(obj, f, indent=2)
 
 
-def export_hf(model, path, chat=False):
+def export_hf(model, path, chat_template=None):
     """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
-    id fits the embedding -- the tokenizer files with the ChatML chat template. A chat (SFT) model stops
-    generating at <|im_end|>."""
+    id fits the embedding -- the tokenizer files with a chat template: `chat_template`, the one an SFT model was
+    trained with (it then stops generating at <|im_end|>), else Qwen3's."""
     fits = model.config.vocab_size >= QWEN_VOCAB
     generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
-    if fits and chat:
+    if fits and chat_template:
         generation["eos_token_id"] = [IM_END, EOT]
     save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
     if fits:
-        save_tokenizer(path, chat_template=CHAT_TEMPLATE)
+        save_tokenizer(path, chat_template=chat_template or "qwen3")
     print(f"exported a Hugging Face directory to {path}")
 
 

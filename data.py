@@ -307,6 +307,11 @@ class SFTBatches(DistributedBatches):
 
 
 @torch.no_grad()
+def sft_chat_template(data_dir):
+    """The chat template an SFT directory's conversations were rendered with (data made before the choice: ChatML)."""
+    return json.load(open(os.path.join(data_dir, "meta.json"))).get("chat_template", "chatml")
+
+
 def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, master):
     """train.py's SFT data: the packed training conversations of data_dir as SFTBatches, or a clear exit."""
     if vocab_size < QWEN_VOCAB:

@@ -1,14 +1,16 @@
 """
-Instruction tuning data: chat conversations -> ChatML token ids + a loss mask -> token shards for train.py.
+Instruction tuning data: chat conversations -> templated token ids + a loss mask -> packed rows for train.py.
 
 1. formats: one conversation per .jsonl line, in any of the common layouts
-       {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}          (OpenAI)
+       {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...], "tools": [...]}  (OpenAI)
        {"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}            (ShareGPT)
        {"instruction": "...", "input": "...", "output": "...", "system": "..."(optional)}     (Alpaca)
-2. the template: Qwen's ChatML, `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message; the loss mask is 1 on
-   what the assistant says (its content tokens and its <|im_end|>) and 0 on everything else (system and user
-   text, `<|im_start|>assistant\\n`, the newline after <|im_end|>). CHAT_TEMPLATE is the same template in Jinja
-   for the exported Hugging Face tokenizer (apply_chat_template gives exactly render()'s ids; tests prove it);
+   OpenAI rows may carry tools (JSON schemas), assistant `tool_calls` (arguments as an object or a JSON string),
+   `tool` messages answering them and `reasoning_content` (or <think>...</think> in the content);
+2. the template: Qwen3's chat template by default, ChatML with --chat_template=chatml (tokenizer.render_chat; the
+   export carries the same template in Jinja). The loss mask is 1 on what the model must produce -- each assistant
+   turn as the template renders it in the whole conversation (think block, content, tool calls, its <|im_end|>)
+   -- and 0 on everything else (system, user and tool text, `<|im_start|>assistant\\n`, the newline after <|im_end|>);
 3. preparation: `python sft.py --input FILES --out DIR` tokenizes once into shards like prepare.py (per input
    file and split: tokens, loss mask and conversation lengths, three data.write_shard files) plus meta.json,
    counting bad rows by reason;
@@ -22,83 +24,116 @@ import numpy as np
 
 from data import write_shard
 from prepare import _is_val, _shard_name
-from tokenizer import IM_END, IM_START, RANKS_SHA256, SPECIALS, get_tokenizer
+from tokenizer import CHAT_TEMPLATES, EOT, QWEN_VOCAB, RANKS_SHA256, SPECIALS, render_chat
 
-# ------------------------------------------------------------------------------------------------ template
-# ChatML exactly as render() writes it; no default system prompt is added (the one given, if any, is used).
-CHAT_TEMPLATE = ("{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-                 "+ '<|im_end|>\\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
-                 "{%- endif -%}")
-ROLES = ("system", "user", "assistant")
+# ------------------------------------------------------------------------------------------------ rows
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+# ChatML's own tokens in a text would end or open turns; the tags (<think>, <tool_call>, ...) are the template's words
+FRAME_TOKENS = [tok for tok, _ in SPECIALS if tok.startswith("<|")]
 
 
 class BadRow(Exception):
     """A row that cannot be used; str(e) is the reason it is counted under."""
 
 
-def to_messages(row):
-    """A parsed JSON row in any supported format -> [(role, content), ...], or BadRow(reason)."""
+def _tool_calls(calls):
+    """An assistant's tool_calls, checked: a list of {"function": {"name", "arguments"}} (or name/arguments at the
+    top), arguments an object or a JSON string of one."""
+    if not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
+        raise BadRow("bad_tool_call")
+    for c in calls:
+        fn = c.get("function") or c
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise BadRow("bad_tool_call")
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                raise BadRow("bad_tool_arguments") from None
+        if not isinstance(args, dict):
+            raise BadRow("bad_tool_arguments")
+    return calls
+
+
+def _openai_message(t):
+    """One OpenAI message -> the dict the template reads (role, content, and reasoning_content / tool_calls)."""
+    role, m = t.get("role"), {"role": t.get("role"), "content": t.get("content")}
+    if role not in ROLES:
+        raise BadRow("unknown_role")
+    if role == "assistant" and t.get("tool_calls") not in (None, []):   # [] is written for "no call"
+        m["tool_calls"] = _tool_calls(t["tool_calls"])
+        m["content"] = m["content"] if m["content"] is not None else ""   # a call alone has content null
+    if role == "assistant" and t.get("reasoning_content") is not None:
+        if not isinstance(t["reasoning_content"], str):
+            raise BadRow("wrong_type")
+        m["reasoning_content"] = t["reasoning_content"]
+    return m
+
+
+def to_chat(row, template="qwen3"):
+    """A parsed JSON row in any supported format -> (messages, tools): OpenAI-style message dicts and the tool
+    schemas (or None); or BadRow(reason)."""
     if not isinstance(row, dict):
         raise BadRow("unknown_format")
+    tools = None
     if "messages" in row or "conversations" in row:
         sharegpt = "messages" not in row
         turns = row["conversations"] if sharegpt else row["messages"]
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
             raise BadRow("wrong_type")
-        role_key, text_key = ("from", "value") if sharegpt else ("role", "content")
-        msgs = []
-        for t in turns:
-            role = t.get(role_key)
-            role = SHAREGPT_ROLES.get(role) if sharegpt and isinstance(role, str) else role
-            if role not in ROLES:
+        if sharegpt:
+            roles = [SHAREGPT_ROLES.get(t.get("from")) if isinstance(t.get("from"), str) else None for t in turns]
+            if None in roles:
                 raise BadRow("unknown_role")
-            msgs.append((role, t.get(text_key)))
+            msgs = [{"role": r, "content": t.get("value")} for r, t in zip(roles, turns)]
+        else:
+            msgs = [_openai_message(t) for t in turns]
+            tools = row.get("tools")
+            if isinstance(tools, str):  # some datasets store the schemas as a JSON string
+                try:
+                    tools = json.loads(tools)
+                except json.JSONDecodeError:
+                    raise BadRow("bad_tools") from None
+            if tools is not None and (not isinstance(tools, list) or not all(isinstance(x, dict) for x in tools)):
+                raise BadRow("bad_tools")
     elif "instruction" in row and "output" in row:  # Alpaca: the input, if any, follows the instruction
         inp = row.get("input") or ""
         if not isinstance(inp, str) or not isinstance(row["instruction"], str):
             raise BadRow("wrong_type")
-        msgs = ([("system", row["system"])] if row.get("system") else []) + [
-            ("user", row["instruction"] + ("\n\n" + inp if inp else "")), ("assistant", row["output"])]
+        msgs = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+            {"role": "user", "content": row["instruction"] + ("\n\n" + inp if inp else "")},
+            {"role": "assistant", "content": row["output"]}]
     else:
         raise BadRow("unknown_format")
-    if not all(isinstance(c, str) for _, c in msgs):
+    if not all(isinstance(m["content"], str) for m in msgs):
         raise BadRow("wrong_type")
-    if any(r == "system" for r, _ in msgs[1:]):
+    if any(m["role"] == "system" for m in msgs[1:]):
         raise BadRow("system_not_first")
-    if not any(r == "assistant" for r, _ in msgs):
+    if not any(m["role"] == "assistant" for m in msgs):
         raise BadRow("no_assistant_turn")
-    if any(r == "assistant" and not c.strip() for r, c in msgs):
+    if any(m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls") for m in msgs):
         raise BadRow("empty_assistant_turn")
-    if any(tok in c for _, c in msgs for tok, _ in SPECIALS):  # would be read as a template token by HF
-        raise BadRow("special_token_in_text")
-    return msgs
-
-
-def render(messages, add_generation_prompt=False):
-    """[(role, content), ...] -> (ids, loss mask), both lists. Text goes through encode_ordinary (never parsed
-    for special tokens), the template's special ids are inserted directly. 'role\\ncontent' is encoded as one
-    piece, exactly as a HF tokenizer splits the rendered string at its special tokens; an assistant token is
-    trained on when any of its bytes belong to the content."""
-    enc, ids, mask = get_tokenizer(), [], []
-    nl = enc.encode_ordinary("\n")
-    for role, content in messages:
-        head = role + "\n"
-        piece = enc.encode_ordinary(head + content)
-        ids += [IM_START] + piece + [IM_END] + nl
-        if role == "assistant":
-            ends = np.cumsum([len(enc.decode_single_token_bytes(t)) for t in piece])
-            mask += [0] + (ends > len(head.encode())).astype(int).tolist() + [1] + [0] * len(nl)
+    open_calls = 0   # calls of the last assistant turn not yet answered by a tool message
+    for m in msgs:
+        if m["role"] == "tool":
+            if not open_calls:
+                raise BadRow("tool_without_call")
+            open_calls -= 1
         else:
-            mask += [0] * (len(piece) + 2 + len(nl))
-    if add_generation_prompt:
-        ids += [IM_START] + enc.encode_ordinary("assistant\n")
-        mask += [0] * (len(ids) - len(mask))
-    return ids, mask
+            open_calls = len(m.get("tool_calls") or [])
+    if template == "chatml" and (tools or any(m["role"] == "tool" or "tool_calls" in m or "reasoning_content" in m
+                                              for m in msgs)):
+        raise BadRow("needs_qwen3_template")   # ChatML has no way to write tools, calls or reasoning
+    text = json.dumps([msgs, tools], ensure_ascii=False)
+    if any(tok in text for tok in FRAME_TOKENS):  # would end or open a turn in the middle of a message
+        raise BadRow("special_token_in_text")
+    return msgs, tools
 
 
 # ------------------------------------------------------------------------------------------------ preparation
-def prepare_file(path, out_dir, max_len, overlong, val_fraction):
+def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="qwen3"):
     """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
     last: its presence means 'this input is done')."""
     name, skips, truncated = _shard_name(path), {}, 0
@@ -110,7 +145,8 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction):
                 continue
             try:
                 text = line.decode("utf-8")
-                ids, mask = render(to_messages(json.loads(text)))
+                msgs, tools = to_chat(json.loads(text), chat_template)
+                ids, mask = render_chat(msgs, tools, template=chat_template)
             except UnicodeDecodeError:
                 bad("invalid_utf8")
                 continue
@@ -149,16 +185,18 @@ def _stat(path):
     return [st.st_size, st.st_mtime_ns]
 
 
-def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False):
+def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False, chat_template="qwen3"):
     """Tokenize every .jsonl input (skipping those already done, unless the file changed since), write meta.json."""
     if overlong not in ("drop", "truncate"):
         raise SystemExit(f"error: --overlong must be drop|truncate, got {overlong!r}")
+    if chat_template not in CHAT_TEMPLATES:
+        raise SystemExit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
     files = sorted({p for spec in inputs for p in ([spec] if os.path.isfile(spec) else
                     [os.path.join(r, f) for r, _, fs in os.walk(spec) for f in fs] if os.path.isdir(spec) else [])
                     if p.endswith(".jsonl")})
     if not files:
         raise SystemExit(f"error: --input {inputs} names no .jsonl file")
-    settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction}
+    settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction, "chat_template": chat_template}
     old = os.path.join(out_dir, "meta.json")
     if os.path.exists(old) and {k: json.load(open(old)).get(k) for k in settings} != settings:
         raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
@@ -166,7 +204,8 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
     for path in files:
         side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")
         side = json.load(open(side_path)) if os.path.exists(side_path) else {}
-        sides.append(side if side.get("stat") == _stat(path) else prepare_file(path, out_dir, max_len, overlong, val_fraction))
+        sides.append(side if side.get("stat") == _stat(path) else
+                     prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template))
     total = lambda key: {s: sum(x[key][s] for x in sides) for s in ("train", "val")}
     skipped = {}
     for x in sides:
@@ -188,15 +227,19 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Tokenize chat conversations (.jsonl) for train.py --sft_data (see README).")
-    ap.add_argument("--input", nargs="+", help=".jsonl files or directories (OpenAI messages, ShareGPT or Alpaca rows)")
+    ap.add_argument("--input", nargs="+", help=".jsonl files or directories (OpenAI messages with tools, ShareGPT or "
+                    "Alpaca rows)")
     ap.add_argument("--out", help="output directory (shards + meta.json)")
     ap.add_argument("--seq_len", type=int, default=2048, help="the training seq_len; default for --max_len")
     ap.add_argument("--max_len", type=int, default=None, help="longest conversation in tokens (default: --seq_len)")
     ap.add_argument("--overlong", default="drop", choices=("drop", "truncate"), help="what to do with longer ones")
     ap.add_argument("--val_fraction", type=float, default=0.01)
+    ap.add_argument("--chat_template", default="qwen3", choices=tuple(CHAT_TEMPLATES),
+                    help="Qwen3's chat template (thinking, tools) or plain ChatML")
     a = ap.parse_args()
     if not a.input or not a.out:
         ap.error("--input and --out are required")
     else:
-        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction)
+        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction,
+                       chat_template=a.chat_template)
         sys.exit(0 if meta["conversations"]["train"] else 1)

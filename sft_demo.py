@@ -10,11 +10,12 @@ review -- is it positive or negative? -- and measure it on reviews it has never 
 - SFT conversations (Alpaca rows, data/sft_demo/raw/train.jsonl) are the labelled reviews of the train split:
   user = the instruction and the review, assistant = 正面 (positive) or 负面 (negative);
 - the measure: accuracy of the constrained choice (whichever of 正面 / 负面 the model finds more probable right
-  after the generation prompt; each is one token), and how often the unconstrained greedy token is exactly the
-  right label (0 for a model that does not follow the format).
+  after the generation prompt with thinking off, i.e. after Qwen3's empty think block; each is one token), and
+  how often the unconstrained greedy token is exactly the right label (0 for a model that does not follow the
+  format).
 Training is config/sft_demo.py through train.py, in a subprocess, like any run.
 """
-import json, os, subprocess, sys, time, unicodedata
+import json, os, shutil, subprocess, sys, time, unicodedata
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import sft
 from checkpoint import find_model_dir, from_pretrained
 from data import open_shard
 from prepare import DEMO_DIR, build_demo
-from tokenizer import EOT, get_tokenizer
+from tokenizer import EOT, get_tokenizer, render_chat
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SFT_DIR = os.path.join(ROOT, "data", "sft_demo")
@@ -72,6 +73,10 @@ def build_data(demo_dir=DEMO_DIR, out_dir=SFT_DIR):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     json.dump(heldout, open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8"), ensure_ascii=False)
+    if os.path.exists(os.path.join(out_dir, "meta.json")) and data.sft_chat_template(out_dir) != "qwen3":
+        os.remove(os.path.join(out_dir, "meta.json"))   # prepared in ChatML by an older version: prepare anew
+        for old in ("done", "train", "val"):
+            shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
     sft.prepare([os.path.join(out_dir, "raw")], out_dir, max_len=256, val_fraction=0.02)
     return heldout
 
@@ -87,7 +92,9 @@ def accuracy(model, examples, batch_size=32):
     model.eval()
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        prompts = [sft.render([("user", INSTRUCTION + t)], add_generation_prompt=True)[0] for t, _ in chunk]
+        # the label follows Qwen3's empty think block, which the SFT rows (no reasoning) train the model to write
+        prompts = [render_chat([("user", INSTRUCTION + t)], add_generation_prompt=True, enable_thinking=False)[0]
+                   for t, _ in chunk]
         x = torch.full((len(prompts), max(map(len, prompts))), EOT)
         for j, p in enumerate(prompts):   # right padding: causal attention never looks at it
             x[j, :len(p)] = torch.tensor(p)

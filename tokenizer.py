@@ -6,7 +6,11 @@ The Qwen tokenizer on tiktoken, and everything that turns token ids back into te
 - `token_byte_lengths`: the UTF-8 bytes of every id, the denominator of bits-per-byte;
 - `save_tokenizer(dir)`: vocab.json / merges.txt / tokenizer.json / tokenizer_config.json, so that
   transformers.AutoTokenizer reproduces get_tokenizer() id for id (merges are recovered from the ranks);
-- `StreamDecoder`: incremental detokenizing for streaming output (partial UTF-8 characters are held back).
+- `StreamDecoder`: incremental detokenizing for streaming output (partial UTF-8 characters are held back);
+- the chat template: `render_chat_text` writes a conversation as Qwen3's official chat template does (thinking,
+  tools, tool calls and responses), `render_chat` gives its ids and the loss mask of what the model must produce,
+  and CHAT_TEMPLATES["qwen3"] (assets/chat_template.jinja) is the same template in Jinja for the HF export
+  (tests prove text and ids equal in transformers). "chatml" is plain ChatML, for those who want it.
 """
 import base64, hashlib, json, os, unicodedata
 from functools import lru_cache
@@ -31,6 +35,7 @@ N_ORDINARY = 151643          # ids below this are BPE tokens; the specials follo
 EOT = N_ORDINARY             # <|endoftext|>: ends every pretraining document (Qwen uses no BOS)
 IM_START, IM_END = EOT + 1, EOT + 2   # ChatML turn delimiters
 QWEN_VOCAB = N_ORDINARY + len(SPECIALS)   # 151669: a model whose vocab_size is below this cannot hold every id
+THINK, END_THINK = QWEN_VOCAB - 2, QWEN_VOCAB - 1   # <think>, </think>: a Qwen3 answer's reasoning between them
 
 
 class QwenEncoding(tiktoken.Encoding):
@@ -71,6 +76,124 @@ def token_byte_lengths(vocab_size):
     return out
 
 
+# ------------------------------------------------------------------------------ the chat template
+# Qwen3's chat template in Jinja (the HF export's), and plain ChatML; render_chat_text writes what each renders.
+CHAT_TEMPLATES = {
+    "qwen3": open(os.path.join(ASSETS, "chat_template.jinja"), encoding="utf-8").read(),
+    "chatml": "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+              "+ '<|im_end|>\\n' -}}{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+              "{%- endif -%}",
+}
+TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+              "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+              "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+              "<args-json-object>}\n</tool_call><|im_end|>\n")
+
+
+def _last_query_index(messages):
+    """The last user message that is not a tool response (old-style, as user text); the last message if none.
+    Qwen3 keeps reasoning only in the assistant turns after it (the steps of the current tool-using answer)."""
+    for i in range(len(messages) - 1, -1, -1):
+        c = messages[i].get("content")
+        if messages[i].get("role") == "user" and isinstance(c, str) and not (
+                c.startswith("<tool_response>") and c.endswith("</tool_response>")):
+            return i
+    return len(messages) - 1
+
+
+def _assistant_body(m, i, last_query, last):
+    """An assistant message as Qwen3 writes it between '<|im_start|>assistant\\n' and '<|im_end|>'."""
+    content = m.get("content") if isinstance(m.get("content"), str) else ""
+    reasoning = ""
+    if isinstance(m.get("reasoning_content"), str):
+        reasoning = m["reasoning_content"]
+    elif "</think>" in content:  # reasoning written into the content
+        reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+        content = content.split("</think>")[-1].lstrip("\n")
+    if i > last_query and (last or reasoning):
+        body = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+    else:
+        body = content
+    for j, call in enumerate(m.get("tool_calls") or []):
+        fn = call.get("function") or call
+        args = fn.get("arguments")
+        args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)   # a string goes in verbatim
+        body += "\n" if content or j else ""
+        body += f'<tool_call>\n{{"name": "{fn.get("name")}", "arguments": {args}}}\n</tool_call>'
+    return body
+
+
+def chat_pieces(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
+    """The conversation as the template writes it, as [(text, trained)]: trained pieces are what the model must
+    produce (an assistant turn's think block, content, tool calls and <|im_end|>), never a prompt, tool response or
+    '<|im_start|>assistant\\n'. messages: OpenAI-style dicts (role, content, reasoning_content, tool_calls) or
+    (role, content) pairs; tools: a list of JSON schemas; enable_thinking=False: the generation prompt closes an
+    empty think block, as Qwen3's does."""
+    messages = [{"role": m[0], "content": m[1]} if isinstance(m, tuple) else m for m in messages]
+    if template == "chatml":
+        if tools or any(m.get(k) for m in messages for k in ("tool_calls", "reasoning_content")):
+            raise ValueError("the chatml template has no tools, tool calls or reasoning: use qwen3")
+        out = []
+        for m in messages:
+            trained = m["role"] == "assistant"
+            out += [(f"<|im_start|>{m['role']}\n", False), (m["content"] + "<|im_end|>", trained), ("\n", False)]
+        return out + ([("<|im_start|>assistant\n", False)] if add_generation_prompt else [])
+    if template != "qwen3":
+        raise ValueError(f"unknown chat template {template!r} (qwen3 or chatml)")
+    out, first_system = [], bool(messages) and messages[0].get("role") == "system"
+    if tools:
+        out.append(("<|im_start|>system\n" + (messages[0]["content"] + "\n\n" if first_system else "") + TOOLS_HEAD
+                    + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_TAIL, False))
+    elif first_system:
+        out.append(("<|im_start|>system\n" + messages[0]["content"] + "<|im_end|>\n", False))
+    last_query = _last_query_index(messages)
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content") if isinstance(m.get("content"), str) else ""
+        if role == "user" or (role == "system" and i > 0):
+            out.append((f"<|im_start|>{role}\n{content}<|im_end|>\n", False))
+        elif role == "assistant":
+            body = _assistant_body(m, i, last_query, i == len(messages) - 1)
+            out += [("<|im_start|>assistant\n", False), (body + "<|im_end|>", True), ("\n", False)]
+        elif role == "tool":  # consecutive tool responses share one user turn
+            first = i == 0 or messages[i - 1].get("role") != "tool"
+            last = i == len(messages) - 1 or messages[i + 1].get("role") != "tool"
+            out.append((("<|im_start|>user" if first else "") + f"\n<tool_response>\n{content}\n</tool_response>"
+                        + ("<|im_end|>\n" if last else ""), False))
+    if add_generation_prompt:
+        out.append(("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if enable_thinking is False else ""), False))
+    return out
+
+
+def render_chat_text(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
+    """The text apply_chat_template renders with CHAT_TEMPLATES[template] (see chat_pieces)."""
+    return "".join(t for t, _ in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template))
+
+
+@lru_cache(maxsize=1)
+def _all_token_bytes():
+    """Byte length of every id's text, the specials' names included."""
+    enc = get_tokenizer()
+    return np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
+
+
+def render_chat(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
+    """-> (ids, loss mask), lists: the rendered text tokenized as a HF tokenizer does (the template's tags become
+    their special ids), and 1 on every token with a byte in a trained piece (chat_pieces)."""
+    # NFC piece by piece is NFC of the whole: pieces meet after a newline or a '>', which compose with nothing
+    pieces = [(unicodedata.normalize("NFC", t), trained)
+              for t, trained in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template)]
+    ids = get_tokenizer().encode("".join(t for t, _ in pieces), allowed_special="all")
+    ends = np.cumsum(_all_token_bytes()[ids])
+    starts, mask, at = ends - _all_token_bytes()[ids], np.zeros(len(ids), dtype=bool), 0
+    for t, trained in pieces:
+        n = len(t.encode("utf-8"))
+        if trained and n:
+            mask |= (ends > at) & (starts < at + n)
+        at += n
+    return ids, mask.astype(int).tolist()
+
+
 # ------------------------------------------------------------------------------ Hugging Face tokenizer export
 def _bytes_to_unicode():
     """GPT-2's reversible byte -> printable-unicode map used by byte-level BPE vocab files."""
@@ -99,10 +222,12 @@ def _bpe_split(ranks, token, max_rank):
         parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
 
 
-def save_tokenizer(out_dir, chat_template=None):
+def save_tokenizer(out_dir, chat_template="qwen3"):
     """Write vocab.json, merges.txt, tokenizer.json and tokenizer_config.json so that
     transformers.AutoTokenizer.from_pretrained(out_dir) reproduces get_tokenizer() id for id, offline.
-    chat_template (Jinja, sft.CHAT_TEMPLATE) goes into tokenizer_config.json for apply_chat_template."""
+    chat_template (a CHAT_TEMPLATES name, or None) goes into tokenizer_config.json for apply_chat_template."""
+    if chat_template is not None and chat_template not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {chat_template!r} (one of {', '.join(CHAT_TEMPLATES)})")
     os.makedirs(out_dir, exist_ok=True)
     ranks = load_ranks()
     b2u = _bytes_to_unicode()
@@ -134,7 +259,7 @@ def save_tokenizer(out_dir, chat_template=None):
         "clean_up_tokenization_spaces": False, "split_special_tokens": False, "add_prefix_space": False,
         "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added},
         "additional_special_tokens": [t for t, special in SPECIALS if special],
-        **({"chat_template": chat_template} if chat_template else {}),
+        **({"chat_template": CHAT_TEMPLATES[chat_template]} if chat_template else {}),
     }
     files = {"tokenizer.json": tokenizer_json, "tokenizer_config.json": config, "vocab.json": vocab}
     for name, obj in files.items():

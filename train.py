@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
                         save_checkpoint, trim_log)
-from data import DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_val_loss, val_loss_bpb
+from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
+                  sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer
@@ -353,7 +354,7 @@ def main(get_batch=None):
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
-            export_hf(model, os.path.join(out_dir, "hf"), chat=bool(sft_data))
+            export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
         return []
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
@@ -395,7 +396,7 @@ def main(get_batch=None):
     if eval_interval:
         evaluate(model, step, dev, autocast, log)
     if master and export_at_end:
-        export_hf(model, os.path.join(out_dir, "hf"), chat=bool(sft_data))
+        export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down

@@ -149,14 +149,16 @@ def write_jsonl(path, rows):
     os.replace(path + ".tmp", path)
 
 
-def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.8, top_k=50, seed=0):
-    """The assistant's reply to each prompt (one user turn, the chat template's generation prompt), sampled."""
+def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.8, top_k=50, seed=0,
+                   template="qwen3"):
+    """The assistant's reply to each prompt (one user turn, the chat template's generation prompt without thinking,
+    as the SFT data renders a final answer), sampled."""
     import torch
     from generate import Decoder
-    from sft import render
-    from tokenizer import EOT, IM_END, get_tokenizer
+    from tokenizer import EOT, IM_END, get_tokenizer, render_chat
     enc, dev = get_tokenizer(), model.model.embed_tokens.weight.device
-    ids = [render([{"role": "user", "content": p}], add_generation_prompt=True)[0] for p in prompts]
+    ids = [render_chat([{"role": "user", "content": p}], add_generation_prompt=True, enable_thinking=False,
+                       template=template)[0] for p in prompts]
     longest = max(map(len, ids))
     decoder = Decoder(model, batch_size, max_len=longest + max_new_tokens)
     gen, out = torch.Generator(device=dev).manual_seed(seed), []
@@ -195,6 +197,7 @@ def main():
     ap.add_argument("--model", help="eval: a model directory or training out_dir")
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
+    ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
     a = ap.parse_args()
     if not os.path.isfile(a.corpus):
         sys.exit(f"error: --corpus {a.corpus}: no such file")
@@ -214,14 +217,15 @@ def main():
                                            "ci_tunes": len(ci)}}, ensure_ascii=False))
         return
     import torch
-    from model import find_model_dir, from_pretrained
+    from checkpoint import find_model_dir, from_pretrained
     heldout = [json.loads(l) for l in open(os.path.join(a.data, "heldout.jsonl"), encoding="utf-8")]
     heldout = heldout[:a.max_prompts] if a.max_prompts else heldout
     ci = json.load(open(os.path.join(a.data, "forms.json"), encoding="utf-8"))
     cuda = torch.cuda.is_available()
     model = from_pretrained(find_model_dir(a.model), dtype=torch.bfloat16 if cuda else torch.float32,
                             device="cuda" if cuda else "cpu").eval()
-    poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=64 if cuda else 4)
+    poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=64 if cuda else 4,
+                           template=a.chat_template)
     seen = corpus_lines(rows)
     result = evaluate(poems, heldout, ci, seen)
     if a.samples:

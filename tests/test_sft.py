@@ -1,6 +1,6 @@
-"""Instruction tuning: rendering and formats, bad rows, the loss on answers only, document masking (no attention or
-gradient across packed conversations, packed == unpacked), the HF chat template, SFT training with exact resume."""
-import json, os, shutil
+"""Instruction tuning: formats (tools included), bad rows, the loss on answers only, document masking (no attention or
+gradient across packed conversations, packed == unpacked), SFT training with exact resume and export, chat.py."""
+import io, json, os, shutil
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ import data
 import sft
 from checkpoint import save_pretrained
 from model import Qwen3, doc_mask, doc_positions, rope_cos_sin
-from tokenizer import EOT, IM_END, IM_START, get_tokenizer, save_tokenizer
+from tokenizer import CHAT_TEMPLATES, EOT, IM_END, IM_START, get_tokenizer, render_chat, save_tokenizer
 
 CONV = [("system", "你是一个助手。"), ("user", "Hello, 你好"), ("assistant", "Hi! 很高兴见到你。"),
         ("user", "2+2?"), ("assistant", "4")]
@@ -38,20 +38,22 @@ def chat_model(seed=0, **kw):
     return m
 
 
-def test_rendering_is_chatml_and_every_format_gives_the_same_conversation():
+def test_every_format_gives_the_same_conversation_and_the_loss_is_on_the_answers():
     enc = get_tokenizer()
-    assert sft.to_messages(OPENAI) == sft.to_messages(SHAREGPT) == CONV
-    ids, mask = sft.render(CONV)
-    text = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in CONV)
-    assert ids == enc.encode(text, allowed_special="all") and len(mask) == len(ids)
-    # the loss is on the assistant's words and its <|im_end|>, nothing else (not even "<|im_start|>assistant\n")
-    assert enc.decode([t for t, m in zip(ids, mask) if m]) == "Hi! 很高兴见到你。<|im_end|>4<|im_end|>"
-    assert sum(mask) == len(enc.encode_ordinary("Hi! 很高兴见到你。")) + len(enc.encode_ordinary("4")) + 2
-    gen, gmask = sft.render(CONV[:2], add_generation_prompt=True)
+    dicts = [{"role": r, "content": c} for r, c in CONV]
+    assert sft.to_chat(OPENAI) == sft.to_chat(SHAREGPT) == (dicts, None)
+    ids, mask = render_chat(dicts)
+    assert ids == render_chat(CONV)[0] and len(mask) == len(ids)
+    # the loss is on what the model must write: the answers (the last one after Qwen3's empty think block) and their
+    # <|im_end|>, nothing else (not even "<|im_start|>assistant\n")
+    assert enc.decode([t for t, m in zip(ids, mask) if m]) == "Hi! 很高兴见到你。<|im_end|><think>\n\n</think>\n\n4<|im_end|>"
+    gen, gmask = render_chat(CONV[:2], add_generation_prompt=True)
     assert gen[-3:] == [IM_START] + enc.encode_ordinary("assistant\n") and not any(gmask)
-    assert sft.to_messages(ALPACA) == [("user", "Translate to English\n\n你好"), ("assistant", "Hello")]
-    assert sft.to_messages({**ALPACA, "input": "", "system": "S"}) == [
-        ("system", "S"), ("user", "Translate to English"), ("assistant", "Hello")]
+    assert sft.to_chat(ALPACA)[0] == [{"role": "user", "content": "Translate to English\n\n你好"},
+                                      {"role": "assistant", "content": "Hello"}]
+    assert sft.to_chat({**ALPACA, "input": "", "system": "S"})[0] == [
+        {"role": "system", "content": "S"}, {"role": "user", "content": "Translate to English"},
+        {"role": "assistant", "content": "Hello"}]
 
 
 def test_bad_rows_are_counted_by_reason_and_overlong_is_dropped_or_truncated(tmp_path):
@@ -77,17 +79,55 @@ def test_bad_rows_are_counted_by_reason_and_overlong_is_dropped_or_truncated(tmp
     assert sorted(p.conv[:, 2].tolist())[-1] == 100  # the truncated one, cut at max_len and still used
 
 
-def test_hf_chat_template_reproduces_our_ids(tmp_path):
-    from transformers import AutoTokenizer
-    save_tokenizer(tmp_path, chat_template=sft.CHAT_TEMPLATE)
-    tok = AutoTokenizer.from_pretrained(tmp_path)
-    tricky = [("user", "a\n\n  b "), ("assistant", "\n\n 好的 ok\n"), ("user", "é (e + \u0301)"), ("assistant", " x")]
-    for conv in (CONV, CONV[1:], CONV[1:2], tricky):   # with and without system, one and several turns
-        for gen in (False, True):
-            ours, _ = sft.render(conv, add_generation_prompt=gen)
-            hf = tok.apply_chat_template([{"role": r, "content": c} for r, c in conv], tokenize=True,
-                                         add_generation_prompt=gen)
-            assert list(hf["input_ids"] if hasattr(hf, "keys") else hf) == ours, (conv, gen)
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL_ROW = {"messages": [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "reasoning_content": "Call the tool.", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    {"role": "assistant", "content": "Sunny."}], "tools": [WEATHER]}
+
+
+def tool_row(i, **fields):
+    """TOOL_ROW with fields of messages[i] set (None deletes the field)."""
+    row = json.loads(json.dumps(TOOL_ROW))
+    for k, v in fields.items():
+        row["messages"][i][k] = v
+        if v is None:
+            del row["messages"][i][k]
+    return row
+
+
+def test_tool_use_rows_train_the_calls_and_answers_and_bad_ones_are_counted(tmp_path):
+    call = lambda args: [{"type": "function", "function": {"name": "get_weather", "arguments": args}}]
+    rows = [TOOL_ROW, tool_row(1, tool_calls=call({"city": "Rome"})),      # arguments as an object
+            tool_row(1, tool_calls=None, content="Let me look."),           # tool_without_call: nothing was called
+            {"messages": TOOL_ROW["messages"][:3] + TOOL_ROW["messages"][2:]},  # tool_without_call: 2 answers, 1 call
+            tool_row(1, tool_calls=call("{city: Paris")),                   # bad_tool_arguments: not JSON
+            tool_row(1, tool_calls=call("[1, 2]")),                         # bad_tool_arguments: not an object
+            tool_row(1, tool_calls=[{"function": {"arguments": {}}}]),       # bad_tool_call: no name
+            tool_row(1, tool_calls="get_weather"),                           # bad_tool_call
+            {**TOOL_ROW, "tools": "not json"}, {**TOOL_ROW, "tools": {"name": "x"}},   # bad_tools
+            tool_row(2, role="function"),                                    # unknown_role
+            tool_row(1, reasoning_content=7)]                                # wrong_type
+    src = write_jsonl(tmp_path / "tools.jsonl", rows)
+    meta = sft.prepare([src], str(tmp_path / "q"), max_len=1024, val_fraction=0, quiet=True)
+    assert meta["skipped_rows"] == {"tool_without_call": 2, "bad_tool_arguments": 2, "bad_tool_call": 2,
+                                    "bad_tools": 2, "unknown_role": 1, "wrong_type": 1}
+    assert meta["conversations"]["train"] == 2 and meta["chat_template"] == "qwen3"
+    base = str(tmp_path / "q" / "train" / meta["shards"][0]["name"])
+    tokens, mask = (data.open_shard(f"{base}.{kind}.bin").tolist() for kind in ("tokens", "mask"))
+    msgs, tools = sft.to_chat(TOOL_ROW)
+    ids, want = render_chat(msgs, tools)
+    assert tokens[:len(ids)] == ids and mask[:len(ids)] == want
+    enc = get_tokenizer()
+    assert enc.decode([t for t, m in zip(ids, want) if m]) == (
+        '<think>\nCall the tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+        "\n</tool_call><|im_end|><think>\n\n</think>\n\nSunny.<|im_end|>")   # never the tool's response
+    meta = sft.prepare([src], str(tmp_path / "c"), max_len=1024, val_fraction=0, quiet=True, chat_template="chatml")
+    assert meta["skipped_rows"]["needs_qwen3_template"] == 2 and meta["conversations"]["train"] == 0
+    assert data.sft_chat_template(str(tmp_path / "c")) == "chatml"
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -129,10 +169,10 @@ def test_packed_loss_is_the_mean_over_assistant_tokens_of_each_conversation_alon
         # by hand: each conversation alone (unpacked, positions from 0), log-probs of its assistant tokens only
         nll = []
         for conv in CONVS:
-            ids, mask = sft.render(conv)
+            ids, mask = render_chat(conv)
             logp = F.log_softmax(model(torch.tensor([ids]))[0][0].double(), -1)
             nll += [-logp[t - 1, ids[t]].item() for t in range(1, len(ids)) if mask[t]]
-    assert (y != -100).sum().item() == len(nll) == sum(sum(sft.render(c)[1]) for c in CONVS)
+    assert (y != -100).sum().item() == len(nll) == sum(sum(render_chat(c)[1]) for c in CONVS)
     assert packed.item() == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     assert IM_START in x[y == -100].tolist() and (y == IM_END).any()
 
@@ -141,9 +181,9 @@ def test_no_gradient_flows_between_packed_conversations():
     """The loss of conversation A, with B packed before it and C after it in the same row: its gradient with
     respect to B's and C's token embeddings is exactly zero, and not with respect to A's own."""
     model = chat_model(seed=1)
-    a, _ = sft.render(CONVS[1])
-    b, _ = sft.render(CONVS[0])
-    c, _ = sft.render(CONVS[2])
+    a, _ = render_chat(CONVS[1])
+    b, _ = render_chat(CONVS[0])
+    c, _ = render_chat(CONVS[2])
     x = torch.tensor([b + a + c])
     doc = torch.tensor([[0] * len(b) + [1] * len(a) + [2] * len(c)])
     y = torch.full_like(x, -100)
@@ -185,7 +225,7 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     save_pretrained(chat_model(), base, dtype=torch.float32, eos_token_id=EOT)
     rows = [{"messages": [{"role": r, "content": c * (1 + i % 4)} for r, c in conv]} for i in range(20) for conv in CONVS]
     d = str(tmp_path / "sft")
-    r = run(["sft.py", "--input", write_jsonl(tmp_path / "c.jsonl", rows), "--out", d, "--seq_len=64",
+    r = run(["sft.py", "--input", write_jsonl(tmp_path / "c.jsonl", rows), "--out", d, "--seq_len=96",
              "--val_fraction=0.1"])
     assert r.returncode == 0 and "skipped rows: none" in r.stdout, r.stderr[-2000:]
     out = str(tmp_path / "o")
@@ -194,7 +234,7 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
 
     def args(**kw):  # small_train_args without any model shape: it comes from the weights
         over = dict(sft_data=d, init_from=base, max_steps=6, ckpt_interval=3, eval_interval=3, export_at_end=True,
-                    seq_len=64)
+                    seq_len=96)
         over.update(kw)
         return [a for a in small_train_args("", out, **over) if a.split("=")[0][2:] not in shape]
     r = run(["train.py"] + args())
@@ -210,7 +250,7 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     assert losses(out) == ref
     hf = os.path.join(out, "hf")
     assert json.load(open(os.path.join(hf, "generation_config.json")))["eos_token_id"] == [IM_END, EOT]
-    assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == sft.CHAT_TEMPLATE
+    assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == CHAT_TEMPLATES["qwen3"]
 
 
 @pytest.mark.slow
@@ -247,10 +287,21 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     assert abs(float(r.stdout.split("val loss ")[1].split()[0]) - masked) < 1e-3
 
 
+def tidy(text):
+    """What chat.py prints of an answer (chat.Printer: blank-line runs squeezed, ends stripped)."""
+    import chat
+    out = io.StringIO()
+    printer = chat.Printer(out)
+    printer.write(text)
+    printer.close()
+    return out.getvalue()
+
+
 @pytest.mark.slow
 def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
-    """Piped turns to chat.py print, turn by turn, the greedy answer to the whole conversation so far (recomputed
-    here from scratch with generate()); a small max_context makes it drop old exchanges and carry on."""
+    """Piped turns to chat.py print a transcript (`user: ...` / `assistant: ...`) whose answers are, turn by turn, the
+    greedy answer to the whole conversation so far in Qwen3's template (recomputed here from scratch with
+    generate()); a small max_context makes it drop old exchanges and carry on."""
     from generate import generate
     model = chat_model(seed=3).eval()
     save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
@@ -259,17 +310,91 @@ def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
     r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--system", "简短回答。"],
             input="\n".join(turns) + "\n", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    ids, expected = sft.render([("system", "简短回答。")])[0], ""
+    messages, expected = [{"role": "system", "content": "简短回答。"}], ""
     for t in turns:
-        ids = ids + sft.render([("user", t)], add_generation_prompt=True)[0]
+        messages.append({"role": "user", "content": t})
+        ids = render_chat(messages, add_generation_prompt=True)[0]
         out = generate(model, torch.tensor([ids]), 6, temperature=0, eos=[IM_END, EOT])[0, len(ids):].tolist()
-        said = [x for x in out if x not in (IM_END, EOT)]
-        expected += enc.decode(said) + "\n"
-        ids = ids + said + [IM_END] + enc.encode_ordinary("\n")
-    assert len(expected) > 3 * 2 and r.stdout.replace("\ufffd", "") == expected.replace("\ufffd", "")
+        said = enc.decode([x for x in out if x not in (IM_END, EOT)])
+        expected += f"user: {t}\nassistant: {tidy(said)}"
+        messages.append({"role": "assistant", "content": said})
+    assert len(expected) > 3 * 20 and r.stdout.replace("\ufffd", "") == expected.replace("\ufffd", "")
     r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
             input="\n".join(turns * 2) + "\n", timeout=300)
     assert r.returncode == 0 and "history trimmed" in r.stderr, r.stderr[-2000:]
+
+
+class ScriptedDecoder:
+    """A stand-in for generate.Decoder whose cache is a list of ids and whose model says the scripted answers."""
+
+    def __init__(self, model, batch_size, max_len, answers=()):
+        self.ids, self.fed, self.answers = [], [], iter(answers)
+
+    @property
+    def pos(self):
+        return len(self.ids)
+
+    def reset(self, pos=0):
+        del self.ids[pos:]
+
+    def _logits(self):
+        tok = next(self.next_answer)
+        logits = torch.zeros(1, 151936)
+        logits[0, tok] = 1.0
+        return logits
+
+    def prefill(self, idx):
+        self.ids += idx[0].tolist()
+        self.fed.append(idx[0].tolist())
+        self.next_answer = iter(next(self.answers))
+        return self._logits()
+
+    def step(self, tok, *sampling):
+        self.ids.append(tok.item())
+        return self._logits().argmax(-1, keepdim=True)
+
+
+def test_chat_drops_the_think_block_from_the_history_and_shows_it_dimmed_or_hidden(monkeypatch):
+    """--think=True: the model's reasoning is printed (dimmed on a terminal, between its tags in a transcript, or
+    not at all with --show_think=False); the next turn rewinds the cache to where the answer began and feeds it
+    back without the reasoning, as Qwen3's template renders the history. --think=False closes the think block in
+    the prompt."""
+    import chat
+    enc = get_tokenizer()
+    answers = [enc.encode(t, allowed_special="all") + [IM_END] for t in
+               ("<think>\nLet me think.\n</think>\n\nHello!", "<think>\nAgain.\n</think>\n\nBye.")]
+    monkeypatch.setattr(chat, "temperature", 0)
+    u, a = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for show, out, shown in ((True, io.StringIO(), "<think>\nLet me think.\n</think>\n\nHello!\n"),
+                             (True, Terminal(), "\x1b[2mLet me think.\x1b[0m\n\nHello!\n"),
+                             (False, Terminal(), "Hello!\n")):
+        monkeypatch.setattr(chat, "show_think", show)
+        monkeypatch.setattr(chat, "Decoder", lambda *args, **kw: ScriptedDecoder(*args, answers=answers, **kw))
+        conv = chat.Conversation(None, ctx=4096)
+        conv.turn("Hi", out, prefix="assistant: ")
+        assert out.getvalue() == "assistant: " + shown
+        conv.turn("Bye?", io.StringIO())
+        first = render_chat([u("Hi")], add_generation_prompt=True)[0]
+        history = render_chat([u("Hi"), a("Hello!"), u("Bye?")], add_generation_prompt=True)[0]
+        assert conv.decoder.fed == [first, history[len(first):]]   # rewound to where the first answer began
+        assert conv.decoder.ids == history + answers[1][:-1]      # the cache holds what the template renders
+    monkeypatch.setattr(chat, "think", False)
+    monkeypatch.setattr(chat, "Decoder", lambda *args, **kw: ScriptedDecoder(*args, answers=answers[1:], **kw))
+    conv = chat.Conversation(None, ctx=4096)
+    conv.turn("Hi", io.StringIO())
+    assert conv.decoder.fed == [render_chat([u("Hi")], add_generation_prompt=True, enable_thinking=False)[0]]
+    assert enc.decode(conv.decoder.fed[0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_chat_printer_squeezes_blank_lines():
+    """A base model's answer of newlines and spaces prints as one line; inner runs of blank lines as one blank line."""
+    assert tidy("\n" * 60) == "\n"
+    assert tidy("\n\n\n  Hello\n\n\n\n\nworld !\n  \n\n") == "Hello\n\nworld !\n"
+    assert tidy("a\nb\n\nc") == "a\nb\n\nc\n"
 
 
 @cuda
