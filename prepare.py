@@ -10,143 +10,17 @@ written as one shard per input and split plus a sidecar that records the setting
 mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
 same settings is skipped, one done with other settings is redone.
 """
-import argparse, glob, hashlib, io, json, math, os, re, sys, time
+import argparse, glob, hashlib, json, math, os, re, sys, time
 from collections import Counter
 
 import numpy as np
 
 from data import HEADER_BYTES, write_shard
+from readers import FORMATS, MissingFieldError, StructuralError, input_format, iter_rows
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 
 # ------------------------------------------------------------------------------------------ preparation
-class StructuralError(Exception):
-    """A whole input file is unusable (unreadable, wrong format, no such text or score field)."""
-
-
-COMPRESSED = ("gz", "xz", "zst")          # jsonl / json / txt inputs may be compressed with any of these
-FORMATS = ("parquet", "jsonl", "json", "txt")
-
-
-def input_format(path):
-    """'a.jsonl.xz' -> ('jsonl', 'xz'); 'a.parquet' -> ('parquet', None); an unknown format -> (ext, None)."""
-    parts = os.path.basename(path).lower().split(".")
-    if len(parts) > 2 and parts[-1] in COMPRESSED and parts[-2] in FORMATS and parts[-2] != "parquet":
-        return parts[-2], parts[-1]
-    return parts[-1], None
-
-
-def _open_input(path, compression):
-    """(binary stream of the decompressed bytes, the raw file): progress is read off the raw file's position."""
-    raw = open(path, "rb")
-    if compression is None:
-        return raw, raw
-    if compression == "gz":
-        import gzip
-        return gzip.GzipFile(fileobj=raw), raw
-    if compression == "xz":
-        import lzma
-        return lzma.LZMAFile(raw), raw
-    try:
-        import zstandard  # optional: only .zst inputs need it
-    except ImportError:
-        raw.close()
-        raise StructuralError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)")
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw
-
-
-def row_text(row, text_fields):
-    """The document of a row: the named fields that are present, in order, joined by newlines; a field holding a
-    list of strings (chinese-poetry's `paragraphs`) is its lines joined by newlines. None when no field is present;
-    a value that is neither a string nor a list of strings is returned as is (counted as not_string)."""
-    parts = []
-    for f in text_fields:
-        v = row.get(f)
-        if v is None:
-            continue
-        if isinstance(v, list) and all(isinstance(x, str) for x in v):
-            v = "\n".join(v)
-        if not isinstance(v, str):
-            return v
-        parts.append(v)
-    return "\n".join(parts) if parts else None
-
-
-def iter_rows(path, fields, skips, progress):
-    """Yield (text, score, row_source) for the rows of one file; `fields` = (text fields, score, source) field
-    names, the text fields a comma-separated list (joined by newlines, see row_text), the last two None when unused
-    (a missing source is None; a .txt file is one document with neither). Bad rows are counted in `skips` by
-    reason; structural problems raise. `progress(fraction)` reports how far through we are."""
-    text_field, score_field, source_field = fields
-    text_fields = [f.strip() for f in text_field.split(",") if f.strip()]
-    ext, compression = input_format(path)
-    try:
-        if ext == "parquet":
-            import pyarrow.parquet as pq  # only needed for parquet inputs
-            pf = pq.ParquetFile(path)
-            names = pf.schema_arrow.names
-            for flag, f in [("--text_field", f) for f in text_fields] + [("--score_field", score_field)]:
-                if f and f not in names:
-                    raise StructuralError(f"{path}: no column {f!r} (columns: {names}); use {flag}")
-            cols = [score_field, source_field if source_field in names else None]
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=text_fields + [c for c in cols if c])
-                texts = [row_text(dict(zip(text_fields, r)), text_fields)
-                         for r in zip(*[table.column(f).to_pylist() for f in text_fields])]
-                yield from zip(texts, *[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
-                progress((g + 1) / pf.num_row_groups)
-        elif ext in ("jsonl", "json"):
-            stream, raw = _open_input(path, compression)
-            with stream, raw:
-                if ext == "json":
-                    rows = json.load(stream)
-                    if not isinstance(rows, list) or not any(isinstance(r, dict) and any(f in r for f in text_fields)
-                                                             for r in rows):
-                        raise StructuralError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
-                    lines, size = [(r, 0) for r in rows], 1
-                else:
-                    lines, size = _jsonl_rows(stream, raw, skips), max(os.path.getsize(path), 1)
-                seen_field = False
-                for row, pos in lines:
-                    text = row_text(row, text_fields) if isinstance(row, dict) else None
-                    if text is None:
-                        skips["missing_field"] += 1
-                        continue
-                    seen_field = True
-                    yield text, row.get(score_field), row.get(source_field)  # .get(None): None
-                    progress(pos / size)
-            if not seen_field and skips["missing_field"]:
-                raise StructuralError(f"{path}: no row has the field {text_field!r}; use --text_field")
-        elif ext == "txt":  # one file = one document
-            stream, raw = _open_input(path, compression)
-            with stream, raw:
-                try:
-                    yield stream.read().decode("utf-8"), None, None
-                except UnicodeDecodeError:
-                    skips["invalid_utf8"] += 1
-        else:
-            raise StructuralError(f"{path}: unsupported extension .{ext} ({', '.join(FORMATS)}; "
-                                  f"jsonl/json/txt may end in .{', .'.join(COMPRESSED)})")
-    except StructuralError:
-        raise
-    except ImportError:
-        raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
-    except (OSError, ValueError, EOFError) as e:  # unreadable, corrupt parquet/archive, bad JSON file, ...
-        raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
-
-
-def _jsonl_rows(stream, raw, skips):
-    """(row, byte position in the raw file) per parseable line; broken lines are counted in `skips`."""
-    for line in stream:
-        if line.strip():
-            try:
-                yield json.loads(line.decode("utf-8")), raw.tell()
-            except UnicodeDecodeError:
-                skips["invalid_utf8"] += 1
-            except json.JSONDecodeError:
-                skips["bad_json"] += 1
-
-
 ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # for the observed zh:en ratio
 
 
@@ -307,8 +181,13 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
                 "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
     files = expand_inputs(inputs)
     os.makedirs(out_dir, exist_ok=True)
-    errors = tokenize(files, out_dir, settings, workers, quiet)
+    errors, missing = tokenize(files, out_dir, settings, workers, quiet)
     meta = write_meta(files, out_dir, settings, max_tokens, errors)
+    if missing:  # side files (authors.json beside the poems) when other files have the field; else a wrong field
+        (meta["warnings"] if meta["docs"] else meta["errors"]).extend(f"{m} (skipped)" if meta["docs"] else m
+                                                                         for m in missing)
+        json.dump(meta, open(os.path.join(out_dir, "meta.json.tmp"), "w"), indent=1, ensure_ascii=False)
+        os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
     if not quiet:
         report(meta)
     return meta
@@ -316,14 +195,14 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
 
 def tokenize(files, out_dir, settings, workers=None, quiet=False):
     """prepare_file for every input not already done with these settings, one process per file, with a progress
-    bar; returns the structural errors (one line each, naming the file)."""
+    bar; returns the structural errors and the files with none of the text fields (one line each, naming the file)."""
     import multiprocessing as mp
     todo = [f[0] for f in files if _done_sidecar(out_dir, f[0], settings) is None]
     stale = sum(os.path.exists(os.path.join(out_dir, "done", _shard_name(p) + ".json")) for p in todo)
     if stale and not quiet:
         print(f"redoing {stale} input(s) prepared with other settings (or with damaged shards)", file=sys.stderr)
     total_bytes = sum(os.path.getsize(p) for p in todo) or 1
-    errors = []
+    errors, missing = [], []
     if todo:
         counters = mp.Array("q", 2)
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
@@ -337,11 +216,13 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
             for path, j in jobs:
                 try:
                     j.get()
+                except MissingFieldError as e:
+                    missing.append(str(e))
                 except StructuralError as e:
                     errors.append(str(e))
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             bar.update(1.0, counters[1], final=True)
-    return errors
+    return errors, missing
 
 
 def mix(shards, max_tokens=None):

@@ -9,6 +9,7 @@ from conftest import run, synthetic_dataset
 
 import data
 import prepare
+import readers
 from tokenizer import EOT, get_tokenizer
 
 
@@ -352,8 +353,8 @@ def test_zst_input_without_zstandard_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name == "zstandard" else real_import(name, *a, **k))
     open(tmp_path / "a.jsonl.zst", "wb").write(b"\x28\xb5\x2f\xfd")
-    with pytest.raises(prepare.StructuralError, match=r"a\.jsonl\.zst: reading \.zst needs the zstandard package"):
-        list(prepare.iter_rows(str(tmp_path / "a.jsonl.zst"), ("text", None, None), {}, lambda f: None))
+    with pytest.raises(readers.StructuralError, match=r"a\.jsonl\.zst: reading \.zst needs the zstandard package"):
+        list(readers.iter_rows(str(tmp_path / "a.jsonl.zst"), ("text", None, None), {}, lambda f: None))
 
 
 def _poetry_layout(root):
@@ -365,21 +366,27 @@ def _poetry_layout(root):
     ci = [{"rhythmic": "浣溪沙", "author": "晏殊", "paragraphs": ["一曲新詞酒一杯，去年天氣舊亭臺。"]}]
     json.dump(tang, open(root / "quantangshi" / "poet.tang.0.json", "w", encoding="utf-8"), ensure_ascii=False)
     json.dump(ci, open(root / "songci" / "ci.song.0.json", "w", encoding="utf-8"), ensure_ascii=False)
+    json.dump([{"name": "李白", "desc": "..."}], open(root / "quantangshi" / "authors.tang.json", "w"))  # a side file
+    json.dump({"title": "論語", "paragraphs": ["學而時習之"]}, open(root / "lunyu.json", "w"))  # one object: one row
 
 
 def test_poetry_layout_list_valued_and_several_text_fields(tmp_path):
     _poetry_layout(tmp_path / "cp")
     meta = prepare.prepare([str(tmp_path / "cp")], str(tmp_path / "o"), text_field="title,rhythmic,author,paragraphs",
                            val_fraction=0, quiet=True)
-    assert meta["docs"] == 3 and not meta["skipped_rows"]
+    assert meta["docs"] == 4 and not meta["skipped_rows"] and not meta["errors"]
+    assert len(meta["warnings"]) == 1 and "authors.tang.json" in meta["warnings"][0]   # skipped, said so
     assert sorted(_decoded_train(str(tmp_path / "o"))) == sorted(
-        ["靜夜思\n李白\n床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。",
+        ["論語\n學而時習之", "靜夜思\n李白\n床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。",
          "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。",
          "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。"])
+    # a field no file has is still an error, naming the files
+    wrong = prepare.prepare([str(tmp_path / "cp")], str(tmp_path / "w"), text_field="body", val_fraction=0, quiet=True)
+    assert wrong["docs"] == 0 and len(wrong["errors"]) == 4 and all("'body'" in e for e in wrong["errors"])
     # one list-valued field alone; a list holding a non-string is counted, not joined
-    assert prepare.row_text({"paragraphs": ["a", "b"]}, ["paragraphs"]) == "a\nb"
-    assert prepare.row_text({"paragraphs": ["a", 3]}, ["paragraphs"]) == ["a", 3]
-    assert prepare.row_text({"other": 1}, ["title", "paragraphs"]) is None
+    assert readers.row_text({"paragraphs": ["a", "b"]}, ["paragraphs"]) == "a\nb"
+    assert readers.row_text({"paragraphs": ["a", 3]}, ["paragraphs"]) == ["a", 3]
+    assert readers.row_text({"other": 1}, ["title", "paragraphs"]) is None
 
 
 def test_progress_in_a_log_file_is_a_few_plain_lines(tmp_path):
