@@ -184,17 +184,19 @@ def report(recs, png=None):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in finals:
-            pts = [pt for pt in r["curve"] if pt["step"] > 0]
-            ax.plot([pt["train_s"] for pt in pts], [pt["val_bpb"] for pt in pts], marker="o", ms=3,
-                    label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
-        if titan:
-            ax.axhline(titan["final_val_bpb"], color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
-        ax.set_xlabel("training seconds (1x H200, compile excluded)")
-        ax.set_ylabel("val bits per byte (held-out poems)")
-        ax.set_title("chinese-poetry, Qwen3-0.6B shape, 16x2048 tokens/step")
-        ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for ax, key, label in ((axes[0], "train_s", "training seconds (1x H200, compile excluded)"),
+                               (axes[1], "tokens", "training tokens (millions)")):
+            for r in finals:
+                pts = [pt for pt in r["curve"] if pt["step"] > 0]
+                scale = 1e-6 if key == "tokens" else 1
+                ax.plot([pt[key] * scale for pt in pts], [pt["val_bpb"] for pt in pts], marker="o", ms=3,
+                        label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
+            if titan:
+                ax.axhline(titan["final_val_bpb"], color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
+            ax.set_xlabel(label), ax.grid(alpha=0.3)
+        axes[0].set_ylabel("val bits per byte (held-out poems)"), axes[0].legend(fontsize=8)
+        fig.suptitle("chinese-poetry, Qwen3-0.6B shape, 16x2048 tokens/step")
         fig.tight_layout(), fig.savefig(png, dpi=120)
     return out
 
