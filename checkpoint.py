@@ -88,7 +88,11 @@ def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, gen
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(sd, weights, metadata={"format": "pt"})
+    umask = os.umask(0)   # safetensors creates the file 0600: give it the mode open() gives config.json
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     config = hf_config(model.config, str(dtype).removeprefix("torch."), eos_token_id)
     eos = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
     for name, obj in (("config.json", config), ("generation_config.json", {**eos, **(generation or {})})):
