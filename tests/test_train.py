@@ -86,6 +86,14 @@ def test_configurator_accepts_both_forms_and_parses_values_by_the_defaults_type(
     assert "--max_new_tokens expects int" in _refused(["--max_new_tokens=True"], max_new_tokens=200)
 
 
+def test_a_long_value_is_shortened_in_the_overriding_echo(capsys):
+    s = _configure(["--prompt=" + "x" * 1800, "--max_steps=7"], prompt="", max_steps=30)
+    assert s["prompt"] == "x" * 1800   # only the echo is shortened
+    echo = capsys.readouterr().err.splitlines()
+    assert echo[0].startswith("Overriding: prompt = 'xxx") and len(echo[0]) < 120 and "1,802 characters" in echo[0]
+    assert echo[1] == "Overriding: max_steps = 7"
+
+
 def test_one_dtype_check_for_every_entry_point():
     assert _configure(["--dtype=float16"], dtype="float32")["dtype"] == "float16"
     assert "--dtype must be float32|bfloat16|float16, got 'float8'" in _refused(["--dtype=float8"], dtype="float32")
