@@ -38,6 +38,7 @@ init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) 
 overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
+export_dtype = "bfloat16"     # out_dir/hf's weights: bfloat16 (half the size) | float32 (the checkpoint's numbers)
 # model: the Qwen3Config fields (model.py), Qwen3-0.6B with rope_theta 1e4 and a 4k context
 vocab_size = 151936
 hidden_size = 1024
@@ -68,6 +69,7 @@ grad_clip = 1.0               # 0 = off
 eval_interval = 1000
 val_tokens = 2**19            # size of the fixed validation sample (data.py val_batches; eval.py uses the same)
 log_interval, ckpt_interval, keep_ckpts = 1, 1000, 3   # steps, steps, checkpoints kept
+log_seconds = 30.0            # also a line whenever this long passed since the last: a slow machine is never silent
 export_at_end = True
 wandb_log, wandb_project, wandb_run_name = False, "qwen3-pretrain", "run"
 # system
@@ -111,7 +113,7 @@ def check_settings(world):
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
     for key, allowed in (("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
-                         ("checkpointing", ("none", "block", "selective"))):
+                         ("checkpointing", ("none", "block", "selective")), ("export_dtype", ("bfloat16", "float32"))):
         if globals()[key] not in allowed:
             sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {globals()[key]!r}")
     if export_only and init_from != "resume":
@@ -198,9 +200,11 @@ def build_model(dev, use_liger, master):
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    check = lambda saved: compare_config(saved, config, SAME_RUN_KEYS, allow_config_change, master)
+    # an export only writes the checkpoint's weights: the training settings that changed do not apply to it
+    check = lambda saved: compare_config(saved, config, MODEL_KEYS if export_only else SAME_RUN_KEYS,
+                                         allow_config_change, master and not export_only)
     step = load_checkpoint(ckpts[-1], model, optimizer, check)
-    if master:
+    if master and not export_only:   # an export leaves the run's log as it is
         print(f"resumed from {ckpts[-1]} at step {step}")
         trim_log(os.path.join(out_dir, "log.jsonl"), step)
     return model, optimizer, step
@@ -227,6 +231,12 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
         x, y = get(step, micro_step)
         return x, y, doc_ids_at_endoftext(x)
     return get_with_doc_ids
+
+
+def export(model):
+    """out_dir/hf in export_dtype, with the chat template of the SFT data the model was tuned on."""
+    export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None,
+              dtype=getattr(torch, export_dtype))
 
 
 def data_or_exit(fn, *args):
@@ -276,6 +286,12 @@ def wsd_lr_factor(step):
     if step < decay_start:
         return 1.0
     return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
+
+
+def hms(seconds):
+    """h:mm:ss, the way a clock reads."""
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def stop_non_finite(what, master):
@@ -354,8 +370,11 @@ def main(get_batch=None):
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
-            export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
+            export(model)
         return []
+    if master and warmup_steps + decay_steps > max_steps:   # wsd_lr_factor would start the decay during warmup
+        print(f"warning: warmup_steps {warmup_steps} + decay_steps {decay_steps} > max_steps {max_steps}: the lr "
+              f"decay starts at step {max(0, max_steps - decay_steps)}, before warmup ends; lower them to fit")
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
     # ----------------------------------------------------------------------------------------- data
@@ -371,6 +390,7 @@ def main(get_batch=None):
 
     # ----------------------------------------------------------------------------------------- loop
     history, t_start, first = [], time.time(), step
+    last_line = t_start
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     while step < max_steps:
@@ -386,17 +406,18 @@ def main(get_batch=None):
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
                "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
-        if step % log_interval == 0 or step == max_steps:
+        if step % log_interval == 0 or step == max_steps or time.time() - last_line >= log_seconds:
+            last_line = time.time()
             log(rec, f"step {step}/{max_steps} | loss {loss:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
-                     f"{1000 * dt:.0f} ms | ETA {eta / 3600:.2f} h")
+                     f"{1000 * dt:.0f} ms | ETA {hms(eta)}")
         maybe_checkpoint(step, model, optimizer, dev, ddp, master)
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval:
         evaluate(model, step, dev, autocast, log)
     if master and export_at_end:
-        export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
+        export(model)
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down
