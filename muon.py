@@ -166,3 +166,13 @@ def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weigh
         dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=weight_decay),
         dict(params=gains, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=0.0),
     ])
+
+
+def wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac=0.0):
+    """Warmup-stable-decay: 0 -> 1 over warmup_steps, 1 until max_steps - decay_steps, then linear to min_lr_frac."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_start = max_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))

@@ -127,10 +127,9 @@ def test_global_batch_that_does_not_split_names_the_micro_batches_that_do(tmp_pa
     assert r.returncode != 0 and "micro_batch values that divide it on 1 process(es): [1, 2, 3, 6]" in r.stderr, r.stderr
 
 
-def test_wsd_schedule_warms_up_holds_and_decays_to_the_floor(train_module, monkeypatch):
-    for key, value in dict(warmup_steps=10, max_steps=100, decay_steps=20, min_lr_frac=0.1).items():
-        monkeypatch.setattr(train_module, key, value)
-    f = [train_module.wsd_lr_factor(s) for s in range(100)]
+def test_wsd_schedule_warms_up_holds_and_decays_to_the_floor():
+    from muon import wsd_lr_factor
+    f = [wsd_lr_factor(s, max_steps=100, warmup_steps=10, decay_steps=20, min_lr_frac=0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)               # linear warmup to 1
     assert all(x == 1.0 for x in f[10:80])                                          # stable
     assert all(a > b for a, b in zip(f[79:], f[80:])) and f[99] == pytest.approx(0.1)  # linear decay to the floor
@@ -154,9 +153,7 @@ def test_a_line_every_log_seconds_whatever_the_log_interval_and_the_eta_as_h_mm_
     _train_in_process(train_module, monkeypatch, tmp_path, log_interval=1000, log_seconds=0.0)
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
     assert [l.split(" | ")[0] for l in lines] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
-    assert all(re.search(r"\| ETA \d+:\d\d:\d\d$", l) for l in lines), lines
-    assert [train_module.hms(s) for s in (0, 59.6, 4176, 100 * 3600 + 61)] == ["0:00:00", "0:01:00", "1:09:36",
-                                                                               "100:01:01"]
+    assert all(re.search(r"\| ETA \d+:[0-5]\d:[0-5]\d$", l) for l in lines), lines
 
 
 def test_warmup_and_decay_longer_than_the_run_are_warned_about(train_module, monkeypatch, tmp_path, capsys):
