@@ -28,6 +28,8 @@ elementwise) and keeps a full, identical optimizer state -- a checkpoint from ra
 on any number of GPUs. Only the Newton-Schulz work (the expensive part) is split: each rank orthogonalises a
 1/world_size slice of every same-shape stack and the bf16 results are all-gathered, so every rank applies
 bit-identical updates.
+
+Schedule: wsd_lr_factor, the warmup-stable-decay multiplier train.py applies to every group's lr each step.
 """
 import math
 
