@@ -88,7 +88,11 @@ def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, gen
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(sd, weights, metadata={"format": "pt"})
+    umask = os.umask(0)   # safetensors creates the file 0600: give it the mode open() gives config.json
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     config = hf_config(model.config, str(dtype).removeprefix("torch."), eos_token_id)
     eos = {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
     for name, obj in (("config.json", config), ("generation_config.json", {**eos, **(generation or {})})):
@@ -96,15 +100,16 @@ def save_pretrained(model, out_dir, dtype=torch.bfloat16, eos_token_id=None, gen
             json.dump(obj, f, indent=2)
 
 
-def export_hf(model, path, chat_template=None):
-    """A complete Hugging Face directory: bf16 weights, config, generation defaults and -- when every Qwen token
-    id fits the embedding -- the tokenizer files with a chat template: `chat_template`, the one an SFT model was
-    trained with (it then stops generating at <|im_end|>), else Qwen3's."""
+def export_hf(model, path, chat_template=None, dtype=torch.bfloat16):
+    """A complete Hugging Face directory: weights in `dtype` (bf16: half the size; fp32 gives the checkpoint's own
+    numbers), config, generation defaults and -- when every Qwen token id fits the embedding -- the tokenizer files
+    with a chat template: `chat_template`, the one an SFT model was trained with (it then stops generating at
+    <|im_end|>), else Qwen3's."""
     fits = model.config.vocab_size >= QWEN_VOCAB
     generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     if fits and chat_template:
         generation["eos_token_id"] = [IM_END, EOT]
-    save_pretrained(model, path, eos_token_id=EOT if fits else None, generation=generation)
+    save_pretrained(model, path, dtype=dtype, eos_token_id=EOT if fits else None, generation=generation)
     if fits:
         save_tokenizer(path, chat_template=chat_template or "qwen3")
     print(f"exported a Hugging Face directory to {path}")

@@ -39,6 +39,11 @@ def _parse_value(key, raw, current):
     sys.exit(f"config error: --{key} expects {type(current).__name__} (default {current!r}), got {raw!r}")
 
 
+def _shortened(text, keep=60):
+    """A long value (a whole prompt) echoed in full would bury the lines around it."""
+    return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text):,} characters)"
+
+
 def _apply_args(argv, g):
     """Apply config files and --key=value overrides in argv to the settings dict g (an entry point's globals)."""
     i = 0
@@ -69,7 +74,7 @@ def _apply_args(argv, g):
         if key not in g or key.startswith("_"):
             sys.exit(f"config error: unknown config key --{key}")
         g[key] = _parse_value(key, raw, g[key])
-        print(f"Overriding: {key} = {g[key]!r}", file=sys.stderr)
+        print(f"Overriding: {key} = {_shortened(repr(g[key]))}", file=sys.stderr)
     if "dtype" in g and g["dtype"] not in _DTYPES:
         sys.exit(f"config error: --dtype must be {'|'.join(_DTYPES)}, got {g['dtype']!r}")
 

@@ -10,7 +10,9 @@ Val loss and bits per byte are data.val_loss_bpb's, the function train.py logs w
 
 Val loss uses the checkpoint's own training seq_len and val_tokens (from state.pt's train_config) when
 --init_from is a training checkpoint, so it matches the val loss logged during training; --seq_len / --val_tokens
-win when given; a plain Hugging Face directory uses 2048 / 2**19.
+win when given; a plain Hugging Face directory (e.g. out/hf) uses 2048 -- or the model's max_position_embeddings
+when that is shorter (1024 for the demo model) -- and 2**19: pass the training run's --seq_len and --val_tokens to
+compare with its log.
 
 C-Eval layout (the official ceval-exam release): <ceval_dir>/<split>/<subject>_<split>.csv with columns
 id, question, A, B, C, D, answer (dev also has explanation; test has no answer). <ceval_dir>/subject_mapping.json
@@ -332,7 +334,7 @@ def ceval(model, enc, ceval_dir, mode="ppl", split="val", shots=0, subjects=None
 # -------------------------------------------------------------------------------------------------- CLI
 init_from = "out"          # training out_dir (newest checkpoint), a checkpoint dir, or a HF Qwen3 directory
 data_dir = ""              # prepared data (python prepare.py ...): report val loss and bits-per-byte
-seq_len = None             # default: the checkpoint's training seq_len, else 2048
+seq_len = None             # default: the checkpoint's training seq_len, else 2048 capped at max_position_embeddings
 batch_size = 4
 val_tokens = None          # default: the checkpoint's training val_tokens (the sample train.py logged), else 2**19
 doc_mask = None            # default: the checkpoint's training doc_mask (attention restarts at <|endoftext|>), else False

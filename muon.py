@@ -28,6 +28,8 @@ elementwise) and keeps a full, identical optimizer state -- a checkpoint from ra
 on any number of GPUs. Only the Newton-Schulz work (the expensive part) is split: each rank orthogonalises a
 1/world_size slice of every same-shape stack and the bf16 results are all-gathered, so every rank applies
 bit-identical updates.
+
+Schedule: wsd_lr_factor, the warmup-stable-decay multiplier train.py applies to every group's lr each step.
 """
 import math
 
@@ -166,3 +168,13 @@ def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weigh
         dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=weight_decay),
         dict(params=gains, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=0.0),
     ])
+
+
+def wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac=0.0):
+    """Warmup-stable-decay: 0 -> 1 over warmup_steps, 1 until max_steps - decay_steps, then linear to min_lr_frac."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_start = max_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))

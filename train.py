@@ -26,7 +26,7 @@ from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_ba
                   sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
-from muon import build_optimizer
+from muon import build_optimizer, wsd_lr_factor
 from prepare import DEMO_DIR, build_demo
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
@@ -38,6 +38,7 @@ init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) 
 overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
+export_dtype = "bfloat16"     # out_dir/hf's weights: bfloat16 (half the size) | float32 (the checkpoint's numbers)
 # model: the Qwen3Config fields (model.py), Qwen3-0.6B with rope_theta 1e4 and a 4k context
 vocab_size = 151936
 hidden_size = 1024
@@ -67,7 +68,7 @@ grad_clip = 1.0               # 0 = off
 # evaluation, logging, checkpoints
 eval_interval = 1000
 val_tokens = 2**19            # size of the fixed validation sample (data.py val_batches; eval.py uses the same)
-log_interval, ckpt_interval, keep_ckpts = 1, 1000, 3   # steps, steps, checkpoints kept
+log_interval, log_seconds, ckpt_interval, keep_ckpts = 1, 30.0, 1000, 3   # steps, max s silent, steps, checkpoints kept
 export_at_end = True
 wandb_log, wandb_project, wandb_run_name = False, "qwen3-pretrain", "run"
 # system
@@ -111,7 +112,8 @@ def check_settings(world):
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
     for key, allowed in (("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
-                         ("checkpointing", ("none", "block", "selective"))):
+                         ("checkpointing", ("none", "block", "selective")),
+                         ("export_dtype", ("bfloat16", "float32"))):
         if globals()[key] not in allowed:
             sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {globals()[key]!r}")
     if export_only and init_from != "resume":
@@ -198,9 +200,10 @@ def build_model(dev, use_liger, master):
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    check = lambda saved: compare_config(saved, config, SAME_RUN_KEYS, allow_config_change, master)
+    check = lambda saved: compare_config(saved, config, MODEL_KEYS if export_only else SAME_RUN_KEYS,
+                                         allow_config_change, master and not export_only)
     step = load_checkpoint(ckpts[-1], model, optimizer, check)
-    if master:
+    if master and not export_only:   # an export writes the weights: the training settings and the log do not matter
         print(f"resumed from {ckpts[-1]} at step {step}")
         trim_log(os.path.join(out_dir, "log.jsonl"), step)
     return model, optimizer, step
@@ -268,16 +271,6 @@ def evaluate(model, step, dev, autocast, log):
 
 
 # ------------------------------------------------------------------------------------------------- loop
-def wsd_lr_factor(step):
-    """Warmup-stable-decay: 0 -> 1 over warmup_steps, 1 until max_steps - decay_steps, then linear to min_lr_frac."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_start = max_steps - decay_steps
-    if step < decay_start:
-        return 1.0
-    return 1.0 - (1.0 - min_lr_frac) * min(1.0, (step - decay_start + 1) / max(1, decay_steps))
-
-
 def stop_non_finite(what, master):
     """NaN/inf: every rank reaches the same verdict (the values are all-reduced or replicated) and stops before
     anything is written, so the newest checkpoint is still the last good one."""
@@ -300,7 +293,7 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
         torch.cuda.synchronize(dev)
     t0 = time.time()
     for g in optimizer.param_groups:
-        g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
+        g["lr"] = g["initial_lr"] * wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac)
     loss_sum = torch.zeros((), device=dev)
     for micro in range(grad_accum):
         batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
@@ -354,8 +347,12 @@ def main(get_batch=None):
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
-            export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
+            export_hf(model, os.path.join(out_dir, "hf"), dtype=getattr(torch, export_dtype),
+                      chat_template=sft_chat_template(sft_data) if sft_data else None)
         return []
+    if master and warmup_steps + decay_steps > max_steps:   # wsd_lr_factor would start the decay during warmup
+        print(f"warning: warmup_steps {warmup_steps} + decay_steps {decay_steps} > max_steps {max_steps}: the lr "
+              f"decay starts at step {max(0, max_steps - decay_steps)}, before warmup ends; lower them to fit")
     train_model = DDP(model, device_ids=[local_rank] if cuda else None) if ddp else model
 
     # ----------------------------------------------------------------------------------------- data
@@ -370,7 +367,7 @@ def main(get_batch=None):
     log = open_log(master)
 
     # ----------------------------------------------------------------------------------------- loop
-    history, t_start, first = [], time.time(), step
+    history, t_start, first, last_line = [], time.time(), step, time.time()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     while step < max_steps:
@@ -386,17 +383,19 @@ def main(get_batch=None):
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
                "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
-        if step % log_interval == 0 or step == max_steps:
+        if step % log_interval == 0 or step == max_steps or time.time() - last_line >= log_seconds:
+            last_line = time.time()
             log(rec, f"step {step}/{max_steps} | loss {loss:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
-                     f"{1000 * dt:.0f} ms | ETA {eta / 3600:.2f} h")
+                     f"{1000 * dt:.0f} ms | ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
         maybe_checkpoint(step, model, optimizer, dev, ddp, master)
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval:
         evaluate(model, step, dev, autocast, log)
     if master and export_at_end:
-        export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
+        export_hf(model, os.path.join(out_dir, "hf"), dtype=getattr(torch, export_dtype),
+                  chat_template=sft_chat_template(sft_data) if sft_data else None)
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down

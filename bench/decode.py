@@ -92,6 +92,8 @@ def main(argv=()):
     from generate import Decoder, generate
     from model import Qwen3, Qwen3Config
     _apply_args(list(argv), globals())
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench/decode.py needs a CUDA GPU (--device=cpu --small=True runs a smoke check on the CPU)")
     t_start, res = time.time(), {}
 
     def stage(what, need_s, fn):

@@ -23,6 +23,8 @@ def bench_fusions(micro_batch=12, seq_len=2048, steps=10, warmup=3):
     and gradient difference from the eager definition on the same weights and batch."""
     import torch
     import model as M
+    if not torch.cuda.is_available():
+        sys.exit("bench/fusions.py needs a CUDA GPU")
     from liger_kernel.ops.rms_norm import LigerRMSNormFunction
     from liger_kernel.ops.rope import LigerRopeFunction
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction

@@ -79,6 +79,9 @@ def check_flex_equals_sdpa(sft_dir, rows, seq_len, cfg, dev):
 
 if __name__ == "__main__":
     exec(open(os.path.join(ROOT, "configurator.py")).read())
+    import torch
+    if not smoke and not torch.cuda.is_available():
+        sys.exit("bench/sft.py needs a CUDA GPU (--smoke=True runs a tiny CPU check)")
     micro, warmup, seq = micro_batch, 3, 2048
     if smoke:
         micro, steps, seq = 2, 2, 256
@@ -92,7 +95,6 @@ if __name__ == "__main__":
                 f"--micro_batch={micro}", f"--global_batch={micro}", "--log_interval=1",
                 f"--checkpointing={checkpointing}"] + (tiny if smoke else [])
     os.chdir(ROOT)
-    import torch
     import train
     fixed = torch.randint(0, train.vocab_size, (micro, seq + 1), generator=torch.Generator().manual_seed(0)).to(dev)
     cuda = dev == "cuda"

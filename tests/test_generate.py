@@ -289,6 +289,18 @@ def test_decode_bench_smoke_run_on_cpu(capsys):
     assert lines["ttft"]["ms"] > 0 and lines["roofline"]["roofline_tok_per_s"] > 0 and "done" in lines
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without CUDA")
+def test_gpu_benchmarks_on_a_cpu_say_so_in_one_line():
+    from bench.decode import main
+    from bench.fusions import bench_fusions
+    with pytest.raises(SystemExit, match="bench/decode.py needs a CUDA GPU .*--device=cpu"):
+        main(["--device=cuda"])
+    with pytest.raises(SystemExit, match="bench/fusions.py needs a CUDA GPU"):
+        bench_fusions()
+    r = run(["bench/sft.py"], timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == "bench/sft.py needs a CUDA GPU (--smoke=True runs a tiny CPU check)"
+
+
 # ------------------------------------------------------------------------------------------------- CUDA
 def _same_greedy_up_to_bf16_ties(model, got, want, start):
     """got == want after `start`, or equal up to a step where the two choices are a near-tie of the model's logits

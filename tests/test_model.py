@@ -124,3 +124,17 @@ def test_from_pretrained_names_a_damaged_weights_file(tmp_path):
     open(tmp_path / "model.safetensors", "wb").write(b"\0" * 100)
     with pytest.raises(ValueError, match="model.safetensors"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_weights_file_gets_the_umask_mode_like_config_json(tmp_path, umask):
+    """A shared model directory (checkpoints and exports both go through save_pretrained) must be readable by
+    whoever may read its config.json: safetensors alone creates model.safetensors 0600."""
+    import os
+    old = os.umask(umask)
+    try:
+        save_pretrained(Qwen3(small_config()), tmp_path, dtype=torch.float32)
+    finally:
+        os.umask(old)
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+    assert mode("model.safetensors") == mode("config.json") == 0o666 & ~umask

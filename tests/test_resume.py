@@ -145,10 +145,12 @@ def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path):
 @pytest.mark.slow
 def test_export_only_needs_no_seq_len_that_fits_the_model(tmp_path):
     """Exporting writes weights; a seq_len longer than the model's context (e.g. the reference config's 2048 on the
-    demo model) must not stop it."""
+    demo model) must not stop it, and the training settings that differ from the run's (the config file's
+    max_steps, ...) are neither printed nor refused: they do not apply to an export. The log stays as it was."""
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
-    assert run(["train.py"] + small_train_args(d, out, max_steps=2, ckpt_interval=2)).returncode == 0
-    r = run(["train.py"] + small_train_args(d, out, init_from="resume", export_only=True, seq_len=4096,
-                                             allow_config_change=True))
+    assert run(["train.py"] + small_train_args(d, out, max_steps=2, ckpt_interval=2, eval_interval=2)).returncode == 0
+    log = open(os.path.join(out, "log.jsonl")).read()
+    r = run(["train.py"] + small_train_args(d, out, init_from="resume", export_only=True, seq_len=4096, max_steps=200))
     assert r.returncode == 0 and os.path.isfile(os.path.join(out, "hf", "config.json")), r.stderr[-1500:]
+    assert "resume" not in r.stdout and open(os.path.join(out, "log.jsonl")).read() == log, r.stdout

@@ -1,5 +1,5 @@
 """Training: processes and accumulation, exact resume, clear failures, the CPU demo learning, the schedule."""
-import json, math, os, shutil, signal, subprocess, time
+import json, math, os, re, shutil, signal, subprocess, time
 
 import pytest
 import torch
@@ -86,6 +86,14 @@ def test_configurator_accepts_both_forms_and_parses_values_by_the_defaults_type(
     assert "--max_new_tokens expects int" in _refused(["--max_new_tokens=True"], max_new_tokens=200)
 
 
+def test_a_long_value_is_shortened_in_the_overriding_echo(capsys):
+    s = _configure(["--prompt=" + "x" * 1800, "--max_steps=7"], prompt="", max_steps=30)
+    assert s["prompt"] == "x" * 1800   # only the echo is shortened
+    echo = capsys.readouterr().err.splitlines()
+    assert echo[0].startswith("Overriding: prompt = 'xxx") and len(echo[0]) < 120 and "1,802 characters" in echo[0]
+    assert echo[1] == "Overriding: max_steps = 7"
+
+
 def test_one_dtype_check_for_every_entry_point():
     assert _configure(["--dtype=float16"], dtype="float32")["dtype"] == "float16"
     assert "--dtype must be float32|bfloat16|float16, got 'float8'" in _refused(["--dtype=float8"], dtype="float32")
@@ -119,14 +127,51 @@ def test_global_batch_that_does_not_split_names_the_micro_batches_that_do(tmp_pa
     assert r.returncode != 0 and "micro_batch values that divide it on 1 process(es): [1, 2, 3, 6]" in r.stderr, r.stderr
 
 
-def test_wsd_schedule_warms_up_holds_and_decays_to_the_floor(train_module, monkeypatch):
-    for key, value in dict(warmup_steps=10, max_steps=100, decay_steps=20, min_lr_frac=0.1).items():
-        monkeypatch.setattr(train_module, key, value)
-    f = [train_module.wsd_lr_factor(s) for s in range(100)]
+def test_wsd_schedule_warms_up_holds_and_decays_to_the_floor():
+    from muon import wsd_lr_factor
+    f = [wsd_lr_factor(s, max_steps=100, warmup_steps=10, decay_steps=20, min_lr_frac=0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)               # linear warmup to 1
     assert all(x == 1.0 for x in f[10:80])                                          # stable
     assert all(a > b for a, b in zip(f[79:], f[80:])) and f[99] == pytest.approx(0.1)  # linear decay to the floor
     assert f[89] == pytest.approx(1 - 0.9 * 10 / 20)
+
+
+def _train_in_process(train, monkeypatch, out_dir, **settings):
+    """train.main() of a one-layer model on one fixed batch, in this process; returns the per-step records."""
+    tiny = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=64, seq_len=16, micro_batch=2,
+                global_batch=2, max_steps=4, warmup_steps=1, decay_steps=1, eval_interval=0, ckpt_interval=0,
+                export_at_end=False, compile=False, device="cpu", dtype="float32", out_dir=str(out_dir))
+    for key, value in {**tiny, **settings}.items():
+        monkeypatch.setattr(train, key, value)
+    x = torch.randint(0, 320, (2, 17), generator=torch.Generator().manual_seed(0))
+    return train.main(get_batch=lambda step, micro: (x[:, :-1], x[:, 1:]))
+
+
+def test_a_line_every_log_seconds_whatever_the_log_interval_and_the_eta_as_h_mm_ss(train_module, monkeypatch,
+                                                                                   tmp_path, capsys):
+    _train_in_process(train_module, monkeypatch, tmp_path, log_interval=1000, log_seconds=0.0)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("step ")]
+    assert [l.split(" | ")[0] for l in lines] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert all(re.search(r"\| ETA \d+:[0-5]\d:[0-5]\d$", l) for l in lines), lines
+
+
+def test_warmup_and_decay_longer_than_the_run_are_warned_about(train_module, monkeypatch, tmp_path, capsys):
+    _train_in_process(train_module, monkeypatch, tmp_path / "fits", warmup_steps=1, decay_steps=3)
+    assert "warning" not in capsys.readouterr().out
+    _train_in_process(train_module, monkeypatch, tmp_path / "not", warmup_steps=2, decay_steps=3)
+    assert "warning: warmup_steps 2 + decay_steps 3 > max_steps 4: the lr decay starts at step 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("export_dtype", ["bfloat16", "float32"])
+def test_export_dtype_sets_the_hf_weights_dtype(train_module, monkeypatch, tmp_path, export_dtype):
+    from safetensors.torch import load_file
+    _train_in_process(train_module, monkeypatch, tmp_path, max_steps=1, export_at_end=True, export_dtype=export_dtype)
+    assert {v.dtype for v in load_file(tmp_path / "hf" / "model.safetensors").values()} == {getattr(torch, export_dtype)}
+    assert json.load(open(tmp_path / "hf" / "config.json"))["torch_dtype"] == export_dtype
+    monkeypatch.setattr(train_module, "export_dtype", "float16")
+    with pytest.raises(SystemExit, match=re.escape("export_dtype must be bfloat16|float32, got 'float16'")):
+        train_module.check_settings(1)
 
 
 @pytest.mark.slow
