@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import find_model_dir, from_pretrained
+from checkpoint import load_model
 from data import val_loss_bpb
 from generate import Decoder, default_step
 from tokenizer import EOT, get_tokenizer
@@ -69,7 +69,15 @@ def checkpoint_train_config(model_dir):
     path = os.path.join(model_dir, "state.pt")
     if not os.path.isfile(path):
         return {}
-    return torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("train_config", {}) or {}
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:   # truncated, random or foreign bytes: name the file, not torch's unpickler
+        raise SystemExit(f"error: {path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                         "use another checkpoint")
+    config = state.get("train_config") or {} if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: {path} is not a state.pt written by train.py (no training config)")
+    return config
 
 
 def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None, doc_mask=None):
@@ -374,8 +382,8 @@ def main():
                  "--ppl_continuation letter|text|text_mean, --prompt_style ceval|opencompass")
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
-    model_dir = find_model_dir(init_from)
-    model = from_pretrained(model_dir, device=device).eval()
+    model, model_dir = load_model(init_from, device=device)
+    model.eval()
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:

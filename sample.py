@@ -17,7 +17,7 @@ from functools import partial
 
 import torch
 
-from checkpoint import find_model_dir, from_pretrained
+from checkpoint import load_model
 from generate import Decoder, stream
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
@@ -37,11 +37,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator
 
 if __name__ == "__main__":
     torch.manual_seed(seed)
-    model_dir = find_model_dir(init_from)
-    try:
-        model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
-    except (ValueError, FileNotFoundError) as e:  # a damaged or foreign checkpoint: one line, not a traceback
-        sys.exit(f"error: {e}")
+    model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
+    model.eval()
     enc = get_tokenizer()
     ids = enc.encode(prompt, allowed_special="all") or [EOT]  # an empty prompt starts a document
     if max(ids) >= model.config.vocab_size:

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
-                        save_checkpoint, trim_log)
+from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, save_checkpoint,
+                        trim_log)
 from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
                   sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
@@ -181,11 +181,17 @@ def build_model(dev, use_liger, master):
     loss = "liger" if use_liger else "chunked"
     ckpts = list_checkpoints(out_dir) if init_from == "resume" else []
     if ckpts:
-        adopt_model_shape(json.load(open(os.path.join(ckpts[-1], "config.json"))), only_defaults=True)
+        cfg_path = os.path.join(ckpts[-1], "config.json")
+        try:
+            shape = json.load(open(cfg_path, encoding="utf-8"))
+            assert isinstance(shape, dict)
+        except (OSError, ValueError, AssertionError):
+            sys.exit(f"error: {cfg_path} is missing or damaged: delete {ckpts[-1]} to resume from the previous checkpoint")
+        adopt_model_shape(shape, only_defaults=True)
     if init_from in ("scratch", "resume"):
         model = Qwen3(model_config(), loss=loss)
     else:  # continue pretraining, or fine-tune, from weights: a HF Qwen3 directory, a checkpoint, or an out_dir
-        model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, loss=loss)
+        model = load_model(init_from, dtype=torch.float32, loss=loss)[0]
         adopt_model_shape({f.name: getattr(model.config, f.name) for f in fields(Qwen3Config)})
     if seq_len > model.config.max_position_embeddings and not export_only:
         sys.exit(f"error: seq_len {seq_len} > the model's max_position_embeddings {model.config.max_position_embeddings}: "

@@ -1,0 +1,89 @@
+"""Bad input answered with one line naming the file (issue 23, points 8-14): damaged checkpoints in every entry
+point, token ids over the vocab, deeply nested JSON rows, a read-only output directory, bad C-Eval files, bad
+sampling arguments, and the smaller promises (settings-only config keys, named files, true messages)."""
+import csv, errno, json, os, sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_config, synthetic_dataset
+
+import data
+from checkpoint import load_checkpoint, save_checkpoint, save_pretrained
+from model import Qwen3
+from muon import build_optimizer
+
+
+def one_line(excinfo):
+    """The message of a SystemExit, checked to be one line."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg.strip() and "Traceback" not in msg, msg
+    return msg
+
+
+def tiny_model_dir(path, vocab_size=320):
+    torch.manual_seed(0)
+    model = Qwen3(small_config(vocab_size=vocab_size))
+    save_pretrained(model, str(path), dtype=torch.float32)
+    return model
+
+
+# ------------------------------------------------------------------------------------- 8: damaged checkpoints
+def test_damaged_checkpoints_are_one_line_naming_the_file_in_every_entry_point(tmp_path, monkeypatch, train_module):
+    import chat, eval as ev
+    train = train_module
+    good = tmp_path / "good"
+    model = tiny_model_dir(good)
+
+    def entry_points(model_dir):
+        """Load model_dir the way eval.py, chat.py and train.py --init_from=<dir> do; each must stop in one line."""
+        monkeypatch.setattr(sys, "argv", ["eval.py", f"--init_from={model_dir}", f"--data_dir={tmp_path}",
+                                          "--device=cpu", "--dtype=float32"])
+        with pytest.raises(SystemExit) as e:
+            ev.main()
+        yield one_line(e)
+        monkeypatch.setattr(chat, "init_from", str(model_dir), raising=False)
+        monkeypatch.setattr(chat, "device", "cpu", raising=False)
+        monkeypatch.setattr(chat, "dtype", "float32", raising=False)
+        with pytest.raises(SystemExit) as e:
+            chat.main()
+        yield one_line(e)
+        monkeypatch.setattr(train, "init_from", str(model_dir))
+        with pytest.raises(SystemExit) as e:
+            train.build_model("cpu", False, True)
+        yield one_line(e)
+
+    half = tmp_path / "half"
+    tiny_model_dir(half)
+    blob = (half / "model.safetensors").read_bytes()
+    (half / "model.safetensors").write_bytes(blob[:len(blob) // 2])
+    bad_json = tmp_path / "bad_json"
+    tiny_model_dir(bad_json)
+    (bad_json / "config.json").write_text('{"model_type": "qwen3", "hidden_')
+    no_shape = tmp_path / "no_shape"
+    tiny_model_dir(no_shape)
+    cfg = json.loads((no_shape / "config.json").read_text())
+    del cfg["hidden_size"]
+    (no_shape / "config.json").write_text(json.dumps(cfg))
+    for model_dir, file in ((half, "model.safetensors"), (bad_json, "config.json"), (no_shape, "config.json")):
+        for msg in entry_points(model_dir):
+            assert msg.startswith("error: ") and os.path.join(str(model_dir), file) in msg, msg
+
+    # eval.py reads the training settings from state.pt: random bytes there are named too
+    (good / "state.pt").write_bytes(os.urandom(1000))
+    with pytest.raises(SystemExit) as e:
+        ev.val_settings(str(good))
+    assert str(good / "state.pt") in one_line(e)
+
+    # a resume from a state.pt that lacks a key: named, and nothing restored
+    out = tmp_path / "run"
+    out.mkdir()
+    opt = build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    save_checkpoint(model, opt, 5, str(out), {}, keep=2)
+    ckpt = out / "ckpt-0000005"
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    del state["rng_cpu"]
+    torch.save(state, ckpt / "state.pt")
+    with pytest.raises(SystemExit) as e:
+        load_checkpoint(str(ckpt), model, opt, lambda saved: None)
+    assert str(ckpt) in one_line(e) and "rng_cpu" in str(e.value)
