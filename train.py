@@ -225,14 +225,12 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
     if ddp:
         dist.barrier()
     windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
-    get = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
-    if not doc_mask:
-        return get
+    windows_at = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
 
-    def get_with_doc_ids(step, micro_step):
-        x, y = get(step, micro_step)
-        return x, y, doc_ids_at_endoftext(x)
-    return get_with_doc_ids
+    def get(step, micro_step):   # a shard read mid-run (an id over the vocab that meta.json hid): one line
+        x, y = data_or_exit(windows_at, step, micro_step)
+        return (x, y, doc_ids_at_endoftext(x)) if doc_mask else (x, y)
+    return get
 
 
 def data_or_exit(fn, *args):
@@ -265,7 +263,7 @@ def open_log(master):
 def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
     if sft_data:  # loss per assistant token on the held-out conversations
-        loss = sft_val_loss(model, sft_data, seq_len, micro_batch, dev, autocast)
+        loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
         if loss is not None:
             log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}")
         return

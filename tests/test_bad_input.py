@@ -87,3 +87,62 @@ def test_damaged_checkpoints_are_one_line_naming_the_file_in_every_entry_point(t
     with pytest.raises(SystemExit) as e:
         load_checkpoint(str(ckpt), model, opt, lambda saved: None)
     assert str(ckpt) in one_line(e) and "rng_cpu" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------ 9: token ids over the vocab
+def _sft_dir(tmp_path):
+    import sft
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]}
+            for i in range(4)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = str(tmp_path / "sft")
+    sft.prepare([str(tmp_path / "c.jsonl")], d, max_len=64, val_fraction=0, quiet=True)
+    return d, os.path.join(d, "train", json.load(open(os.path.join(d, "meta.json")))["shards"][0]["name"])
+
+
+def test_ids_over_the_vocab_and_inconsistent_sft_shards_are_one_line_naming_the_file(tmp_path, monkeypatch,
+                                                                                       train_module):
+    from types import SimpleNamespace
+    train = train_module
+    model = Qwen3(small_config(vocab_size=320))
+    # a val shard with an id the model has no row for (meta.json honest about the train split only)
+    d = synthetic_dataset(str(tmp_path / "ds"), vocab=300)
+    val = os.path.join(d, "val", "s1.bin")
+    tokens = data.open_shard(val).copy()
+    tokens[::10] = 400
+    data.write_shard(val, tokens)
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    for s in meta["shards"]:
+        s["max_token"] = 299
+    json.dump(meta, open(os.path.join(d, "meta.json"), "w"))
+    with pytest.raises(ValueError, match="s1.bin holds token id 400"):
+        data.val_loss_bpb(model, d, 32, 10**6, 64, "cpu")   # every val window
+
+    # a train shard whose ids meta.json understates: a read in the training loop stops in one line naming it
+    train_shard = os.path.join(d, "train", "s0.bin")
+    data.write_shard(train_shard, np.full(data.shard_length(train_shard), 400, dtype=np.uint32))
+    for k, v in dict(data_dir=d, seq_len=32, micro_batch=2, doc_mask=False, sft_data="").items():
+        monkeypatch.setattr(train, k, v)
+    get = train.make_batches(model, 1, 0, 1, "cpu", True, False)
+    with pytest.raises(SystemExit) as e:
+        for step in range(200):
+            get(step, 0)
+    assert "s0.bin holds token id 400" in one_line(e)
+
+    # SFT shards: lengths that do not add up, and ids over the vocab, are refused when the data is opened
+    chat_vocab = SimpleNamespace(config=SimpleNamespace(vocab_size=151936))
+    sft_dir, base = _sft_dir(tmp_path)
+    monkeypatch.setattr(train, "sft_data", sft_dir)
+    monkeypatch.setattr(train, "seq_len", 64)
+    lens = data.open_shard(base + ".lens.bin").copy()
+    data.write_shard(base + ".lens.bin", lens + 1)
+    with pytest.raises(SystemExit) as e:
+        train.data_or_exit(train.make_batches, chat_vocab, 1, 0, 1, "cpu", True, False)   # as main() calls it
+    assert base in one_line(e) and "disagree" in str(e.value)
+    data.write_shard(base + ".lens.bin", lens)
+    toks = data.open_shard(base + ".tokens.bin").copy()
+    toks[3] = 200000
+    data.write_shard(base + ".tokens.bin", toks)
+    with pytest.raises(SystemExit) as e:
+        train.data_or_exit(train.make_batches, chat_vocab, 1, 0, 1, "cpu", True, False)   # as main() calls it
+    assert base + ".tokens.bin holds token id 200000" in one_line(e)
