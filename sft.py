@@ -156,6 +156,9 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
             except BadRow as e:
                 bad(str(e))
                 continue
+            except RecursionError:   # e.g. 100k '[': too deep for the parser or the template, one bad row
+                bad("too_deeply_nested")
+                continue
             if len(ids) > max_len:
                 if overlong == "drop" or not any(mask[:max_len]):  # nothing of the answer would be left
                     bad("overlong")

@@ -146,3 +146,20 @@ def test_ids_over_the_vocab_and_inconsistent_sft_shards_are_one_line_naming_the_
     with pytest.raises(SystemExit) as e:
         train.data_or_exit(train.make_batches, chat_vocab, 1, 0, 1, "cpu", True, False)   # as main() calls it
     assert base + ".tokens.bin holds token id 200000" in one_line(e)
+
+
+# ------------------------------------------------------------------------------------ 10: deeply nested JSON rows
+def test_a_deeply_nested_json_row_is_one_bad_row_and_the_run_goes_on(tmp_path):
+    import prepare, sft
+    deep = "[" * 100_000 + "\n"
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": "hello world"}) + "\n" + deep)
+    (tmp_path / "other.jsonl").write_text(json.dumps({"text": "another good file"}) + "\n")
+    meta = prepare.prepare([str(tmp_path / "text.jsonl"), str(tmp_path / "other.jsonl")], str(tmp_path / "pre"),
+                           val_fraction=0.0, workers=1, quiet=True)
+    assert meta["skipped_rows"] == {"too_deeply_nested": 1} and meta["docs"] == 2
+    assert os.path.exists(tmp_path / "pre" / "meta.json")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n" + deep)
+    meta = sft.prepare([str(tmp_path / "chat.jsonl")], str(tmp_path / "sft"), max_len=64, val_fraction=0, quiet=True)
+    assert meta["skipped_rows"] == {"too_deeply_nested": 1} and meta["conversations"]["train"] == 1
+    assert os.path.exists(tmp_path / "sft" / "meta.json")
