@@ -40,6 +40,20 @@ def write_shard(path, tokens):
     os.replace(tmp, path)
 
 
+def make_writable_dir(path):
+    """Create `path` if need be and prove a file can be written there, so that a read-only or full output directory
+    is one line before any work instead of a traceback (Errno 30) in the middle of it."""
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to the output directory {path} ({e.strerror or e}): "
+                         "choose another one, or make it writable") from None
+
+
 def shard_length(path, redo=REDO):
     """A shard's token count, after checking its header and size; refuses missing, truncated or foreign files
     (`redo`: how to rebuild it, which depends on the tool that wrote it)."""

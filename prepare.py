@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from data import HEADER_BYTES, write_shard
+from data import HEADER_BYTES, make_writable_dir, write_shard
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 
@@ -308,7 +308,7 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
                 "score_field": score_field if min_score is not None else None, "source_field": source_field,
                 "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
     files = expand_inputs(inputs)
-    os.makedirs(out_dir, exist_ok=True)
+    make_writable_dir(out_dir)
     errors = tokenize(files, out_dir, settings, workers, quiet)
     meta = write_meta(files, out_dir, settings, max_tokens, errors)
     if not quiet:

@@ -22,7 +22,7 @@ import argparse, json, os, sys
 
 import numpy as np
 
-from data import write_shard
+from data import make_writable_dir, write_shard
 from prepare import _is_val, _shard_name
 from tokenizer import CHAT_TEMPLATES, EOT, QWEN_VOCAB, RANKS_SHA256, SPECIALS, render_chat
 
@@ -203,6 +203,7 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
     old = os.path.join(out_dir, "meta.json")
     if os.path.exists(old) and {k: json.load(open(old)).get(k) for k in settings} != settings:
         raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
+    make_writable_dir(out_dir)
     sides = []
     for path in files:
         side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")

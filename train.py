@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, save_checkpoint,
                         trim_log)
-from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
-                  sft_val_loss, val_loss_bpb)
+from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
+                  sft_chat_template, sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer
@@ -355,6 +355,8 @@ def main(get_batch=None):
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
+    if master:   # a read-only out_dir: one line now, not Errno 30 at the log or the first checkpoint
+        make_writable_dir(out_dir)
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:

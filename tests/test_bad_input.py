@@ -163,3 +163,37 @@ def test_a_deeply_nested_json_row_is_one_bad_row_and_the_run_goes_on(tmp_path):
     meta = sft.prepare([str(tmp_path / "chat.jsonl")], str(tmp_path / "sft"), max_len=64, val_fraction=0, quiet=True)
     assert meta["skipped_rows"] == {"too_deeply_nested": 1} and meta["conversations"]["train"] == 1
     assert os.path.exists(tmp_path / "sft" / "meta.json")
+
+
+# ------------------------------------------------------------------------------------ 11: a read-only output dir
+def read_only(monkeypatch, directory):
+    """Writes under `directory` fail as on a read-only mount (Errno 30); chmod would not stop root."""
+    import builtins
+    real_open = builtins.open
+
+    def guarded(file, mode="r", *a, **kw):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file).startswith(str(directory)) \
+                and any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *a, **kw)
+    monkeypatch.setattr(builtins, "open", guarded)
+
+
+def test_a_read_only_output_directory_is_one_line_in_prep_and_train(tmp_path, monkeypatch, train_module):
+    import prepare
+    from conftest import small_train_args
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    out = tmp_path / "ro"
+    out.mkdir()
+    d = synthetic_dataset(str(tmp_path / "ds"))
+    read_only(monkeypatch, out)
+    with pytest.raises(SystemExit) as e:
+        prepare.prepare([str(tmp_path / "t.jsonl")], str(out), workers=1, quiet=True)
+    assert str(out) in one_line(e) and "Read-only file system" in str(e.value)
+    for arg in small_train_args(d, str(out)):
+        k, v = arg[2:].split("=", 1)
+        monkeypatch.setattr(train_module, k, type(getattr(train_module, k))(v) if not isinstance(
+            getattr(train_module, k), bool) else v == "True")
+    with pytest.raises(SystemExit) as e:
+        train_module.main()
+    assert str(out) in one_line(e) and "Read-only file system" in str(e.value)
