@@ -98,15 +98,30 @@ def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None, doc_mas
 def read_ceval_csv(path, need_answer):
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found (expected the C-Eval layout <dir>/<split>/<subject>_<split>.csv)")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols = set(rows[0]) if rows else set()
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                rows.append((reader.line_num, row))
+            cols = set(reader.fieldnames or ())
+    except (UnicodeDecodeError, csv.Error) as e:   # a binary file (NUL bytes, not UTF-8)
+        raise SystemExit(f"error: {path} is not a UTF-8 CSV file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     missing = {"question", "A", "B", "C", "D"} - cols
     if missing:
         raise SystemExit(f"error: {path} lacks column(s) {sorted(missing)}; C-Eval CSVs have id,question,A,B,C,D,answer")
     if need_answer and "answer" not in cols:
         raise SystemExit(f"error: {path} has no answer column (needed here, e.g. for few-shot examples)")
-    return rows
+    # every row is checked here, before any inference: a bad one found after an hour of scoring would waste it
+    for line, row in rows:
+        short = [k for k in ("question", *LETTERS) + (("answer",) if "answer" in cols else ()) if row.get(k) is None]
+        if short:
+            raise SystemExit(f"error: {path} line {line}: the row is short (no {', '.join(short)})")
+        if "answer" in cols:
+            row["answer"] = row["answer"].strip().upper()   # 'd' is D
+            if row["answer"] not in LETTERS:
+                raise SystemExit(f"error: {path} line {line}: answer {row['answer']!r} is not one of A, B, C, D")
+    return [row for _, row in rows]
 
 
 def subject_names(ceval_dir):

@@ -197,3 +197,31 @@ def test_a_read_only_output_directory_is_one_line_in_prep_and_train(tmp_path, mo
     with pytest.raises(SystemExit) as e:
         train_module.main()
     assert str(out) in one_line(e) and "Read-only file system" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------ 12: C-Eval files
+def test_ceval_files_are_validated_before_any_inference(tmp_path):
+    import eval as ev
+    from tokenizer import get_tokenizer
+    val = tmp_path / "val"
+    val.mkdir()
+
+    def write(subject, rows):
+        with open(val / f"{subject}_val.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([["id", "question", "A", "B", "C", "D", "answer"]] + rows)
+        return str(val / f"{subject}_val.csv")
+    good = write("a_good", [[0, "一加一", "1", "2", "3", "4", "b"], [1, "二加二", "1", "2", "3", "4", " d "]])
+    assert [r["answer"] for r in ev.read_ceval_csv(good, True)] == ["B", "D"]   # case and spaces normalised
+    bad = write("b_bad", [[0, "q", "1", "2", "3", "4", "A"], [1, "q", "1", "2", "3", "4", "E"]])
+    # model None: any inference before the check would be an AttributeError, not this one line
+    with pytest.raises(SystemExit) as e:
+        ev.ceval(None, get_tokenizer(), str(tmp_path), mode="ppl")
+    assert f"{bad} line 3" in one_line(e) and "'E'" in str(e.value)
+    write("b_bad", [[0, "q", "1", "2", "3", "4", "A"], [1, "q", "1", "2"]])
+    with pytest.raises(SystemExit) as e:
+        ev.ceval(None, get_tokenizer(), str(tmp_path), mode="gen")
+    assert f"{bad} line 3" in one_line(e) and "short" in str(e.value)
+    (val / "b_bad_val.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 100)   # a binary file
+    with pytest.raises(SystemExit) as e:
+        ev.ceval(None, get_tokenizer(), str(tmp_path), mode="ppl")
+    assert bad in one_line(e)
