@@ -25,7 +25,7 @@ import sys
 import torch
 
 from checkpoint import load_model
-from generate import Decoder, sample_next
+from generate import Decoder, check_sampling_settings, sample_next
 from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
                        render_chat)
 
@@ -148,6 +148,7 @@ class Conversation:
 def main():
     if chat_template not in CHAT_TEMPLATES:
         sys.exit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p)
     torch.manual_seed(seed)
     model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
     model.eval()

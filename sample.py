@@ -18,7 +18,7 @@ from functools import partial
 import torch
 
 from checkpoint import load_model
-from generate import Decoder, stream
+from generate import Decoder, check_sampling_settings, stream
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
@@ -36,6 +36,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator
 
 
 if __name__ == "__main__":
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p, num_samples)
     torch.manual_seed(seed)
     model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
     model.eval()

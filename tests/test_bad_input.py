@@ -225,3 +225,25 @@ def test_ceval_files_are_validated_before_any_inference(tmp_path):
     with pytest.raises(SystemExit) as e:
         ev.ceval(None, get_tokenizer(), str(tmp_path), mode="ppl")
     assert bad in one_line(e)
+
+
+# ------------------------------------------------------------------------------------ 13: sampling arguments
+@pytest.mark.parametrize("arg,key", [("--max_new_tokens=-5", "max_new_tokens"), ("--num_samples=0", "num_samples"),
+                                     ("--top_k=-5", "top_k"), ("--temperature=-1", "temperature"),
+                                     ("--top_p=1.5", "top_p")])
+def test_sample_and_chat_refuse_bad_sampling_settings_before_loading_a_model(arg, key, tmp_path, monkeypatch):
+    import runpy, chat
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    missing = str(tmp_path / "no_model_here")   # the check comes first: no model is loaded for a bad setting
+    monkeypatch.setattr(sys, "argv", ["sample.py", f"--init_from={missing}", arg])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(os.path.join(root, "sample.py"), run_name="__main__")
+    assert one_line(e).startswith(f"error: --{key} must be"), str(e.value)
+    if key == "num_samples":
+        return   # chat.py has no such setting
+    name, value = arg[2:].split("=")
+    monkeypatch.setattr(chat, "init_from", missing)
+    monkeypatch.setattr(chat, name, type(getattr(chat, name))(float(value)))
+    with pytest.raises(SystemExit) as e:
+        chat.main()
+    assert one_line(e).startswith(f"error: --{key} must be"), str(e.value)
