@@ -201,8 +201,14 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
         raise SystemExit(f"error: --input {inputs} names no .jsonl file")
     settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction, "chat_template": chat_template}
     old = os.path.join(out_dir, "meta.json")
-    if os.path.exists(old) and {k: json.load(open(old)).get(k) for k in settings} != settings:
-        raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
+    if os.path.exists(old):
+        try:
+            before = json.load(open(old, encoding="utf-8"))
+            before = {k: before.get(k) for k in settings}
+        except (ValueError, AttributeError):
+            raise SystemExit(f"error: {old} is unreadable: delete it to prepare into {out_dir}, or use another --out") from None
+        if before != settings:
+            raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
     make_writable_dir(out_dir)
     sides = []
     for path in files:

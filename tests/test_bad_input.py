@@ -247,3 +247,40 @@ def test_sample_and_chat_refuse_bad_sampling_settings_before_loading_a_model(arg
     with pytest.raises(SystemExit) as e:
         chat.main()
     assert one_line(e).startswith(f"error: --{key} must be"), str(e.value)
+
+
+# ------------------------------------------------------------------------------------ 14: the smaller promises
+def test_config_keys_named_files_sft_out_dirs_mixing_weights_and_the_zh_en_line(tmp_path, capsys):
+    import configurator, prepare
+    # only settings are keys: an imported constant is not (it would be written into the checkpoint)
+    with pytest.raises(SystemExit) as e:
+        configurator._apply_args(["--EOT=7"], {"EOT": 151643, "max_steps": 30})
+    assert "--EOT" in one_line(e)
+    # SFT data: a broken meta.json and a truncated shard are named, and the fix is sft.py's
+    sft_dir, base = _sft_dir(tmp_path)
+    meta_path = os.path.join(sft_dir, "meta.json")
+    meta_text = open(meta_path).read()
+    with open(base + ".tokens.bin", "r+b") as f:
+        f.truncate(os.path.getsize(base + ".tokens.bin") - 8)
+    with pytest.raises(ValueError) as e:
+        data.PackedConversations(sft_dir, "train", 64)
+    assert base + ".tokens.bin is truncated" in str(e.value) and "sft.py" in str(e.value) and "prepare.py" not in str(e.value)
+    open(meta_path, "w").write(meta_text[:40])
+    with pytest.raises(ValueError, match=f"{meta_path} is broken"):
+        data.PackedConversations(sft_dir, "train", 64)
+    # prepare.py --out into an SFT directory leaves its meta.json alone
+    open(meta_path, "w").write(meta_text)
+    (tmp_path / "t.jsonl").write_text(json.dumps({"text": "hello world"}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        prepare.prepare([str(tmp_path / "t.jsonl")], sft_dir, workers=1, quiet=True)
+    assert sft_dir in one_line(e) and open(meta_path).read() == meta_text
+    # mixing weights must be finite and positive
+    for w in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit) as e:
+            prepare.expand_inputs([f"{tmp_path / 't.jsonl'}@{w}"])
+        assert "weight must be" in one_line(e)
+    # an English-only corpus: the zh:en line says there is no Chinese, not "no English"
+    meta = prepare.prepare([str(tmp_path / "t.jsonl")], str(tmp_path / "en"), workers=1, quiet=True)
+    prepare.report(meta)
+    out = capsys.readouterr().out
+    assert "zh:en chars = 0 (no Chinese)" in out, out
