@@ -24,8 +24,8 @@ import sys
 
 import torch
 
-from checkpoint import find_model_dir, from_pretrained
-from generate import Decoder, sample_next
+from checkpoint import load_model
+from generate import Decoder, check_sampling_settings, sample_next
 from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
                        render_chat)
 
@@ -148,9 +148,10 @@ class Conversation:
 def main():
     if chat_template not in CHAT_TEMPLATES:
         sys.exit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p)
     torch.manual_seed(seed)
-    model_dir = find_model_dir(init_from)
-    model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
+    model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
+    model.eval()
     if model.config.vocab_size < QWEN_VOCAB:
         sys.exit(f"error: {model_dir} has vocab_size {model.config.vocab_size}: no room for the chat tokens")
     ctx = min(max_context or model.config.max_position_embeddings, model.config.max_position_embeddings)

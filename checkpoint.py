@@ -29,8 +29,14 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
-    with open(cfg_path) as f:
-        hf = json.load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except ValueError as e:   # bad JSON or bad UTF-8: a damaged file, named
+        raise ValueError(f"{cfg_path} is damaged ({' '.join(str(e).split())[:200]}); use another checkpoint or "
+                         "re-export it") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_path} is not a model config (a JSON object); use another checkpoint or re-export it")
     if hf.get("model_type") != "qwen3":
         raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
                          f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
@@ -38,10 +44,14 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
         raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
     known = {f.name for f in fields(Qwen3Config)}
     kw = {k: v for k, v in hf.items() if k in known}
-    if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
-        kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
-    kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
-    config = Qwen3Config(**kw)
+    try:
+        if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
+            kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
+        kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+        config = Qwen3Config(**kw)
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        raise ValueError(f"{cfg_path} lacks or garbles a model setting ({type(e).__name__}: {e}); use another "
+                         "checkpoint or re-export it") from None
 
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -63,8 +73,22 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
         sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
     with torch.device("meta"):
         model = Qwen3(config, loss=loss)
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    except RuntimeError as e:   # missing / unexpected / misshapen tensors: the weights are not config.json's model
+        raise ValueError(f"{path}: the weights do not match config.json ({' '.join(str(e).split())[:200]}); use "
+                         "another checkpoint or re-export it") from None
     return model.to(device)
+
+
+def load_model(init_from, dtype=torch.float32, device="cpu", loss="chunked"):
+    """(model, its directory) for an entry point's --init_from: find_model_dir + from_pretrained, a missing or
+    damaged model as one line naming the file instead of a traceback."""
+    model_dir = find_model_dir(init_from)
+    try:
+        return from_pretrained(model_dir, dtype=dtype, device=device, loss=loss), model_dir
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def hf_config(config, dtype="bfloat16", eos_token_id=None):
@@ -177,23 +201,29 @@ def load_checkpoint(path, model, optimizer, check_config):
         state = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
     except Exception as e:
         state = e
-    if isinstance(state, dict):
+    if isinstance(state, dict) and isinstance(state.get("train_config", {}), dict):
         check_config(state.get("train_config", {}))
     try:
         if isinstance(state, Exception):
             raise state
+        if not isinstance(state, dict):
+            raise TypeError(f"state.pt holds a {type(state).__name__}, not a checkpoint's state")
+        missing = [k for k in ("step", "optimizer", "rng_cpu", "rng_cuda") if k not in state]
+        if missing:   # checked before anything is restored, so a bad file changes nothing
+            raise KeyError(f"state.pt lacks {', '.join(missing)}")
         model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=True)
         optimizer.load_state_dict(state["optimizer"])
+        rng_cpu, rng_cuda, step = state["rng_cpu"], state["rng_cuda"], int(state["step"])
+        torch.set_rng_state(rng_cpu)
     except Exception as e:
         out_dir = os.path.dirname(path)
         sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
                  f"Delete it to resume from the previous one ({len(list_checkpoints(out_dir)) - 1} others in {out_dir}).")
     for g, hyper in zip(optimizer.param_groups, current):
         g.update(hyper)
-    torch.set_rng_state(state["rng_cpu"])
-    if torch.cuda.is_available() and state["rng_cuda"].numel():
-        torch.cuda.set_rng_state(state["rng_cuda"])
-    return state["step"]
+    if torch.cuda.is_available() and rng_cuda.numel():
+        torch.cuda.set_rng_state(rng_cuda)
+    return step
 
 
 def compare_config(saved, current, same_run_keys, allow_change, master):

@@ -20,6 +20,12 @@ from ast import literal_eval
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _is_setting(key, value):
+    """Settings are lower-case names with a plain value; upper-case names are constants (EOT, LETTERS), and
+    modules, functions and classes are what the script imported or defined."""
+    return key != key.upper() and (value is None or isinstance(value, (bool, int, float, str)))
+
+
 def _parse_value(key, raw, current):
     try:
         value = literal_eval(raw)
@@ -73,6 +79,8 @@ def _apply_args(argv, g):
             i += 2
         if key not in g or key.startswith("_"):
             sys.exit(f"config error: unknown config key --{key}")
+        if not _is_setting(key, g[key]):   # e.g. --EOT=7: an imported constant would end up in the checkpoint
+            sys.exit(f"config error: unknown config key --{key} (a constant or an imported name, not a setting)")
         g[key] = _parse_value(key, raw, g[key])
         print(f"Overriding: {key} = {_shortened(repr(g[key]))}", file=sys.stderr)
     if "dtype" in g and g["dtype"] not in _DTYPES:

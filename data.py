@@ -40,28 +40,44 @@ def write_shard(path, tokens):
     os.replace(tmp, path)
 
 
-def shard_length(path):
-    """A shard's token count, after checking its header and size; refuses missing, truncated or foreign files."""
+def make_writable_dir(path):
+    """Create `path` if need be and prove a file can be written there, so that a read-only or full output directory
+    is one line before any work instead of a traceback (Errno 30) in the middle of it."""
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to the output directory {path} ({e.strerror or e}): "
+                         "choose another one, or make it writable") from None
+
+
+def shard_length(path, redo=REDO):
+    """A shard's token count, after checking its header and size; refuses missing, truncated or foreign files
+    (`redo`: how to rebuild it, which depends on the tool that wrote it)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: {REDO}")
+        raise FileNotFoundError(f"{path} is missing: {redo}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES or head[:8] != MAGIC:
-        raise ValueError(f"{path} is not a token shard (bad magic); {REDO}")
+        raise ValueError(f"{path} is not a token shard (bad magic); {redo}")
     version, itemsize = np.frombuffer(head[8:16], dtype="<u4")
     count = int(np.frombuffer(head[16:24], dtype="<u8")[0])
     if version != VERSION or itemsize != 4:
         raise ValueError(f"{path}: shard version {version} / {itemsize}-byte tokens; this code reads v{VERSION}, 4-byte")
     if size != HEADER_BYTES + 4 * count:
         raise ValueError(f"{path} is truncated or corrupt: header says {count} tokens "
-                         f"({HEADER_BYTES + 4 * count} bytes) but the file has {size} bytes; {REDO}")
+                         f"({HEADER_BYTES + 4 * count} bytes) but the file has {size} bytes; {redo}")
     return count
 
 
-def open_shard(path):
-    """All tokens of a shard as a read-only memmap (for inspection and tests; the loader reads with read_tokens)."""
-    count = shard_length(path)
+def open_shard(path, redo=REDO):
+    """All tokens of a shard as a read-only memmap (for inspection, tests and SFT data; the pretraining loader reads
+    with read_tokens)."""
+    count = shard_length(path, redo)
     return np.memmap(path, dtype="<u4", mode="r", offset=HEADER_BYTES, shape=(count,)) if count else np.zeros(0, "<u4")
 
 
@@ -203,11 +219,12 @@ def doc_ids_at_endoftext(x):
     return eot.cumsum(1) - eot
 
 
-def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu", doc_mask=False):
+def val_batches(data_dir, seq_len, n_tokens, batch_size, device="cpu", doc_mask=False, vocab_size=None):
     """The held-out set of about n_tokens target tokens (val_window_ids): the same windows for every evaluation
     of every run, whatever the batch size, in train.py and eval.py alike. Batches are (x, y), plus doc_ids with
-    doc_mask (a run trained with document masking is evaluated the way it was trained)."""
-    w = TokenWindows(data_dir, "val", seq_len)
+    doc_mask (a run trained with document masking is evaluated the way it was trained). With vocab_size, an id the
+    model has no embedding for is refused naming its shard."""
+    w = TokenWindows(data_dir, "val", seq_len, vocab_size=vocab_size)
     ids = val_window_ids(w.n_windows, seq_len, n_tokens)
     for i in range(0, len(ids), batch_size):
         rows = np.stack([w.window(j) for j in ids[i:i + batch_size]]).astype(np.int64)
@@ -225,7 +242,8 @@ def val_loss_bpb(model, data_dir, seq_len, n_tokens, batch_size, device, autocas
     model.eval()
     nbytes = torch.from_numpy(token_byte_lengths(model.config.vocab_size)).to(device)
     total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    for x, y, *doc_ids in val_batches(data_dir, seq_len, n_tokens, batch_size, device, doc_mask):
+    for x, y, *doc_ids in val_batches(data_dir, seq_len, n_tokens, batch_size, device, doc_mask,
+                                      model.config.vocab_size):
         with autocast:
             _, loss = model(x, y, *doc_ids)
         total_nats += loss.item() * y.numel()
@@ -242,18 +260,14 @@ class PackedConversations:
     visits the rows in a new seeded order. row(r) -> (x, y, doc_ids), each [seq_len]: y is the next token where
     the loss mask says so and -100 elsewhere; padding (EOT) is a document of its own with no targets."""
 
-    def __init__(self, data_dir, split, seq_len, seed=1337, quiet=True):
-        meta_path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{meta_path} not found: prepare the data first (python sft.py --input ... --out {data_dir})")
-        meta = json.load(open(meta_path))
-        if meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256:
-            raise ValueError(f"{data_dir} is not SFT data made by sft.py with this tokenizer")
+    def __init__(self, data_dir, split, seq_len, seed=1337, quiet=True, vocab_size=None):
+        meta, redo = load_sft_meta(data_dir), f"re-run `python sft.py` with the same --input and --out {data_dir}"
         self.T, self.seed, self.tokens, self.masks, conv = seq_len, seed, [], [], []
         for s in meta["shards"]:
             base = os.path.join(data_dir, split, s["name"])
-            lens = np.asarray(open_shard(base + ".lens.bin"), dtype=np.int64)
-            self.tokens.append(open_shard(base + ".tokens.bin")), self.masks.append(open_shard(base + ".mask.bin"))
+            lens = np.asarray(open_shard(base + ".lens.bin", redo), dtype=np.int64)
+            self.tokens.append(open_shard(base + ".tokens.bin", redo)), self.masks.append(open_shard(base + ".mask.bin", redo))
+            check_sft_shard(base, lens, self.tokens[-1], self.masks[-1], vocab_size, redo)
             starts = (np.cumsum(lens) - lens).astype(np.int64)   # also right for a file with no conversation here
             conv.append(np.stack([np.full_like(lens, len(self.tokens) - 1), starts, lens], 1))
         conv = np.concatenate(conv) if conv else np.zeros((0, 3), dtype=np.int64)
@@ -306,17 +320,43 @@ class SFTBatches(DistributedBatches):
         return tuple(out)
 
 
-@torch.no_grad()
+def load_sft_meta(data_dir):
+    """An SFT directory's meta.json, checked: a missing, broken or foreign one is one line naming it."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: prepare the data first (python sft.py --input ... --out {data_dir})")
+    try:
+        meta = json.load(open(path, encoding="utf-8"))
+    except ValueError as e:   # bad JSON or bad UTF-8
+        raise ValueError(f"{path} is broken ({' '.join(str(e).split())[:200]}): delete it and re-run `python sft.py` "
+                         f"with the same --input and --out {data_dir}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256 \
+            or not isinstance(meta.get("shards"), list):
+        raise ValueError(f"{path}: {data_dir} is not SFT data made by sft.py with this tokenizer")
+    return meta
+
+
+def check_sft_shard(base, lens, tokens, mask, vocab_size, redo):
+    """The three files of one SFT shard agree (conversation lengths sum to the token count, one mask value per
+    token) and every id has an embedding row: checked when the data is opened, not deep in training."""
+    if int(lens.sum()) != len(tokens) or len(mask) != len(tokens):
+        raise ValueError(f"{base}.{{tokens,mask,lens}}.bin disagree ({len(tokens)} tokens, {len(mask)} mask values, "
+                         f"lengths summing to {int(lens.sum())}): {redo}")
+    if vocab_size is not None and len(tokens) and int(tokens.max()) >= vocab_size:
+        raise ValueError(f"{base}.tokens.bin holds token id {int(tokens.max())} >= the model's vocab_size {vocab_size}: "
+                         f"{redo}, or use a model with a larger vocab_size")
+
+
 def sft_chat_template(data_dir):
     """The chat template an SFT directory's conversations were rendered with (data made before the choice: ChatML)."""
-    return json.load(open(os.path.join(data_dir, "meta.json"))).get("chat_template", "chatml")
+    return load_sft_meta(data_dir).get("chat_template", "chatml")
 
 
 def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, master):
     """train.py's SFT data: the packed training conversations of data_dir as SFTBatches, or a clear exit."""
     if vocab_size < QWEN_VOCAB:
         sys.exit(f"error: SFT needs the chat tokens (ids up to {QWEN_VOCAB - 1}); vocab_size is {vocab_size}")
-    rows = PackedConversations(data_dir, "train", seq_len, seed, quiet=not master)
+    rows = PackedConversations(data_dir, "train", seq_len, seed, quiet=not master, vocab_size=vocab_size)
     if not rows.n_rows:
         sys.exit(f"error: {data_dir} has no training conversation of at most seq_len {seq_len} tokens")
     if master:
@@ -324,10 +364,11 @@ def sft_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, g
     return SFTBatches(rows, micro_batch, world, rank, grad_accum, device)
 
 
+@torch.no_grad()
 def sft_val_loss(model, data_dir, seq_len, batch_size, device, autocast):
     """Mean loss per assistant token over the val split (None if it is empty), packed as in training."""
     try:
-        p = PackedConversations(data_dir, "val", seq_len)
+        p = PackedConversations(data_dir, "val", seq_len, vocab_size=model.config.vocab_size)
     except FileNotFoundError:
         return None
     was_training, total, count = model.training, 0.0, 0

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import find_model_dir, from_pretrained
+from checkpoint import load_model
 from data import val_loss_bpb
 from generate import Decoder, default_step
 from tokenizer import EOT, get_tokenizer
@@ -71,7 +71,15 @@ def checkpoint_train_config(model_dir):
     path = os.path.join(model_dir, "state.pt")
     if not os.path.isfile(path):
         return {}
-    return torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("train_config", {}) or {}
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:   # truncated, random or foreign bytes: name the file, not torch's unpickler
+        raise SystemExit(f"error: {path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                         "use another checkpoint")
+    config = state.get("train_config") or {} if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: {path} is not a state.pt written by train.py (no training config)")
+    return config
 
 
 def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None, doc_mask=None):
@@ -92,15 +100,30 @@ def val_settings(model_dir, seq_len=None, val_tokens=None, max_len=None, doc_mas
 def read_ceval_csv(path, need_answer):
     if not os.path.isfile(path):
         raise SystemExit(f"error: {path} not found (expected the C-Eval layout <dir>/<split>/<subject>_<split>.csv)")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f))
-    cols = set(rows[0]) if rows else set()
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                rows.append((reader.line_num, row))
+            cols = set(reader.fieldnames or ())
+    except (UnicodeDecodeError, csv.Error) as e:   # a binary file (NUL bytes, not UTF-8)
+        raise SystemExit(f"error: {path} is not a UTF-8 CSV file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     missing = {"question", "A", "B", "C", "D"} - cols
     if missing:
         raise SystemExit(f"error: {path} lacks column(s) {sorted(missing)}; C-Eval CSVs have id,question,A,B,C,D,answer")
     if need_answer and "answer" not in cols:
         raise SystemExit(f"error: {path} has no answer column (needed here, e.g. for few-shot examples)")
-    return rows
+    # every row is checked here, before any inference: a bad one found after an hour of scoring would waste it
+    for line, row in rows:
+        short = [k for k in ("question", *LETTERS) + (("answer",) if "answer" in cols else ()) if row.get(k) is None]
+        if short:
+            raise SystemExit(f"error: {path} line {line}: the row is short (no {', '.join(short)})")
+        if "answer" in cols:
+            row["answer"] = row["answer"].strip().upper()   # 'd' is D
+            if row["answer"] not in LETTERS:
+                raise SystemExit(f"error: {path} line {line}: answer {row['answer']!r} is not one of A, B, C, D")
+    return [row for _, row in rows]
 
 
 def subject_names(ceval_dir):
@@ -376,8 +399,8 @@ def main():
                  "--ppl_continuation letter|text|text_mean, --prompt_style ceval|opencompass")
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
-    model_dir = find_model_dir(init_from)
-    model = from_pretrained(model_dir, device=device).eval()
+    model, model_dir = load_model(init_from, device=device)
+    model.eval()
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
     print(f"[{model_dir}]")
     if data_dir:

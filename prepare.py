@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from data import HEADER_BYTES, write_shard
+from data import HEADER_BYTES, make_writable_dir, write_shard
 from readers import FORMATS, MissingFieldError, StructuralError, input_format, iter_rows
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
@@ -133,8 +133,8 @@ def expand_inputs(specs):
                 pattern, weight = head, float(tail)
             except ValueError:
                 pass  # an '@' that is part of the path
-            if weight is not None and weight <= 0:
-                raise SystemExit(f"error: --input {spec!r}: weight must be > 0")
+            if weight is not None and not (math.isfinite(weight) and weight > 0):   # nan and inf too
+                raise SystemExit(f"error: --input {spec!r}: weight must be a finite number > 0")
         if os.path.isdir(pattern):
             pattern = os.path.join(pattern, "**", "*")
         paths = [p for p in sorted(glob.glob(pattern, recursive=True))
@@ -180,7 +180,8 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
                 "score_field": score_field if min_score is not None else None, "source_field": source_field,
                 "split": "blake2b(text)", "tokenizer_sha256": RANKS_SHA256}
     files = expand_inputs(inputs)
-    os.makedirs(out_dir, exist_ok=True)
+    refuse_other_data(out_dir)
+    make_writable_dir(out_dir)
     errors, missing = tokenize(files, out_dir, settings, workers, quiet)
     meta = write_meta(files, out_dir, settings, max_tokens, errors)
     if missing:  # side files (authors.json beside the poems) when other files have the field; else a wrong field
@@ -191,6 +192,19 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     if not quiet:
         report(meta)
     return meta
+
+
+def refuse_other_data(out_dir):
+    """An --out holding sft.py's data (or an unreadable meta.json) is not ours to replace: its meta.json would go."""
+    path = os.path.join(out_dir, "meta.json")
+    if not os.path.exists(path):
+        return
+    try:
+        fmt = json.load(open(path, encoding="utf-8")).get("format")
+    except (ValueError, AttributeError):
+        raise SystemExit(f"error: {path} is unreadable: delete it to prepare into {out_dir}, or choose another --out") from None
+    if fmt is not None:
+        raise SystemExit(f"error: {out_dir} holds {fmt} data ({path}, made by sft.py): choose another --out")
 
 
 def tokenize(files, out_dir, settings, workers=None, quiet=False):
@@ -276,12 +290,19 @@ def write_meta(files, out_dir, settings, max_tokens=None, errors=()):
     return meta
 
 
+def zh_en(zh, en):
+    """The observed zh:en character ratio, in words when a side is empty."""
+    if not en:
+        return "n/a (no English)" if zh else "n/a (neither Chinese nor English)"
+    return f"{zh / en:.3f}" if zh else "0 (no Chinese)"
+
+
 def report(meta):
     """What the run made, on stdout, and its warnings and errors on stderr."""
     skipped, warnings, min_score = meta["skipped_rows"], meta["warnings"], meta["min_score"]
     kept = f"; min_score {min_score}: kept {meta['docs']:,} docs, dropped {meta['dropped_by_score']:,}"
     print(f"{len(meta['shards'])} files -> {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
-          f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {meta['zh_en_char_ratio'] or 'n/a (no English)'}; "
+          f"(using {meta['use_tokens']['train']:,} train); zh:en chars = {zh_en(meta['zh_chars'], meta['en_chars'])}; "
           f"skipped rows: {skipped or 'none'}{kept if min_score is not None else ''}")
     if meta["source_field"]:
         print(f"tokens per {meta['source_field']}: " + ", ".join(f"{k} {v:,}" for k, v in meta["tokens_per_row_source"].items()))

@@ -124,7 +124,7 @@ def iter_rows(path, fields, skips, progress):
         raise
     except ImportError:
         raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
-    except (OSError, ValueError, EOFError) as e:  # unreadable, corrupt parquet/archive, bad JSON file, ...
+    except (OSError, ValueError, EOFError, RecursionError) as e:  # unreadable, corrupt archive, bad JSON file, ...
         raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
@@ -138,3 +138,5 @@ def _jsonl_rows(stream, raw, skips):
                 skips["invalid_utf8"] += 1
             except json.JSONDecodeError:
                 skips["bad_json"] += 1
+            except RecursionError:   # e.g. 100k '[': the parser's stack, not the run, gives up on this row
+                skips["too_deeply_nested"] += 1

@@ -17,8 +17,8 @@ from functools import partial
 
 import torch
 
-from checkpoint import find_model_dir, from_pretrained
-from generate import Decoder, stream
+from checkpoint import load_model
+from generate import Decoder, check_sampling_settings, stream
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
@@ -36,12 +36,10 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator
 
 
 if __name__ == "__main__":
+    check_sampling_settings(max_new_tokens, temperature, top_k, top_p, num_samples)
     torch.manual_seed(seed)
-    model_dir = find_model_dir(init_from)
-    try:
-        model = from_pretrained(model_dir, dtype=getattr(torch, dtype), device=device).eval()
-    except (ValueError, FileNotFoundError) as e:  # a damaged or foreign checkpoint: one line, not a traceback
-        sys.exit(f"error: {e}")
+    model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
+    model.eval()
     enc = get_tokenizer()
     ids = enc.encode(prompt, allowed_special="all") or [EOT]  # an empty prompt starts a document
     if max(ids) >= model.config.vocab_size:

@@ -22,7 +22,7 @@ import argparse, json, os, sys
 
 import numpy as np
 
-from data import write_shard
+from data import make_writable_dir, write_shard
 from prepare import _is_val, _shard_name
 from tokenizer import CHAT_TEMPLATES, EOT, QWEN_VOCAB, RANKS_SHA256, SPECIALS, render_chat
 
@@ -156,6 +156,9 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
             except BadRow as e:
                 bad(str(e))
                 continue
+            except RecursionError:   # e.g. 100k '[': too deep for the parser or the template, one bad row
+                bad("too_deeply_nested")
+                continue
             if len(ids) > max_len:
                 if overlong == "drop" or not any(mask[:max_len]):  # nothing of the answer would be left
                     bad("overlong")
@@ -198,8 +201,15 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
         raise SystemExit(f"error: --input {inputs} names no .jsonl file")
     settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction, "chat_template": chat_template}
     old = os.path.join(out_dir, "meta.json")
-    if os.path.exists(old) and {k: json.load(open(old)).get(k) for k in settings} != settings:
-        raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
+    if os.path.exists(old):
+        try:
+            before = json.load(open(old, encoding="utf-8"))
+            before = {k: before.get(k) for k in settings}
+        except (ValueError, AttributeError):
+            raise SystemExit(f"error: {old} is unreadable: delete it to prepare into {out_dir}, or use another --out") from None
+        if before != settings:
+            raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
+    make_writable_dir(out_dir)
     sides = []
     for path in files:
         side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")

@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
-                        save_checkpoint, trim_log)
-from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
-                  sft_val_loss, val_loss_bpb)
+from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, save_checkpoint,
+                        trim_log)
+from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
+                  sft_chat_template, sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer, wsd_lr_factor
@@ -183,11 +183,17 @@ def build_model(dev, use_liger, master):
     loss = "liger" if use_liger else "chunked"
     ckpts = list_checkpoints(out_dir) if init_from == "resume" else []
     if ckpts:
-        adopt_model_shape(json.load(open(os.path.join(ckpts[-1], "config.json"))), only_defaults=True)
+        cfg_path = os.path.join(ckpts[-1], "config.json")
+        try:
+            shape = json.load(open(cfg_path, encoding="utf-8"))
+            assert isinstance(shape, dict)
+        except (OSError, ValueError, AssertionError):
+            sys.exit(f"error: {cfg_path} is missing or damaged: delete {ckpts[-1]} to resume from the previous checkpoint")
+        adopt_model_shape(shape, only_defaults=True)
     if init_from in ("scratch", "resume"):
         model = Qwen3(model_config(), loss=loss)
     else:  # continue pretraining, or fine-tune, from weights: a HF Qwen3 directory, a checkpoint, or an out_dir
-        model = from_pretrained(find_model_dir(init_from), dtype=torch.float32, loss=loss)
+        model = load_model(init_from, dtype=torch.float32, loss=loss)[0]
         adopt_model_shape({f.name: getattr(model.config, f.name) for f in fields(Qwen3Config)})
     if seq_len > model.config.max_position_embeddings and not export_only:
         sys.exit(f"error: seq_len {seq_len} > the model's max_position_embeddings {model.config.max_position_embeddings}: "
@@ -222,14 +228,12 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
     if ddp:
         dist.barrier()
     windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
-    get = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
-    if not doc_mask:
-        return get
+    windows_at = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
 
-    def get_with_doc_ids(step, micro_step):
-        x, y = get(step, micro_step)
-        return x, y, doc_ids_at_endoftext(x)
-    return get_with_doc_ids
+    def get(step, micro_step):   # a shard read mid-run (an id over the vocab that meta.json hid): one line
+        x, y = data_or_exit(windows_at, step, micro_step)
+        return (x, y, doc_ids_at_endoftext(x)) if doc_mask else (x, y)
+    return get
 
 
 def data_or_exit(fn, *args):
@@ -262,7 +266,7 @@ def open_log(master):
 def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
     if sft_data:  # loss per assistant token on the held-out conversations
-        loss = sft_val_loss(model, sft_data, seq_len, micro_batch, dev, autocast)
+        loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
         if loss is not None:
             log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}")
         return
@@ -344,6 +348,8 @@ def main(get_batch=None):
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
+    if master:   # a read-only out_dir: one line now, not Errno 30 at the log or the first checkpoint
+        make_writable_dir(out_dir)
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
