@@ -12,7 +12,7 @@ optimizer step) is fixed by the config; gradient accumulation is derived from th
 data order depends only on the step (data.py), so a run is the same run on 1 or 8 GPUs and a resume needs nothing
 but the step counter.
 """
-import json, math, os, shutil, sys, time
+import datetime, json, math, os, shutil, signal, sys, time
 from contextlib import nullcontext
 from dataclasses import fields
 
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
-                        save_checkpoint, trim_log)
+                        lock_out_dir, save_checkpoint, trim_log)
 from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
                   sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
@@ -35,7 +35,7 @@ data_dir = DEMO_DIR
 sft_data = ""                 # instruction tuning: a directory made by sft.py (packed conversations, loss on answers)
 doc_mask = False              # pretraining: attention and positions restart at each <|endoftext|> within a window
 init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) | a model dir (HF, checkpoint, out_dir)
-overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
+overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints, hf/, log (deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
 # model: the Qwen3Config fields (model.py), Qwen3-0.6B with rope_theta 1e4 and a 4k context
@@ -78,6 +78,7 @@ liger = True                  # fused linear+cross-entropy on CUDA when liger-ke
 checkpointing = "none"        # activation checkpointing: none | block | selective
 sdpa_backend = "auto"         # auto (PyTorch's choice) | cudnn | flash | efficient: attention kernel on CUDA
 seed = 1337
+pg_timeout_s = 300            # a rank waiting this long for the others (a hung peer) stops with one line
 peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not know
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
@@ -95,9 +96,9 @@ def setup_processes():
     dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
     if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=torch.device(dev))
+        dist.init_process_group("nccl", device_id=torch.device(dev), timeout=datetime.timedelta(seconds=pg_timeout_s))
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=pg_timeout_s))
     return rank, local_rank, world, dev
 
 
@@ -136,16 +137,21 @@ def use_cuda_kernels(cuda):
 
 
 def start_out_dir(master):
-    """A fresh run must not mix with another run's checkpoints in the same out_dir."""
+    """A fresh run must not mix with another run's checkpoints, exported model or log in the same out_dir, nor
+    delete the model it starts from."""
     old = list_checkpoints(out_dir)
-    if old and not overwrite:
-        sys.exit(f"error: {out_dir} already holds checkpoints ({os.path.basename(old[-1])}, ...) of another run: "
-                 "resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to delete them")
+    other = [p for p in (os.path.join(out_dir, "hf"), os.path.join(out_dir, "log.jsonl")) if os.path.exists(p)]
+    inside = os.path.join(os.path.realpath(init_from), "").startswith(os.path.join(os.path.realpath(out_dir), ""))
+    if init_from != "scratch" and inside:
+        sys.exit(f"error: --init_from={init_from} is inside --out_dir={out_dir}, which a fresh run replaces: copy the "
+                 "model out of it first, or choose another --out_dir")
+    if (old or other) and not overwrite:
+        what = f"checkpoints ({os.path.basename(old[-1])}, ...)" if old else " and ".join(map(os.path.basename, other))
+        sys.exit(f"error: {out_dir} already holds {what} of another run: resume it with --init_from=resume, choose "
+                 "another --out_dir, or pass --overwrite=True to delete them")
     if master:
-        for path in old + [os.path.join(out_dir, "hf")]:
-            shutil.rmtree(path, ignore_errors=True)
-        if old and os.path.exists(os.path.join(out_dir, "log.jsonl")):
-            os.remove(os.path.join(out_dir, "log.jsonl"))
+        for path in old + other:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
         os.makedirs(out_dir, exist_ok=True)
 
 
@@ -294,24 +300,26 @@ def stop_non_finite(what, master):
 
 def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world, ddp, dev, autocast, master):
     """One optimizer step at `step`: the scheduled lr, grad_accum micro-steps (gradients all-reduced on the last),
-    clipping, the update. Returns (mean loss, gradient norm, seconds of the step, seconds of the optimizer)."""
+    clipping, the update. Returns (mean loss, gradient norm, seconds of the step, seconds of the optimizer, whether
+    any rank got SIGTERM/SIGINT: the flag rides on the loss's all-reduce, so every rank stops after the same step)."""
     cuda = dev.startswith("cuda")
     if cuda:
         torch.cuda.synchronize(dev)
     t0 = time.time()
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
-    loss_sum = torch.zeros((), device=dev)
+    loss_sum = torch.zeros(2, device=dev)   # [sum of losses, stop requests]
+    loss_sum[1] = float(STOP_SIGNAL[0] is not None)
     for micro in range(grad_accum):
         batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
         sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
         with (nullcontext() if sync else train_model.no_sync()), autocast:
             _, loss = train_model(*batch)
         (loss / grad_accum).backward()
-        loss_sum += loss.detach()
+        loss_sum[0] += loss.detach()
     if ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    loss_val = loss_sum.item() / (grad_accum * world)
+    loss_val, stop = (loss_sum[0] / (grad_accum * world)).item(), loss_sum[1].item() > 0
     if not math.isfinite(loss_val):
         stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
@@ -323,12 +331,24 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
     if cuda:
         torch.cuda.synchronize(dev)
     t1 = time.time()
-    return loss_val, grad_norm, t1 - t0, t1 - t_opt
+    return loss_val, grad_norm, t1 - t0, t1 - t_opt, stop
 
 
-def maybe_checkpoint(step, model, optimizer, dev, ddp, master):
-    """Every ckpt_interval steps and at the last: rank 0 saves, unless a weight is non-finite (every rank stops)."""
-    if not ckpt_interval or (step % ckpt_interval and step != max_steps):
+STOP_SIGNAL = [None]   # the name of a SIGTERM/SIGINT received; the loop stops after the current step
+
+
+def stop_on_signals():
+    """What schedulers send before killing (SIGTERM), or Ctrl-C: finish the step, checkpoint, exit 0."""
+    def request_stop(signum, frame):
+        STOP_SIGNAL[0] = signal.Signals(signum).name
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+
+
+def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
+    """Every ckpt_interval steps, at the last and on a stop signal: rank 0 saves, unless a weight is non-finite
+    (every rank stops)."""
+    if not stop and (not ckpt_interval or (step % ckpt_interval and step != max_steps)):
         return
     finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
     if ddp:  # never save a poisoned checkpoint, and every rank stops together
@@ -345,8 +365,10 @@ def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
+    stop_on_signals()
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
+    out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
@@ -370,14 +392,14 @@ def main(get_batch=None):
     log = open_log(master)
 
     # ----------------------------------------------------------------------------------------- loop
-    history, t_start, first = [], time.time(), step
+    history, t_start, first, stop = [], time.time(), step, False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     while step < max_steps:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
-        loss, grad_norm, dt, dt_opt = train_step(step, model, train_model, optimizer, get_batch, grad_accum, world,
-                                                 ddp, dev, autocast, master)
+        loss, grad_norm, dt, dt_opt, stop = train_step(step, model, train_model, optimizer, get_batch, grad_accum,
+                                                       world, ddp, dev, autocast, master)
         step += 1
         tok_s = tokens_per_step / dt
         mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
@@ -386,16 +408,21 @@ def main(get_batch=None):
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
                "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
-        if step % log_interval == 0 or step == max_steps:
+        if step % log_interval == 0 or step == max_steps or stop:
             log(rec, f"step {step}/{max_steps} | loss {loss:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
                      f"{1000 * dt:.0f} ms | ETA {eta / 3600:.2f} h")
-        maybe_checkpoint(step, model, optimizer, dev, ddp, master)
+        maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
+        if stop:
+            if master:
+                print(f"stopped by {STOP_SIGNAL[0] or 'a signal to another rank'} after step {step}: checkpoint "
+                      f"{list_checkpoints(out_dir)[-1]} written; continue with --init_from=resume")
+            break
 
     # ------------------------------------------------------------------------------------------ end
-    if eval_interval:
+    if eval_interval and not stop:
         evaluate(model, step, dev, autocast, log)
-    if master and export_at_end:
+    if master and export_at_end and not stop:
         export_hf(model, os.path.join(out_dir, "hf"), chat_template=sft_chat_template(sft_data) if sft_data else None)
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
@@ -405,4 +432,11 @@ def main(get_batch=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:   # gloo and NCCL report a peer that stopped answering as a timed-out collective
+        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+            raise
+        print(f"error: rank {os.environ.get('RANK', 0)} waited more than pg_timeout_s={pg_timeout_s} s for the other "
+              "processes (one is hung or stopped); stopping", file=sys.stderr, flush=True)
+        os._exit(1)   # the process group cannot be torn down cleanly with a peer that does not answer
