@@ -12,7 +12,7 @@ optimizer step) is fixed by the config; gradient accumulation is derived from th
 data order depends only on the step (data.py), so a run is the same run on 1 or 8 GPUs and a resume needs nothing
 but the step counter.
 """
-import datetime, json, math, os, shutil, signal, sys, time
+import datetime, json, math, os, signal, sys, time
 from contextlib import nullcontext
 from dataclasses import fields
 
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, find_model_dir, from_pretrained, list_checkpoints, load_checkpoint,
-                        lock_out_dir, save_checkpoint, trim_log)
+                        lock_out_dir, save_checkpoint, start_out_dir, trim_log)
 from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, sft_batches, sft_chat_template,
                   sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
@@ -85,6 +85,7 @@ config = {k: v for k, v in globals().items() if not k.startswith("_") and isinst
 MODEL_KEYS = tuple(f.name for f in fields(Qwen3Config))
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
 SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + MODEL_KEYS
+STOP_SIGNALS = []   # SIGTERM / SIGINT received (main installs the handler): all ranks stop after the current step
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -136,25 +137,6 @@ def use_cuda_kernels(cuda):
         return False
 
 
-def start_out_dir(master):
-    """A fresh run must not mix with another run's checkpoints, exported model or log in the same out_dir, nor
-    delete the model it starts from."""
-    old = list_checkpoints(out_dir)
-    other = [p for p in (os.path.join(out_dir, "hf"), os.path.join(out_dir, "log.jsonl")) if os.path.exists(p)]
-    inside = os.path.join(os.path.realpath(init_from), "").startswith(os.path.join(os.path.realpath(out_dir), ""))
-    if init_from != "scratch" and inside:
-        sys.exit(f"error: --init_from={init_from} is inside --out_dir={out_dir}, which a fresh run replaces: copy the "
-                 "model out of it first, or choose another --out_dir")
-    if (old or other) and not overwrite:
-        what = f"checkpoints ({os.path.basename(old[-1])}, ...)" if old else " and ".join(map(os.path.basename, other))
-        sys.exit(f"error: {out_dir} already holds {what} of another run: resume it with --init_from=resume, choose "
-                 "another --out_dir, or pass --overwrite=True to delete them")
-    if master:
-        for path in old + other:
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-        os.makedirs(out_dir, exist_ok=True)
-
-
 def adopt_model_shape(shape, only_defaults=False):
     """The model's shape is the weights' when training starts from weights: record it in the settings, so that
     the checkpoints' train_config is true and a resume rebuilds the same model without restating it. With
@@ -200,7 +182,7 @@ def build_model(dev, use_liger, master):
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
     if init_from != "resume":
-        start_out_dir(master)
+        start_out_dir(out_dir, init_from, overwrite, master)
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
@@ -300,16 +282,15 @@ def stop_non_finite(what, master):
 
 def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world, ddp, dev, autocast, master):
     """One optimizer step at `step`: the scheduled lr, grad_accum micro-steps (gradients all-reduced on the last),
-    clipping, the update. Returns (mean loss, gradient norm, seconds of the step, seconds of the optimizer, whether
-    any rank got SIGTERM/SIGINT: the flag rides on the loss's all-reduce, so every rank stops after the same step)."""
+    clipping, the update. Returns (mean loss, gradient norm, seconds of the step and of the optimizer, stop: whether
+    any rank got SIGTERM/SIGINT)."""
     cuda = dev.startswith("cuda")
     if cuda:
         torch.cuda.synchronize(dev)
     t0 = time.time()
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * wsd_lr_factor(step)
-    loss_sum = torch.zeros(2, device=dev)   # [sum of losses, stop requests]
-    loss_sum[1] = float(STOP_SIGNAL[0] is not None)
+    loss_sum = torch.tensor([0.0, float(bool(STOP_SIGNALS))], device=dev)   # the stop request rides on the all-reduce
     for micro in range(grad_accum):
         batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
         sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
@@ -334,20 +315,9 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
     return loss_val, grad_norm, t1 - t0, t1 - t_opt, stop
 
 
-STOP_SIGNAL = [None]   # the name of a SIGTERM/SIGINT received; the loop stops after the current step
-
-
-def stop_on_signals():
-    """What schedulers send before killing (SIGTERM), or Ctrl-C: finish the step, checkpoint, exit 0."""
-    def request_stop(signum, frame):
-        STOP_SIGNAL[0] = signal.Signals(signum).name
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, request_stop)
-
 
 def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
-    """Every ckpt_interval steps, at the last and on a stop signal: rank 0 saves, unless a weight is non-finite
-    (every rank stops)."""
+    """Every ckpt_interval steps, at the last and on a stop: rank 0 saves, unless a weight is non-finite (all stop)."""
     if not stop and (not ckpt_interval or (step % ckpt_interval and step != max_steps)):
         return
     finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
@@ -365,7 +335,8 @@ def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
-    stop_on_signals()
+    for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
+        signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
     out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
@@ -395,7 +366,7 @@ def main(get_batch=None):
     history, t_start, first, stop = [], time.time(), step, False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    while step < max_steps:
+    while step < max_steps and not stop:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
         loss, grad_norm, dt, dt_opt, stop = train_step(step, model, train_model, optimizer, get_batch, grad_accum,
@@ -413,11 +384,8 @@ def main(get_batch=None):
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
                      f"{1000 * dt:.0f} ms | ETA {eta / 3600:.2f} h")
         maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
-        if stop:
-            if master:
-                print(f"stopped by {STOP_SIGNAL[0] or 'a signal to another rank'} after step {step}: checkpoint "
-                      f"{list_checkpoints(out_dir)[-1]} written; continue with --init_from=resume")
-            break
+    if stop and master:
+        print(f"stopped by {(STOP_SIGNALS or ['a signal'])[0]} after step {step}: {list_checkpoints(out_dir)[-1]} written; --init_from=resume continues")
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval and not stop:
@@ -435,8 +403,7 @@ if __name__ == "__main__":
     try:
         main()
     except RuntimeError as e:   # gloo and NCCL report a peer that stopped answering as a timed-out collective
-        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+        if not any(w in str(e).lower() for w in ("timed out", "timeout")):
             raise
-        print(f"error: rank {os.environ.get('RANK', 0)} waited more than pg_timeout_s={pg_timeout_s} s for the other "
-              "processes (one is hung or stopped); stopping", file=sys.stderr, flush=True)
+        print(f"error: rank {os.environ.get('RANK', 0)} waited more than pg_timeout_s={pg_timeout_s} s for a hung peer; stopping", file=sys.stderr)
         os._exit(1)   # the process group cannot be torn down cleanly with a peer that does not answer

@@ -33,22 +33,19 @@ def _wait_for_steps(out, n, proc, timeout=300):
 
 
 # ------------------------------------------------------------------------------------ 1: nothing deleted
-@pytest.mark.slow
 def test_fresh_run_neither_deletes_hf_nor_appends_to_an_old_log_without_overwrite(tmp_path):
-    d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "o")
-    assert run(["train.py"] + small_train_args(d, out, max_steps=3, ckpt_interval=3, export_at_end=True)).returncode == 0
-    import shutil
-    shutil.rmtree(os.path.join(out, "ckpt-0000003"))   # only an old hf/ and log.jsonl are left
-    log_before = open(os.path.join(out, "log.jsonl")).read()
-    hf = os.path.join(out, "hf", "model.safetensors")
-    for extra in ({}, {"init_from": os.path.join(out, "hf")}, {"init_from": os.path.join(out, "hf"), "overwrite": True}):
-        r = run(["train.py"] + small_train_args(d, out, max_steps=2, **extra))
-        assert r.returncode != 0 and "Traceback" not in r.stderr, (extra, r.stderr[-1500:])
-        assert ("inside --out_dir" if extra else "already holds hf and log.jsonl") in r.stderr.strip().splitlines()[-1]
-        assert os.path.isfile(hf) and open(os.path.join(out, "log.jsonl")).read() == log_before, extra
-    r = run(["train.py"] + small_train_args(d, out, max_steps=2, overwrite=True))
-    assert r.returncode == 0 and sorted(losses(out)) == [1, 2], r.stderr[-1500:]
+    checkpoint.save_pretrained(Qwen3(small_config()), os.path.join(out, "hf"))   # an old run's export and log
+    open(os.path.join(out, "log.jsonl"), "w").write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    for init_from, overwrite, why in (("scratch", False, "already holds hf and log.jsonl"),
+                                      (os.path.join(out, "hf"), False, "inside --out_dir"),
+                                      (os.path.join(out, "hf"), True, "inside --out_dir")):
+        with pytest.raises(SystemExit) as e:
+            checkpoint.start_out_dir(out, init_from, overwrite, master=True)
+        assert why in str(e.value), (init_from, overwrite, e.value)
+        assert os.path.isfile(os.path.join(out, "hf", "model.safetensors")) and len(losses(out)) == 1
+    checkpoint.start_out_dir(out, "scratch", True, master=True)   # with --overwrite=True the old run goes
+    assert os.listdir(out) == []
 
 
 # ------------------------------------------------------------------------------- 2: a changed input is redone
@@ -72,15 +69,14 @@ def test_second_run_on_an_out_dir_is_refused_naming_the_holder_and_a_killed_hold
     out = str(tmp_path / "o")
     first = _start(["train.py"] + small_train_args(d, out, max_steps=100000, ckpt_interval=2, decay_steps=0))
     try:
-        _wait_for_steps(out, 3, first)
+        _wait_for_steps(out, 1, first)
         r = run(["train.py"] + small_train_args(d, out, max_steps=5, init_from="resume"))
         assert r.returncode != 0 and "Traceback" not in r.stderr
         assert f"pid {first.pid}" in r.stderr.strip().splitlines()[-1], r.stderr[-1000:]
     finally:
         first.kill()
         first.communicate()
-    r = run(["train.py"] + small_train_args(d, out, max_steps=6, decay_steps=0, init_from="resume", ckpt_interval=2))
-    assert r.returncode == 0, r.stderr[-1500:]
+    checkpoint.lock_out_dir(out).close()   # the kernel dropped the killed run's lock: its resume may start
 
 
 # ------------------------------------------------------------------------------------------ 4: a torn log
@@ -176,7 +172,7 @@ def test_sigterm_on_two_gloo_ranks_checkpoints_the_current_step_exits_0_and_resu
     assert launcher.returncode == 0, stderr[-2000:]
     n = max(losses(out))
     assert [c for c in os.listdir(out) if c.startswith("ckpt-")] == [f"ckpt-{n:07d}"], os.listdir(out)
-    assert f"stopped by SIGTERM after step {n}" in stdout
+    assert f"stopped by SIGTERM after step {n}: " in stdout
     r = torchrun(2, args(out, n + 3, init_from="resume"))
     assert r.returncode == 0, r.stderr[-2000:]
     r = torchrun(2, args(ref, n + 3))
@@ -202,4 +198,4 @@ def test_a_rank_whose_peer_hangs_stops_after_the_timeout_with_one_line(tmp_path)
             p.kill()
     assert ranks[0].returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    assert "rank 0 waited more than pg_timeout_s=5 s" in last, last
+    assert "rank 0 waited more than pg_timeout_s=5 s for a hung peer" in last, last
