@@ -167,14 +167,15 @@ def test_sigterm_on_two_gloo_ranks_checkpoints_the_current_step_exits_0_and_resu
         for pid in ranks:
             os.kill(pid, signal.SIGTERM)
         stdout, stderr = launcher.communicate(timeout=300)
+    except BaseException:
+        reference.kill()
+        raise
     finally:
         launcher.kill()
-        if reference.returncode is None and sys.exc_info()[0]:
-            reference.kill()
     assert launcher.returncode == 0, stderr[-2000:]
     n = max(losses(out))
     assert [c for c in os.listdir(out) if c.startswith("ckpt-")] == [f"ckpt-{n:07d}"], os.listdir(out)
-    assert f"stopped by SIGTERM after step {n}: " in stdout and n < 16
+    assert "stopped by " in stdout and f" after step {n}: " in stdout and n < 16   # a rank signalled a moment later says "a signal"
     r = torchrun(2, args(out, 16, init_from="resume"))
     assert r.returncode == 0, r.stderr[-2000:]
     ref_err = reference.communicate(timeout=300)[1]   # reads its pipes: a full pipe would block it
