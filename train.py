@@ -300,7 +300,7 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
         loss_sum[0] += loss.detach()
     if ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    loss_val, stop = (loss_sum[0] / (grad_accum * world)).item(), loss_sum[1].item() > 0
+    loss_val, stop = loss_sum[0].item() / (grad_accum * world), loss_sum[1].item() > 0
     if not math.isfinite(loss_val):
         stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
@@ -403,7 +403,7 @@ if __name__ == "__main__":
     try:
         main()
     except RuntimeError as e:   # gloo and NCCL report a peer that stopped answering as a timed-out collective
-        if not any(w in str(e).lower() for w in ("timed out", "timeout")):
+        if not (dist.is_initialized() and any(w in str(e).lower() for w in ("timed out", "timeout"))):
             raise
         print(f"error: rank {os.environ.get('RANK', 0)} waited more than pg_timeout_s={pg_timeout_s} s for a hung peer; stopping", file=sys.stderr)
         os._exit(1)   # the process group cannot be torn down cleanly with a peer that does not answer
