@@ -49,17 +49,25 @@ def test_fresh_run_neither_deletes_hf_nor_appends_to_an_old_log_without_overwrit
 
 
 # ------------------------------------------------------------------------------- 2: a changed input is redone
-def test_prepare_redoes_an_input_that_changed_since_its_shards(tmp_path):
+@pytest.mark.parametrize("tool", ["prepare", "sft"])
+def test_an_input_that_changed_since_its_shards_is_redone(tmp_path, tool):
+    """Same settings, same size (so the same shard sizes): only the input's identity says the shards are stale."""
+    import sft
     src, out = tmp_path / "in.jsonl", str(tmp_path / "out")
-    src.write_text("".join(json.dumps({"text": f"old text number {i}"}) + "\n" for i in range(20)))
-    prepare.prepare([str(src)], out, val_fraction=0.0, workers=1, quiet=True)
-    src.write_text("".join(json.dumps({"text": f"new text number {i}"}) + "\n" for i in range(20)))  # same size
+    row = lambda i, word: ({"text": f"{word} text number {i}"} if tool == "prepare" else
+                           {"messages": [{"role": "user", "content": f"{word} {i}"}, {"role": "assistant", "content": "ok"}]})
+    make = lambda: (prepare.prepare([str(src)], out, val_fraction=0.0, workers=1, quiet=True) if tool == "prepare" else
+                    sft.prepare([str(src)], out, val_fraction=0.0, quiet=True))
+    src.write_text("".join(json.dumps(row(i, "old")) + "\n" for i in range(20)))
+    make()
+    src.write_text("".join(json.dumps(row(i, "new")) + "\n" for i in range(20)))   # same size
     st = os.stat(src)
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    prepare.prepare([str(src)], out, val_fraction=0.0, workers=1, quiet=True)
-    (shard,) = [os.path.join(out, "train", f) for f in os.listdir(os.path.join(out, "train"))]
+    make()
+    (shard,) = [os.path.join(out, "train", f) for f in os.listdir(os.path.join(out, "train")) if "mask" not in f
+                and "lens" not in f]
     text = get_tokenizer().decode(list(map(int, data.open_shard(shard))))
-    assert "new text number 7" in text and "old" not in text
+    assert "new 7" in text.replace(" text number", "") and "old" not in text
 
 
 # ----------------------------------------------------------------------------------- 3: one run per out_dir
