@@ -9,6 +9,7 @@ finding the model a path names.
   training settings), log.jsonl and, at the end, the exported hf/ folder. A checkpoint is written to a temp folder,
   fsynced and renamed into place, so a power cut leaves at least one complete checkpoint.
 """
+import fcntl
 import json
 import os
 import shutil
@@ -164,6 +165,44 @@ def find_model_dir(path):
     raise SystemExit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
 
 
+def start_out_dir(out_dir, init_from, overwrite, master):
+    """A fresh run must not mix with another run's checkpoints, exported model or log in the same out_dir, nor
+    delete the model it starts from."""
+    old = list_checkpoints(out_dir)
+    other = [p for p in (os.path.join(out_dir, "hf"), os.path.join(out_dir, "log.jsonl")) if os.path.exists(p)]
+    inside = os.path.join(os.path.realpath(init_from), "").startswith(os.path.join(os.path.realpath(out_dir), ""))
+    if init_from != "scratch" and inside:
+        sys.exit(f"error: --init_from={init_from} is inside --out_dir={out_dir}, which a fresh run replaces: copy the "
+                 "model out of it first, or choose another --out_dir")
+    if (old or other) and not overwrite:
+        what = f"checkpoints ({os.path.basename(old[-1])}, ...)" if old else " and ".join(map(os.path.basename, other))
+        sys.exit(f"error: {out_dir} already holds {what} of another run: resume it with --init_from=resume, choose "
+                 "another --out_dir, or pass --overwrite=True to delete them")
+    if master:
+        for path in old + other:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        os.makedirs(out_dir, exist_ok=True)
+
+
+def lock_out_dir(out_dir):
+    """Hold an exclusive lock on out_dir for the life of this process, so two runs never write one out_dir; the
+    kernel drops it when the process dies, so a killed run's lock never blocks its resume."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        sys.exit(f"error: {out_dir} is in use by another training run (pid {f.read().strip() or '?'}, see {path}): "
+                 "wait for it to end or choose another --out_dir")
+    try:  # the pid is only for that message: a full disk must not stop a resume here
+        f.truncate(0), f.write(str(os.getpid())), f.flush()
+    except OSError:
+        pass
+    return f
+
+
 def fsync_path(path):
     fd = os.open(path, os.O_RDONLY)   # a file or a directory: both must reach the disk
     os.fsync(fd), os.close(fd)
@@ -172,18 +211,29 @@ def fsync_path(path):
 def save_checkpoint(model, optimizer, step, out_dir, train_config, keep):
     """A HF model directory (fp32 save_pretrained) plus state.pt (optimizer, step, RNG, training config). Written
     to a temp folder, every file and the folder fsynced, renamed into place, the parent fsynced -- only then do
-    the checkpoints beyond the newest `keep` go, so a power cut leaves at least one complete checkpoint."""
+    the checkpoints beyond the newest `keep` go, so a power cut leaves at least one complete checkpoint. A failed
+    write (disk full) removes the temp folder and stops with one line; the older checkpoints stay."""
     final = os.path.join(out_dir, f"ckpt-{step:07d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp, dtype=torch.float32, eos_token_id=EOT if model.config.vocab_size > EOT else None)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "train_config": train_config,
-             "rng_cpu": torch.get_rng_state(),
-             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
-    torch.save(state, os.path.join(tmp, "state.pt"))
-    for name in os.listdir(tmp):
-        fsync_path(os.path.join(tmp, name))
-    fsync_path(tmp)
+    try:
+        save_pretrained(model, tmp, dtype=torch.float32, eos_token_id=EOT if model.config.vocab_size > EOT else None)
+        state = {"step": step, "optimizer": optimizer.state_dict(), "train_config": train_config,
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        for name in os.listdir(tmp):
+            fsync_path(os.path.join(tmp, name))
+        fsync_path(tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        tensors = list(model.state_dict().values()) + [t for s in optimizer.state.values() for t in s.values()
+                                                         if torch.is_tensor(t)]
+        need, free = sum(t.numel() * 4 for t in tensors), shutil.disk_usage(out_dir).free
+        kept = list_checkpoints(out_dir)
+        sys.exit(f"error: writing checkpoint {final} failed ({e.strerror if isinstance(e, OSError) else e}): it needs "
+                 f"about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free; the partial copy is removed and "
+                 + (f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint was written yet"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync_path(out_dir)
@@ -245,13 +295,28 @@ def compare_config(saved, current, same_run_keys, allow_change, master):
 
 def trim_log(path, step):
     """After a resume at `step`, drop the records the killed run wrote past it (and its evaluation at `step`,
-    which the resumed run repeats on the same weights), so log.jsonl is one curve."""
+    which the resumed run repeats on the same weights), so log.jsonl is one curve; a last line torn by a kill or
+    zero-filled by a power cut is dropped too. Only truncates: a full disk does not stop a resume."""
     if not os.path.exists(path):
         return
-    lines = [l for l in open(path) if l.strip()]
-    recs = [json.loads(l) for l in lines]
-    keep = [l for l, r in zip(lines, recs) if r.get("step", 0) < step or (r.get("step") == step and "loss" in r)]
-    if len(keep) != len(lines):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(path + ".tmp", path)
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    end = keep_bytes = 0
+    for i, line in enumerate(lines):
+        end += len(line)
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not line.endswith(b"\n"):
+                raise ValueError("no newline")
+        except ValueError:
+            if i < len(lines) - 1:
+                sys.exit(f"error: {path} line {i + 1} is not a JSON record: repair or delete that line to resume")
+            print(f"{path}: dropped an incomplete last line (the run was killed while writing it)")
+            break
+        if rec.get("step", 0) > step or (rec.get("step") == step and "loss" not in rec):
+            break   # the records past `step` are the log's tail
+        keep_bytes = end
+    if keep_bytes != os.path.getsize(path):
+        os.truncate(path, keep_bytes)

@@ -33,10 +33,15 @@ def write_shard(path, tokens):
     tokens = np.asarray(tokens, dtype=np.uint32)
     header = MAGIC + np.array([VERSION, 4], dtype="<u4").tobytes() + np.array([len(tokens)], dtype="<u8").tobytes()
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.ljust(HEADER_BYTES, b"\0"))
-        f.write(tokens.astype("<u4").tobytes())
-        f.flush(), os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.ljust(HEADER_BYTES, b"\0"))
+            f.write(tokens.astype("<u4").tobytes())
+            f.flush(), os.fsync(f.fileno())
+    except OSError:   # e.g. a full disk: leave no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 

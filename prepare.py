@@ -10,7 +10,7 @@ written as one shard per input and split plus a sidecar that records the setting
 mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
 same settings is skipped, one done with other settings is redone.
 """
-import argparse, glob, hashlib, json, math, os, re, sys, time
+import argparse, errno, glob, hashlib, io, json, math, os, re, sys, time
 from collections import Counter
 
 import numpy as np
@@ -31,6 +31,16 @@ def _is_val(text, val_fraction):
     return int.from_bytes(h, "little") < val_fraction * 2**64
 
 
+def input_identity(path):
+    """What says an input is the file a sidecar was made from: size and modification time (sft.py shares it)."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+class DiskFull(Exception):
+    """No space for a shard; the message says how much was needed."""
+
+
 def _shard_name(path):
     """Path-based, so a re-run finds the shards of the inputs it already did (only names depend on the location)."""
     return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:16]
@@ -48,7 +58,8 @@ def prepare_file(path, out_dir, settings):
     """Tokenize one input file into <out>/train/<name>.bin and <out>/val/<name>.bin plus a .json sidecar with its
     statistics and the settings it was made with. The sidecar is written last: its presence means 'this input is
     done with these settings'."""
-    enc, name, size = get_tokenizer(), _shard_name(path), os.path.getsize(path)
+    enc, name, identity = get_tokenizer(), _shard_name(path), input_identity(path)  # before reading: a change redoes it
+    size = identity[0]
     sidecar_path = os.path.join(out_dir, "done", name + ".json")
     if os.path.exists(sidecar_path):  # redoing with other settings: never leave old stats next to new shards
         os.remove(sidecar_path)
@@ -100,9 +111,16 @@ def prepare_file(path, out_dir, settings):
     for split, docs in (("train", train), ("val", val)):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
-        write_shard(os.path.join(out_dir, split, name + ".bin"), tokens)
+        shard = os.path.join(out_dir, split, name + ".bin")
+        try:
+            write_shard(shard, tokens)   # removes its partial .tmp file when it fails
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise DiskFull(f"error: no space left for {shard} ({(HEADER_BYTES + 4 * len(tokens)) / 2**20:.1f} MiB "
+                           f"needed, from {path}); the partial file is removed: free space and run again") from None
         counts[split], max_token = int(len(tokens)), max(max_token, int(tokens.max()) if len(tokens) else -1)
-    sidecar = {"input": os.path.abspath(path), "settings": settings, "tokens": counts, "max_token": max_token,
+    sidecar = {"input": os.path.abspath(path), "stat": identity, "settings": settings, "tokens": counts, "max_token": max_token,
                "skipped": skips, "source_tokens": {k: v for k, v in source_tokens.items() if k is not None}, **stats}
     os.makedirs(os.path.dirname(sidecar_path), exist_ok=True)
     json.dump(sidecar, open(sidecar_path + ".tmp", "w"))
@@ -111,7 +129,8 @@ def prepare_file(path, out_dir, settings):
 
 
 def _done_sidecar(out_dir, path, settings):
-    """The sidecar of an input already prepared with these settings and whose shards are intact, else None."""
+    """The sidecar of an input already prepared with these settings, unchanged since (input_identity) and whose
+    shards are intact, else None."""
     name = _shard_name(path)
     try:
         sidecar = json.load(open(os.path.join(out_dir, "done", name + ".json")))
@@ -119,7 +138,8 @@ def _done_sidecar(out_dir, path, settings):
                      for sp, n in sidecar["tokens"].items())
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return sidecar if intact and sidecar.get("settings") == settings else None
+    same_file = sidecar.get("stat") == input_identity(path)
+    return sidecar if intact and same_file and sidecar.get("settings") == settings else None
 
 
 def expand_inputs(specs):
@@ -214,7 +234,7 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
     todo = [f[0] for f in files if _done_sidecar(out_dir, f[0], settings) is None]
     stale = sum(os.path.exists(os.path.join(out_dir, "done", _shard_name(p) + ".json")) for p in todo)
     if stale and not quiet:
-        print(f"redoing {stale} input(s) prepared with other settings (or with damaged shards)", file=sys.stderr)
+        print(f"redoing {stale} input(s) changed since, prepared with other settings, or with damaged shards", file=sys.stderr)
     total_bytes = sum(os.path.getsize(p) for p in todo) or 1
     errors, missing = [], []
     if todo:
@@ -234,6 +254,11 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
                     missing.append(str(e))
                 except StructuralError as e:
                     errors.append(str(e))
+                except DiskFull as e:
+                    pool.terminate()
+                    for tmp in glob.glob(os.path.join(glob.escape(out_dir), "*", "*.tmp")):  # the other workers' too
+                        os.remove(tmp)
+                    raise SystemExit(str(e)) from None
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             bar.update(1.0, counters[1], final=True)
     return errors, missing

@@ -23,7 +23,7 @@ import argparse, json, os, sys
 import numpy as np
 
 from data import make_writable_dir, write_shard
-from prepare import _is_val, _shard_name
+from prepare import _is_val, _shard_name, input_identity
 from tokenizer import CHAT_TEMPLATES, EOT, QWEN_VOCAB, RANKS_SHA256, SPECIALS, render_chat
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -136,7 +136,7 @@ def to_chat(row, template="qwen3"):
 def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="qwen3"):
     """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
     last: its presence means 'this input is done')."""
-    name, skips, truncated = _shard_name(path), {}, 0
+    name, skips, truncated, identity = _shard_name(path), {}, 0, input_identity(path)  # before reading: a change redoes it
     parts = {s: ([], [], []) for s in ("train", "val")}  # token arrays, mask arrays, lengths
     bad = lambda why: skips.__setitem__(why, skips.get(why, 0) + 1)
     with open(path, "rb") as f:
@@ -167,7 +167,7 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
             # prepare.py's split, keyed on the conversation's JSON text: the same conversation, the same split
             toks, masks, lens = parts["val" if _is_val(text, val_fraction) else "train"]
             toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
-    side = {"input": os.path.abspath(path), "stat": _stat(path), "skipped": skips, "truncated": truncated,
+    side = {"input": os.path.abspath(path), "stat": identity, "skipped": skips, "truncated": truncated,
             "conversations": {}, "tokens": {}, "loss_tokens": {}}
     for split, (toks, masks, lens) in parts.items():
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
@@ -181,11 +181,6 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
     json.dump(side, open(tmp, "w"))
     os.replace(tmp, tmp[:-4])
     return side
-
-
-def _stat(path):
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
 
 
 def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False, chat_template="qwen3"):
@@ -214,7 +209,7 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
     for path in files:
         side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")
         side = json.load(open(side_path)) if os.path.exists(side_path) else {}
-        sides.append(side if side.get("stat") == _stat(path) else
+        sides.append(side if side.get("stat") == input_identity(path) else
                      prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template))
     total = lambda key: {s: sum(x[key][s] for x in sides) for s in ("train", "val")}
     skipped = {}

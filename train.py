@@ -12,7 +12,7 @@ optimizer step) is fixed by the config; gradient accumulation is derived from th
 data order depends only on the step (data.py), so a run is the same run on 1 or 8 GPUs and a resume needs nothing
 but the step counter.
 """
-import json, math, os, shutil, sys, time
+import datetime, json, math, os, signal, sys, time
 from contextlib import nullcontext
 from dataclasses import fields
 
@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, save_checkpoint,
-                        trim_log)
+from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, lock_out_dir,
+                        save_checkpoint, start_out_dir, trim_log)
 from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
                   sft_chat_template, sft_val_loss, val_loss_bpb)
 from mfu import flops_per_token_6n, peak_tflops
@@ -35,7 +35,7 @@ data_dir = DEMO_DIR
 sft_data = ""                 # instruction tuning: a directory made by sft.py (packed conversations, loss on answers)
 doc_mask = False              # pretraining: attention and positions restart at each <|endoftext|> within a window
 init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) | a model dir (HF, checkpoint, out_dir)
-overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints (they are deleted)
+overwrite = False             # allow a fresh run in an out_dir holding another run's checkpoints, hf/, log (deleted)
 allow_config_change = False   # allow a resume that changes the data order or the model (seq_len, global_batch, ...)
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
 export_dtype = "bfloat16"     # out_dir/hf's weights: bfloat16 (half the size) | float32 (the checkpoint's numbers)
@@ -79,12 +79,14 @@ liger = True                  # fused linear+cross-entropy on CUDA when liger-ke
 checkpointing = "none"        # activation checkpointing: none | block | selective
 sdpa_backend = "auto"         # auto (PyTorch's choice) | cudnn | flash | efficient: attention kernel on CUDA
 seed = 1337
+pg_timeout_s = 300            # a rank waiting this long for the others (a hung peer) stops with one line
 peak_tflops_override = 0.0    # TFLOP/s for MFU on a card the table does not know
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
 config = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 MODEL_KEYS = tuple(f.name for f in fields(Qwen3Config))
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
 SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + MODEL_KEYS
+STOP_SIGNALS = []   # SIGTERM / SIGINT received (main installs the handler): all ranks stop after the current step
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -96,9 +98,9 @@ def setup_processes():
     dev = f"cuda:{local_rank}" if device.startswith("cuda") else "cpu"
     if dev.startswith("cuda"):  # device_id binds the NCCL communicator to this rank's GPU up front
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=torch.device(dev))
+        dist.init_process_group("nccl", device_id=torch.device(dev), timeout=datetime.timedelta(seconds=pg_timeout_s))
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=pg_timeout_s))
     return rank, local_rank, world, dev
 
 
@@ -135,20 +137,6 @@ def use_cuda_kernels(cuda):
         return liger
     except ImportError:
         return False
-
-
-def start_out_dir(master):
-    """A fresh run must not mix with another run's checkpoints in the same out_dir."""
-    old = list_checkpoints(out_dir)
-    if old and not overwrite:
-        sys.exit(f"error: {out_dir} already holds checkpoints ({os.path.basename(old[-1])}, ...) of another run: "
-                 "resume it with --init_from=resume, choose another --out_dir, or pass --overwrite=True to delete them")
-    if master:
-        for path in old + [os.path.join(out_dir, "hf")]:
-            shutil.rmtree(path, ignore_errors=True)
-        if old and os.path.exists(os.path.join(out_dir, "log.jsonl")):
-            os.remove(os.path.join(out_dir, "log.jsonl"))
-        os.makedirs(out_dir, exist_ok=True)
 
 
 def adopt_model_shape(shape, only_defaults=False):
@@ -202,7 +190,7 @@ def build_model(dev, use_liger, master):
     optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
                                 weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
     if init_from != "resume":
-        start_out_dir(master)
+        start_out_dir(out_dir, init_from, overwrite, master)
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
@@ -254,10 +242,8 @@ def open_log(master):
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     def log(rec, text=None):
-        if text:
-            print(text)
-        log_file.write(json.dumps(rec) + "\n")
-        log_file.flush()
+        print(text) if text else None
+        log_file.write(json.dumps(rec) + "\n"), log_file.flush()
         if wandb_log:
             wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
     return log
@@ -267,9 +253,7 @@ def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
     if sft_data:  # loss per assistant token on the held-out conversations
         loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
-        if loss is not None:
-            log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}")
-        return
+        return log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}") if loss is not None else None
     loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
     log({"step": step, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
@@ -284,31 +268,31 @@ def stop_non_finite(what, master):
                                     "from it (--init_from=resume)." if ckpts else
                                     "No checkpoint has been written yet: lower the lr and start again."))
     if dist.is_initialized():  # every rank is here (same verdict): leave the group together, then exit
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier(), dist.destroy_process_group()
     sys.exit(2)
 
 
 def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world, ddp, dev, autocast, master):
     """One optimizer step at `step`: the scheduled lr, grad_accum micro-steps (gradients all-reduced on the last),
-    clipping, the update. Returns (mean loss, gradient norm, seconds of the step, seconds of the optimizer)."""
+    clipping, the update. Returns (mean loss, gradient norm, seconds of the step and of the optimizer, stop: whether
+    any rank got SIGTERM/SIGINT)."""
     cuda = dev.startswith("cuda")
     if cuda:
         torch.cuda.synchronize(dev)
     t0 = time.time()
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac)
-    loss_sum = torch.zeros((), device=dev)
+    loss_sum = torch.tensor([0.0, float(bool(STOP_SIGNALS))], device=dev)   # the stop request rides on the all-reduce
     for micro in range(grad_accum):
         batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
         sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
         with (nullcontext() if sync else train_model.no_sync()), autocast:
             _, loss = train_model(*batch)
         (loss / grad_accum).backward()
-        loss_sum += loss.detach()
+        loss_sum[0] += loss.detach()
     if ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    loss_val = loss_sum.item() / (grad_accum * world)
+    loss_val, stop = loss_sum[0].item() / (grad_accum * world), loss_sum[1].item() > 0
     if not math.isfinite(loss_val):
         stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
@@ -320,12 +304,13 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
     if cuda:
         torch.cuda.synchronize(dev)
     t1 = time.time()
-    return loss_val, grad_norm, t1 - t0, t1 - t_opt
+    return loss_val, grad_norm, t1 - t0, t1 - t_opt, stop
 
 
-def maybe_checkpoint(step, model, optimizer, dev, ddp, master):
-    """Every ckpt_interval steps and at the last: rank 0 saves, unless a weight is non-finite (every rank stops)."""
-    if not ckpt_interval or (step % ckpt_interval and step != max_steps):
+
+def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
+    """Every ckpt_interval steps, at the last and on a stop: rank 0 saves, unless a weight is non-finite (all stop)."""
+    if not stop and (not ckpt_interval or (step % ckpt_interval and step != max_steps)):
         return
     finite = torch.tensor(float(all(torch.isfinite(p).all() for p in model.parameters())), device=dev)
     if ddp:  # never save a poisoned checkpoint, and every rank stops together
@@ -342,8 +327,11 @@ def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
+    for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
+        signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
+    out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
@@ -373,14 +361,14 @@ def main(get_batch=None):
     log = open_log(master)
 
     # ----------------------------------------------------------------------------------------- loop
-    history, t_start, first, last_line = [], time.time(), step, time.time()
+    history, t_start, first, last_line, stop = [], time.time(), step, time.time(), False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    while step < max_steps:
+    while step < max_steps and not stop:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
-        loss, grad_norm, dt, dt_opt = train_step(step, model, train_model, optimizer, get_batch, grad_accum, world,
-                                                 ddp, dev, autocast, master)
+        loss, grad_norm, dt, dt_opt, stop = train_step(step, model, train_model, optimizer, get_batch, grad_accum,
+                                                       world, ddp, dev, autocast, master)
         step += 1
         tok_s = tokens_per_step / dt
         mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
@@ -389,17 +377,19 @@ def main(get_batch=None):
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
                "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
-        if step % log_interval == 0 or step == max_steps or time.time() - last_line >= log_seconds:
+        if step % log_interval == 0 or step == max_steps or stop or time.time() - last_line >= log_seconds:
             last_line = time.time()
             log(rec, f"step {step}/{max_steps} | loss {loss:.4f} | lr {rec['muon_lr']:.2e} | grad norm {grad_norm:.3f} | "
                      f"{tok_s:,.0f} tok/s | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} | "
                      f"{1000 * dt:.0f} ms | ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}")
-        maybe_checkpoint(step, model, optimizer, dev, ddp, master)
+        maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
+    if stop and master:
+        print(f"stopped by {(STOP_SIGNALS or ['a signal'])[0]} after step {step}: {list_checkpoints(out_dir)[-1]} written; --init_from=resume continues")
 
     # ------------------------------------------------------------------------------------------ end
-    if eval_interval:
+    if eval_interval and not stop:
         evaluate(model, step, dev, autocast, log)
-    if master and export_at_end:
+    if master and export_at_end and not stop:
         export_hf(model, os.path.join(out_dir, "hf"), dtype=getattr(torch, export_dtype),
                   chat_template=sft_chat_template(sft_data) if sft_data else None)
     if ddp:
@@ -410,4 +400,10 @@ def main(get_batch=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:   # gloo and NCCL report a peer that stopped answering as a timed-out collective
+        if not (dist.is_initialized() and any(w in str(e).lower() for w in ("timed out", "timeout"))):
+            raise
+        print(f"error: rank {os.environ.get('RANK', 0)} waited more than pg_timeout_s={pg_timeout_s} s for a hung peer; stopping", file=sys.stderr)
+        os._exit(1)   # the process group cannot be torn down cleanly with a peer that does not answer
