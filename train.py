@@ -331,13 +331,13 @@ def main(get_batch=None):
         signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
+    if master:   # a read-only out_dir: one line now, not Errno 30 at the lock, the log or the first checkpoint
+        make_writable_dir(out_dir)
     out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
-    if master:   # a read-only out_dir: one line now, not Errno 30 at the log or the first checkpoint
-        make_writable_dir(out_dir)
     model, optimizer, step = build_model(dev, use_liger, master)
     if export_only:
         if master:
