@@ -10,7 +10,7 @@ written as one shard per input and split plus a sidecar that records the setting
 mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
 same settings is skipped, one done with other settings is redone.
 """
-import argparse, errno, glob, hashlib, io, json, math, os, re, sys, time
+import argparse, errno, glob, hashlib, json, math, os, re, sys, time
 from collections import Counter
 
 import numpy as np
@@ -203,12 +203,7 @@ def prepare(inputs, out_dir, text_field="text", val_fraction=0.005, workers=None
     refuse_other_data(out_dir)
     make_writable_dir(out_dir)
     errors, missing = tokenize(files, out_dir, settings, workers, quiet)
-    meta = write_meta(files, out_dir, settings, max_tokens, errors)
-    if missing:  # side files (authors.json beside the poems) when other files have the field; else a wrong field
-        (meta["warnings"] if meta["docs"] else meta["errors"]).extend(f"{m} (skipped)" if meta["docs"] else m
-                                                                         for m in missing)
-        json.dump(meta, open(os.path.join(out_dir, "meta.json.tmp"), "w"), indent=1, ensure_ascii=False)
-        os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    meta = write_meta(files, out_dir, settings, max_tokens, errors, missing)
     if not quiet:
         report(meta)
     return meta
@@ -285,9 +280,10 @@ def mix(shards, max_tokens=None):
         s["use_tokens"] = {"train": int(s["tokens"]["train"] * keep), "val": s["tokens"]["val"]}
 
 
-def write_meta(files, out_dir, settings, max_tokens=None, errors=()):
+def write_meta(files, out_dir, settings, max_tokens=None, errors=(), missing=()):
     """meta.json from every sidecar of the requested inputs (whether done now or in an earlier run), mixed; returns
-    it."""
+    it. `missing`: files with none of the text fields -- side files (authors.json beside the poems) to warn about
+    when other files have the field, else errors (a wrong --text_field)."""
     shards, warnings, skipped, by_row_source = [], [], Counter(), Counter()
     totals = Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0)
     for path, source_index, weight in files:
@@ -302,13 +298,16 @@ def write_meta(files, out_dir, settings, max_tokens=None, errors=()):
             warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
                             f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
     mix(shards, max_tokens)
+    if totals["docs"]:
+        warnings, missing = warnings + [f"{m} (skipped)" for m in missing], []
     zh, en = totals["zh_chars"], totals["en_chars"]
     meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
             "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
             "use_tokens": {sp: sum(s["use_tokens"][sp] for s in shards) for sp in ("train", "val")},
             "docs": totals["docs"], "dropped_by_score": totals["dropped_by_score"], "skipped_rows": dict(skipped),
             "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
-            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings, "errors": list(errors)}
+            "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings,
+            "errors": list(errors) + list(missing)}
     tmp = os.path.join(out_dir, "meta.json.tmp")
     json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
     os.replace(tmp, os.path.join(out_dir, "meta.json"))
