@@ -83,7 +83,7 @@ def curve(name, lr, steps, step_dts, vals, info, extra):
 
 
 def run_titan(work, lr, steps, evals):
-    p = paths(work)
+    p, info = paths(work), paths_info(work)
     log = os.path.join(p["runs"], f"titan_lr{lr}_s{steps}.log")
     warm, decay = max(1, round(WARMUP_FRAC * steps)), DECAY_FRAC
     args = ["bash", os.path.join(ROOT, "bench", "peers", "titan", "run.sh"),
@@ -91,7 +91,7 @@ def run_titan(work, lr, steps, evals):
             "--training.seq_len", str(SEQ), "--lr_scheduler.warmup_steps", str(warm), "--lr_scheduler.decay_ratio", str(decay),
             "--validation.enable", "--validation.dataset", "c4_test", "--validation.dataset_path", p["titan_val"],
             "--validation.freq", str(max(1, steps // evals)), "--validation.local_batch_size", "8", "--validation.seq_len", str(SEQ),
-            "--validation.steps", str(max(1, paths_info(work)["val_windows"] // 8))]
+            "--validation.steps", str(max(1, info["val_windows"] // 8))]
     t0 = time.time()
     r = subprocess.run(args, env={**os.environ, "BS": str(BATCH), "LOG": log}, capture_output=True, text=True)
     text = open(log, errors="replace").read() if os.path.exists(log) else r.stdout + r.stderr
@@ -99,7 +99,7 @@ def run_titan(work, lr, steps, evals):
     vals = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([\d.]+)", text)}
     if r.returncode or not dts:
         print(text[-3000:], file=sys.stderr)
-    return curve("torchtitan", lr, steps, dts, vals, paths_info(work),
+    return curve("torchtitan", lr, steps, dts, vals, info,
                  {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW"})
 
 
