@@ -6,11 +6,13 @@ instructions and held-out prompts, and the checker that scores what a model writ
     python bench/poetry.py build --corpus poetry.jsonl.xz --out data/poetry_raw
         -> pretrain/       every poem except those whose title is held out, as 16 jsonl parts (prepare.py
                            tokenizes one file per process)
-           sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems
+           sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems,
+                           at most --sft_per_form of each shi form (七绝 outnumber 五绝 4:1) and every ci
            heldout.jsonl   {"prompt", "form", "title"}: held-out titles (shi) and ci tunes (词牌), one per line
            forms.json      each ci tune's sentence-length patterns, read off the corpus (the checker's rules)
-    python bench/poetry.py eval --model out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz
-        -> one JSON line: form compliance and novelty over the held-out prompts, and sample poems
+    python bench/poetry.py eval --model out_poetry out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz
+        -> one JSON line per model: form compliance and novelty over the held-out prompts ("shi": the held-out
+           titles, "ci": the tunes, "all"), the poems sampled as Qwen3 recommends without thinking
 
 Forms. A shi form is n sentences (句) of k characters: 五言/七言 (k = 5/7) 绝句/律诗 (n = 4/8). A ci form is its
 tune's sequence of sentence lengths; a tune allows the variants that make up >= 5% of its poems in the corpus.
@@ -109,10 +111,11 @@ def read_corpus(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
-def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0):
+def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0):
     """(pretrain texts, SFT rows, held-out prompts, ci forms). A poem is held out when its title is (shi) or, for
     ci, when a hash of its text puts it among the ci_per_tune held-out poems of its tune (prompt only: the tune
-    itself stays in training)."""
+    itself stays in training). sft_per_form > 0 keeps at most that many SFT rows of each shi form, so a short SFT
+    sees every form about as often (pretraining keeps every poem)."""
     ci = ci_forms(rows)
     pretrain, sft, heldout, held_titles, ci_held = [], [], [], set(), collections.Counter()
     for r in rows:
@@ -140,7 +143,21 @@ def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0):
                                      {"role": "assistant", "content": body_text}]})
     random.Random(seed).shuffle(pretrain)  # a streaming loader (torchtitan's) would otherwise see one collection at a time
     random.Random(seed).shuffle(sft)
+    if sft_per_form:
+        kept, capped = collections.Counter(), []
+        for r in sft:
+            form = sft_form(r)
+            kept[form] += 1
+            if form == "ci" or kept[form] <= sft_per_form:
+                capped.append(r)
+        sft = capped
     return pretrain, sft, heldout, ci
+
+
+def sft_form(row):
+    """The form an SFT row asks for: a SHI_FORMS name, or 'ci'."""
+    prompt = row["messages"][0]["content"]
+    return next((f for f in SHI_FORMS if prompt.endswith(f)), "ci")
 
 
 def write_jsonl(path, rows):
@@ -149,10 +166,11 @@ def write_jsonl(path, rows):
     os.replace(path + ".tmp", path)
 
 
-def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.8, top_k=50, seed=0,
+def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.7, top_k=20, top_p=0.8, seed=0,
                    template="qwen3"):
     """The assistant's reply to each prompt (one user turn, the chat template's generation prompt without thinking,
-    as the SFT data renders a final answer), sampled."""
+    as the SFT data renders a final answer), sampled with the settings Qwen3's model card gives for non-thinking
+    mode (temperature 0.7, top-k 20, top-p 0.8)."""
     import torch
     from generate import Decoder
     from tokenizer import EOT, IM_END, get_tokenizer, render_chat
@@ -167,7 +185,7 @@ def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperatur
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))  # a full batch: the decoder's shape is fixed
         x = torch.tensor([r + [EOT] * (longest - len(r)) for r in rows], device=dev)
         decoder.reset()
-        y = decoder.generate(x, max_new_tokens, temperature, top_k, None, eos=[IM_END, EOT], generator=gen,
+        y = decoder.generate(x, max_new_tokens, temperature, top_k, top_p, eos=[IM_END, EOT], generator=gen,
                              lengths=[len(r) for r in rows])
         for row in y[:len(chunk), longest:].tolist():
             row = row[:next((j for j, t in enumerate(row) if t in (IM_END, EOT)), len(row))]
@@ -181,7 +199,7 @@ def evaluate(poems, heldout, ci, seen):
     for poem, h in zip(poems, heldout):
         kind = "ci" if h["form"].startswith("ci:") else h["form"]
         ok, new = check_form(poem, h["form"], ci), not copied_lines(poem, seen)
-        for key in (kind, "all"):
+        for key in (kind, "all") if kind == "ci" else (kind, "shi", "all"):
             by_form[key][0] += 1
             by_form[key][1] += ok
             by_form[key][2] += new
@@ -194,7 +212,8 @@ def main():
     ap.add_argument("--corpus", required=True, help="poetry.jsonl(.xz): one {text, collection} per poem")
     ap.add_argument("--out", default="data/poetry_raw", help="build: where the jsonl files go")
     ap.add_argument("--data", default="data/poetry_raw", help="eval: the directory build wrote")
-    ap.add_argument("--model", help="eval: a model directory or training out_dir")
+    ap.add_argument("--model", nargs="+", help="eval: model directories or training out_dirs, each scored")
+    ap.add_argument("--sft_per_form", type=int, default=25000, help="build: SFT rows per shi form at most (0 = all)")
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
     ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
@@ -203,7 +222,7 @@ def main():
         sys.exit(f"error: --corpus {a.corpus}: no such file")
     rows = read_corpus(a.corpus)
     if a.command == "build":
-        pretrain, sft, heldout, ci = build(rows)
+        pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form)
         os.makedirs(a.out, exist_ok=True)
         os.makedirs(os.path.join(a.out, "pretrain"), exist_ok=True)
         for i in range(16):
@@ -216,22 +235,32 @@ def main():
                                            "heldout_titles": sum(not h["form"].startswith("ci:") for h in heldout),
                                            "ci_tunes": len(ci)}}, ensure_ascii=False))
         return
+    if not a.model:
+        sys.exit("error: eval needs --model (one or more model directories)")
     import torch
     from checkpoint import find_model_dir, from_pretrained
     heldout = [json.loads(l) for l in open(os.path.join(a.data, "heldout.jsonl"), encoding="utf-8")]
     heldout = heldout[:a.max_prompts] if a.max_prompts else heldout
+    if not heldout:
+        sys.exit(f"error: {os.path.join(a.data, 'heldout.jsonl')} holds no prompt (a corpus too small to hold out titles)")
     ci = json.load(open(os.path.join(a.data, "forms.json"), encoding="utf-8"))
     cuda = torch.cuda.is_available()
-    model = from_pretrained(find_model_dir(a.model), dtype=torch.bfloat16 if cuda else torch.float32,
-                            device="cuda" if cuda else "cpu").eval()
-    poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=64 if cuda else 4,
-                           template=a.chat_template)
     seen = corpus_lines(rows)
-    result = evaluate(poems, heldout, ci, seen)
-    if a.samples:
-        write_jsonl(a.samples, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci),
-                                 "copied": copied_lines(p, seen)} for h, p in zip(heldout, poems)])
-    print(json.dumps({"poetry_eval": {"model": a.model, **result}}, ensure_ascii=False))
+    for name in a.model or []:
+        model = from_pretrained(find_model_dir(name), dtype=torch.bfloat16 if cuda else torch.float32,
+                                device="cuda" if cuda else "cpu").eval()
+        poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=256 if cuda else 4,
+                               template=a.chat_template)
+        del model
+        result = evaluate(poems, heldout, ci, seen)
+        if a.samples:
+            stem, ext = os.path.splitext(a.samples)
+            tag = os.path.basename(os.path.normpath(name))
+            tag = os.path.basename(os.path.dirname(os.path.normpath(name))) if tag == "hf" else tag  # out/hf -> out
+            path = a.samples if len(a.model) == 1 else f"{stem}_{tag}{ext}"
+            write_jsonl(path, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci),
+                                "copied": copied_lines(p, seen)} for h, p in zip(heldout, poems)])
+        print(json.dumps({"poetry_eval": {"model": name, **result}}, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ tokenizer and the same held-out documents. Each system gets its best of several 
 
     python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
     python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
-    python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X]
+    python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X] [--out_dir D]
     python bench/time_to_loss.py report --results results.jsonl --png time_to_loss.png
 
 Every run prints one JSON line (and appends it to --results): its val loss / bits per byte against training
@@ -104,7 +104,8 @@ def run_titan(work, lr, steps, evals):
 
 
 def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=()):
-    """train.py with the reference config at 16 x 2048 tokens a step; out_dir given: keep a checkpoint and hf/."""
+    """train.py with the reference config at 16 x 2048 tokens a step; out_dir given: keep the model as out_dir/hf
+    (an export, no checkpoint: the optimizer state would cost seconds of a timed call to write)."""
     p = paths(work)
     info = paths_info(work)
     keep = out_dir is not None
@@ -114,7 +115,7 @@ def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=())
             f"--micro_batch={BATCH}", f"--seq_len={SEQ}", f"--max_steps={steps}", f"--warmup_steps={max(1, round(WARMUP_FRAC * steps))}",
             f"--decay_steps={round(DECAY_FRAC * steps)}", f"--muon_lr={muon_lr}", f"--doc_mask={doc_mask}",
             f"--eval_interval={max(1, steps // evals)}", f"--val_tokens={info['val_windows'] * SEQ}",
-            f"--ckpt_interval={steps if keep else 0}", f"--export_at_end={keep}", "--log_interval=1", *extra_args]
+            "--ckpt_interval=0", f"--export_at_end={keep}", "--log_interval=1", *extra_args]
     t0 = time.time()
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     recs = [json.loads(l) for l in open(os.path.join(out_dir, "log.jsonl"))] if os.path.exists(
@@ -152,6 +153,18 @@ def best(recs, system):
     """The lowest final val loss among a system's runs in `recs`."""
     ok = [r for r in recs if r["system"] == system and r["final_val_loss"] is not None and r["rc"] == 0]
     return min(ok, key=lambda r: r["final_val_loss"]) if ok else None
+
+
+def final_plan(sweeps, system, lr, budget_s):
+    """(lr, steps) of a final run: lr given, or the system's best in the sweep (doc_mask takes the best without
+    it: the mask changes what is attended, not the optimizer); steps = the budget at the step rate of this very
+    system's sweep (doc_mask steps are faster), so its WSD schedule ends at the budget. (lr, None): no sweep."""
+    swept_lr = best(sweeps, "ours" if system == "ours_doc_mask" else system)
+    swept_rate = best(sweeps, system) or swept_lr
+    lr = lr if lr is not None else swept_lr and swept_lr["lr"]
+    if lr is None or swept_rate is None:
+        return lr, None
+    return lr, int(budget_s / swept_rate["step_s"])
 
 
 def time_to(curve_pts, loss):
@@ -211,6 +224,7 @@ def main():
     ap.add_argument("--val_fraction", type=float, default=0.01)
     ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
+    ap.add_argument("--doc_mask_lrs", default="", help="sweep: Muon lrs for ours with --doc_mask")
     ap.add_argument("--steps", type=int, default=150, help="sweep: steps per run")
     ap.add_argument("--evals", type=int, default=10, help="validations per run")
     ap.add_argument("--system", choices=("titan", "ours", "ours_doc_mask"), help="final: which system")
@@ -233,13 +247,13 @@ def main():
             emit({**run_titan(a.work, lr, a.steps, a.evals), "stage": "sweep"}, a.results)
         for lr in [float(x) for x in a.muon_lrs.split(",") if x]:
             emit({**run_ours(a.work, lr, a.steps, a.evals, False, extra_args=ours_args), "stage": "sweep"}, a.results)
+        for lr in [float(x) for x in a.doc_mask_lrs.split(",") if x]:
+            emit({**run_ours(a.work, lr, a.steps, a.evals, True, extra_args=ours_args), "stage": "sweep"}, a.results)
     elif a.stage == "final":
-        system = {"titan": "torchtitan", "ours": "ours", "ours_doc_mask": "ours"}[a.system]
-        swept = best([r for r in load(a.results) if r.get("stage") == "sweep"], system)
-        lr = a.lr if a.lr is not None else swept and swept["lr"]
-        if lr is None or swept is None:
+        system = {"titan": "torchtitan", "ours": "ours", "ours_doc_mask": "ours_doc_mask"}[a.system]
+        lr, steps = final_plan([r for r in load(a.results) if r.get("stage") == "sweep"], system, a.lr, a.budget_s)
+        if steps is None:
             sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
-        steps = int(a.budget_s / swept["step_s"])
         if a.system == "titan":
             rec = run_titan(a.work, lr, steps, a.evals)
         else:

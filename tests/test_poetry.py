@@ -41,3 +41,23 @@ def test_builder_holds_out_every_poem_of_a_heldout_title():
     assert len(pretrain) == 2 * (400 - len(held)) + 150 - sum(h["form"].startswith("ci:") for h in heldout)
     assert ci == {"浣溪沙": [[7, 7, 7, 7, 7, 7]]} and all(h["form"] == "五言绝句" for h in heldout if h["title"] in held)
     json.dumps(sft, ensure_ascii=False)  # rows are plain JSON (sft.py reads them)
+
+
+def test_sft_per_form_caps_each_shi_form_and_keeps_every_ci_and_every_pretraining_poem():
+    qijue = "朝辭白帝彩雲間，千里江陵一日還。\n兩岸猿聲啼不住，輕舟已過萬重山。"
+    rows = [{"text": f"題{i}\n某人\n{JUEJU if i % 4 else qijue}", "collection": "quantangshi"} for i in range(80)]
+    rows += [{"text": f"浣溪沙\n某人{i}\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。",
+              "collection": "songci"} for i in range(120)]
+    full = poetry.build(rows, heldout_fraction=0.0, ci_per_tune=0)
+    capped = poetry.build(rows, heldout_fraction=0.0, ci_per_tune=0, sft_per_form=12)
+    count = lambda sft: {f: sum(poetry.sft_form(r) == f for r in sft) for f in ("五言绝句", "七言绝句", "ci")}
+    assert count(full[1]) == {"五言绝句": 60, "七言绝句": 20, "ci": 120}
+    assert count(capped[1]) == {"五言绝句": 12, "七言绝句": 12, "ci": 120}
+    assert capped[0] == full[0] and capped[2] == full[2]
+
+
+def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
+    heldout = [{"form": "五言绝句"}, {"form": "五言绝句"}, {"form": "ci:浣溪沙"}]
+    res = poetry.evaluate([JUEJU, "無題，有。", JUEJU], heldout, CI, set())
+    assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0}
+    assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3

@@ -22,3 +22,14 @@ def test_time_to_interpolates_between_evaluations_and_speedup():
                                             {"rc": 0}), "stage": "final"}
     out = ttl.report([mk("torchtitan", 2.0), mk("ours", 1.0)])
     assert out["speedup_ours"] == 2.0 and out["titan_final_val_loss"] == 4.0
+
+
+def test_final_takes_the_lr_of_the_best_sweep_and_the_step_rate_of_its_own_system():
+    rec = lambda system, lr, loss, step_s: {"system": system, "lr": lr, "final_val_loss": loss, "step_s": step_s, "rc": 0}
+    sweeps = [rec("ours", 0.01, 5.1, 0.36), rec("ours", 0.02, 5.0, 0.36), rec("ours", 0.04, 5.05, 0.36),
+              rec("ours_doc_mask", 0.02, 4.8, 0.30), rec("torchtitan", 5e-4, 6.1, 0.32), rec("torchtitan", 1e-3, 6.2, 0.32)]
+    assert ttl.final_plan(sweeps, "ours", None, 360) == (0.02, 1000)
+    assert ttl.final_plan(sweeps, "ours_doc_mask", None, 360) == (0.02, 1200)   # doc_mask's own (faster) steps
+    assert ttl.final_plan(sweeps, "torchtitan", None, 320) == (5e-4, 1000)
+    assert ttl.final_plan(sweeps, "torchtitan", 2e-3, 320) == (2e-3, 1000)
+    assert ttl.final_plan(sweeps[4:], "ours", None, 300) == (None, None)
