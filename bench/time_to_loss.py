@@ -203,11 +203,16 @@ def report(recs, png=None):
             for r in finals:
                 pts = [pt for pt in r["curve"] if pt["step"] > 0]
                 scale = 1e-6 if key == "tokens" else 1
-                ax.plot([pt[key] * scale for pt in pts], [pt["val_bpb"] for pt in pts], marker="o", ms=3,
-                        label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
+                xs, ys = [pt[key] * scale for pt in pts], [pt["val_bpb"] for pt in pts]
+                line, = ax.plot(xs, ys, marker="o", ms=3, ls="none",
+                                label=f"{r['system']} (lr {r['lr']}, {r['tok_per_s'] / 1e3:.1f}k tok/s)")
+                gaps = [b["step"] - a["step"] for a, b in zip(pts, pts[1:])]
+                usual = statistics.median(gaps) if gaps else 0
+                for a, b, x0, x1, y0, y1 in zip(pts, pts[1:], xs, xs[1:], ys, ys[1:]):  # unrecorded stretches dotted
+                    ax.plot([x0, x1], [y0, y1], color=line.get_color(), ls=":" if b["step"] - a["step"] > 1.5 * usual else "-")
             if titan:
                 ax.axhline(titan["final_val_bpb"], color="gray", ls=":", lw=1, label="torchtitan's final val bpb")
-            ax.set_xlabel(label), ax.grid(alpha=0.3)
+            ax.set_xlabel(label), ax.grid(alpha=0.3), ax.set_ylim(top=3.2)   # the first evaluations run off the top
         axes[0].set_ylabel("val bits per byte (held-out poems)"), axes[0].legend(fontsize=8)
         fig.suptitle("chinese-poetry, Qwen3-0.6B shape, 16x2048 tokens/step")
         fig.tight_layout(), fig.savefig(png, dpi=120)
