@@ -1,9 +1,9 @@
 """
-A model that writes poems: the chinese-poetry corpus (MIT; the npm package chinese-poetry@2.0.1, one
-{"text": title\\nauthor\\nbody, "collection"} line per poem, see README) made into a pretraining set, SFT
-instructions and held-out prompts, and the checker that scores what a model writes.
+A model that writes poems: the chinese-poetry corpus (MIT; the npm package chinese-poetry@2.0.1, read from its
+dist/ directory as it ships, or from a .jsonl(.xz) of {"text": title\\nauthor\\nbody, "collection"} lines) made into
+a pretraining set, SFT instructions and held-out prompts, and the checker that scores what a model writes.
 
-    python bench/poetry.py build --corpus poetry.jsonl.xz --out data/poetry_raw
+    python bench/poetry.py build --corpus package/dist --out data/poetry_raw
         -> pretrain/       every poem except those whose title is held out, as 16 jsonl parts (prepare.py
                            tokenizes one file per process)
            sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems,
@@ -22,7 +22,7 @@ Held out: a title is held out by a hash of its text, so every poem with that tit
 neither the pretraining nor the SFT data; ci tunes cannot be held out (the tune is the form), so ci prompts test
 form on tunes seen in training, and novelty.
 """
-import argparse, collections, hashlib, json, lzma, os, random, re, sys
+import argparse, collections, glob, hashlib, json, lzma, os, random, re, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -107,8 +107,32 @@ def ci_prompt(tune):
 
 
 def read_corpus(path):
+    """The poems as {"text": title\nauthor\nbody, "collection"} rows, from the npm package's directory as it ships
+    (package/dist: one folder per collection, JSON lists of records) or from such rows in a .jsonl(.xz) file."""
+    if os.path.isdir(path):
+        return list(package_rows(path))
     with (lzma.open(path, "rt", encoding="utf-8") if path.endswith(".xz") else open(path, encoding="utf-8")) as f:
         return [json.loads(l) for l in f if l.strip()]
+
+
+def package_rows(root, skip=("strains", "rank")):
+    """chinese-poetry's JSON files under root, in path order: the title (or ci tune, or chapter), the author and
+    the lines of the body, one row per record; `strains` (tone patterns) and `rank` (popularity) hold no poems."""
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.json"), recursive=True)):  # the order make_poetry.py wrote
+        if os.path.relpath(path, root).split(os.sep)[0] in skip:
+            continue
+        try:
+            records = json.load(open(path, encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue  # the package's few non-poem side files
+        for r in records if isinstance(records, list) else [records]:
+            body = isinstance(r, dict) and (r.get("paragraphs") or r.get("content") or r.get("para"))
+            body = "\n".join(x for x in body if isinstance(x, str)) if isinstance(body, list) else body
+            if not isinstance(body, str) or not body.strip():
+                continue
+            head = [x for x in (r.get("title") or r.get("rhythmic") or r.get("chapter"), r.get("author"))
+                    if isinstance(x, str) and x]
+            yield {"text": "\n".join(head + [body]), "collection": os.path.relpath(path, root).split(os.sep)[0]}
 
 
 def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0):
@@ -209,7 +233,7 @@ def evaluate(poems, heldout, ci, seen):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("command", choices=("build", "eval"))
-    ap.add_argument("--corpus", required=True, help="poetry.jsonl(.xz): one {text, collection} per poem")
+    ap.add_argument("--corpus", required=True, help="the npm package's dist/ directory, or poetry.jsonl(.xz)")
     ap.add_argument("--out", default="data/poetry_raw", help="build: where the jsonl files go")
     ap.add_argument("--data", default="data/poetry_raw", help="eval: the directory build wrote")
     ap.add_argument("--model", nargs="+", help="eval: model directories or training out_dirs, each scored")
@@ -218,8 +242,8 @@ def main():
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
     ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
     a = ap.parse_args()
-    if not os.path.isfile(a.corpus):
-        sys.exit(f"error: --corpus {a.corpus}: no such file")
+    if not os.path.exists(a.corpus):
+        sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
     rows = read_corpus(a.corpus)
     if a.command == "build":
         pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form)

@@ -225,7 +225,7 @@ def main():
     ap.add_argument("stage", choices=("prep", "sweep", "final", "report"))
     ap.add_argument("--work", default="/tmp/ttl", help="data and run directories")
     ap.add_argument("--results", default="", help="jsonl file the runs are appended to (and read by final/report)")
-    ap.add_argument("--corpus", help="prep: poetry.jsonl(.xz)")
+    ap.add_argument("--corpus", help="prep: chinese-poetry's dist/ directory, or poetry.jsonl(.xz)")
     ap.add_argument("--val_fraction", type=float, default=0.01)
     ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
@@ -244,8 +244,8 @@ def main():
     BATCH, SEQ = a.batch, a.seq
     ours_args = a.ours_args.split()
     if a.stage == "prep":
-        if not a.corpus or not os.path.isfile(a.corpus):
-            sys.exit(f"error: --corpus {a.corpus}: no such file")
+        if not a.corpus or not os.path.exists(a.corpus):
+            sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
         print(json.dumps({"prep": prep(a.corpus, a.work, a.val_fraction)}))
     elif a.stage == "sweep":
         for lr in [float(x) for x in a.titan_lrs.split(",") if x]:

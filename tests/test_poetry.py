@@ -61,3 +61,20 @@ def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
     res = poetry.evaluate([JUEJU, "無題，有。", JUEJU], heldout, CI, set())
     assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0}
     assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3
+
+
+def test_the_npm_package_directory_is_read_as_it_ships(tmp_path):
+    dist = tmp_path / "dist"
+    for sub in ("quantangshi", "songci", "strains"):
+        (dist / sub).mkdir(parents=True)
+    tang = [{"title": "靜夜思", "author": "李白", "paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月，低頭思故鄉。"]},
+            {"title": "空", "author": "某", "paragraphs": []}]
+    (dist / "quantangshi" / "poet.tang.0.json").write_text(json.dumps(tang, ensure_ascii=False), encoding="utf-8")
+    ci = [{"rhythmic": "浣溪沙", "author": "晏殊", "paragraphs": ["一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。"]}]
+    (dist / "songci" / "ci.song.0.json").write_text(json.dumps(ci, ensure_ascii=False), encoding="utf-8")
+    (dist / "songci" / "authors.song.json").write_text('[{"name": "晏殊", "desc": "..."}]', encoding="utf-8")
+    (dist / "songci" / "broken.json").write_text("{not json", encoding="utf-8")
+    (dist / "strains" / "x.json").write_text('[{"title": "t", "paragraphs": ["平平仄仄"]}]', encoding="utf-8")
+    rows = poetry.read_corpus(str(dist))
+    assert rows == [{"text": "靜夜思\n李白\n" + JUEJU, "collection": "quantangshi"},
+                    {"text": "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。", "collection": "songci"}]
