@@ -233,14 +233,10 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
     total_bytes = sum(os.path.getsize(p) for p in todo) or 1
     errors, missing = [], []
     if todo:
-        # forkserver, not fork: a fork of a process with threads (torch's, a test runner's) can copy a held lock
-        # into the worker, which then waits forever; the server imports this module once, so workers start fast
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        counters = ctx.Array("q", 2)
+        counters = mp.Array("q", 2)
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         bar = ProgressBar()
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(counters,)) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(counters,)) as pool:
             jobs = [(p, pool.apply_async(prepare_file, (p, out_dir, settings))) for p in todo]
             while not all(j.ready() for _, j in jobs):
                 time.sleep(0.5)

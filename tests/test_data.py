@@ -398,28 +398,3 @@ def test_progress_in_a_log_file_is_a_few_plain_lines(tmp_path):
     bar.update(1.0, 500_000, final=True)
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue() and len(lines) == 2 and "100.0%" in lines[-1]
-
-
-def test_tokenize_workers_are_not_forks_of_the_caller(tmp_path, monkeypatch):
-    """A fork copies the caller's memory, locks held by its other threads included: a worker that then needs such a
-    lock waits forever (seen once in a full test run). Here the caller's _init_worker needs a lock another thread
-    holds; workers started fresh (forkserver) never see that replacement and finish."""
-    import threading
-    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "你好，世界。" * 50}) + "\n", encoding="utf-8")
-    held = threading.Lock()
-    held.acquire()
-
-    def init_needing_the_lock(counters):
-        with held:
-            prepare._progress = counters
-
-    init_needing_the_lock.__module__, init_needing_the_lock.__qualname__ = "prepare", "_init_worker"  # picklable by name
-    monkeypatch.setattr(prepare, "_init_worker", init_needing_the_lock)
-    worker = threading.Thread(target=prepare.prepare, args=([str(tmp_path / "a.jsonl")], str(tmp_path / "out")),
-                              kwargs={"workers": 1, "quiet": True}, daemon=True)
-    worker.start()
-    worker.join(timeout=90)
-    assert not worker.is_alive(), "tokenize's worker hung on a lock copied from the calling process"
-    held.release()
-    assert json.load(open(tmp_path / "out" / "meta.json"))["tokens"]["train"] + \
-        json.load(open(tmp_path / "out" / "meta.json"))["tokens"]["val"] > 0
