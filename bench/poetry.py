@@ -119,7 +119,8 @@ def package_rows(root, skip=("strains", "rank")):
     """chinese-poetry's JSON files under root, in path order: the title (or ci tune, or chapter), the author and
     the lines of the body, one row per record; `strains` (tone patterns) and `rank` (popularity) hold no poems."""
     for path in sorted(glob.glob(os.path.join(root, "**", "*.json"), recursive=True)):  # the order make_poetry.py wrote
-        if os.path.relpath(path, root).split(os.sep)[0] in skip:
+        collection = os.path.relpath(path, root).split(os.sep)[0]
+        if collection in skip:
             continue
         try:
             records = json.load(open(path, encoding="utf-8"))
@@ -132,7 +133,7 @@ def package_rows(root, skip=("strains", "rank")):
                 continue
             head = [x for x in (r.get("title") or r.get("rhythmic") or r.get("chapter"), r.get("author"))
                     if isinstance(x, str) and x]
-            yield {"text": "\n".join(head + [body]), "collection": os.path.relpath(path, root).split(os.sep)[0]}
+            yield {"text": "\n".join(head + [body]), "collection": collection}
 
 
 def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0):
@@ -270,7 +271,7 @@ def main():
     ci = json.load(open(os.path.join(a.data, "forms.json"), encoding="utf-8"))
     cuda = torch.cuda.is_available()
     seen = corpus_lines(rows)
-    for name in a.model or []:
+    for name in a.model:
         model = from_pretrained(find_model_dir(name), dtype=torch.bfloat16 if cuda else torch.float32,
                                 device="cuda" if cuda else "cpu").eval()
         poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=256 if cuda else 4,

@@ -255,7 +255,7 @@ def main():
         for lr in [float(x) for x in a.doc_mask_lrs.split(",") if x]:
             emit({**run_ours(a.work, lr, a.steps, a.evals, True, extra_args=ours_args), "stage": "sweep"}, a.results)
     elif a.stage == "final":
-        system = {"titan": "torchtitan", "ours": "ours", "ours_doc_mask": "ours_doc_mask"}[a.system]
+        system = "torchtitan" if a.system == "titan" else a.system
         lr, steps = final_plan([r for r in load(a.results) if r.get("stage") == "sweep"], system, a.lr, a.budget_s)
         if steps is None:
             sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
