@@ -5,7 +5,7 @@ python -m pytest -q tests -m "not slow" for the quick part.
 
 Every subprocess a test starts has a timeout, so a hang fails its test instead of eating CI's time.
 """
-import json, os, socket, subprocess, sys
+import json, os, signal, socket, subprocess, sys
 
 import numpy as np
 import pytest
@@ -32,10 +32,14 @@ def pytest_configure(config):
 @pytest.fixture
 def train_module(monkeypatch):
     """train.py imported into this process, its settings parsed from an empty command line; what a test changes
-    through monkeypatch goes back after it."""
+    through monkeypatch goes back after it, and so do the SIGTERM/SIGINT handlers train.main() installs (left in
+    place, a forked worker of a later test inherits a SIGTERM handler that swallows its pool's terminate: a hang)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     monkeypatch.setattr(sys, "argv", ["train.py"])
     import train
-    return train
+    yield train
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def small_config(**kw):
