@@ -101,6 +101,9 @@ def hf_config(config, dtype="bfloat16", eos_token_id=None):
         "hidden_act": "silu", "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0,
         "use_sliding_window": False, "sliding_window": None, "max_window_layers": c.num_hidden_layers,
         "use_cache": True, "torch_dtype": dtype,
+        # the first transformers with Qwen3; without the key, transformers 5.0-5.17 warn that a local tokenizer has
+        # "an incorrect regex pattern" (their Mistral check), which is not true of ours
+        "transformers_version": "4.51.0",
         **({"bos_token_id": eos_token_id, "eos_token_id": eos_token_id} if eos_token_id is not None else {}),
     }
 

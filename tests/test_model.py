@@ -138,3 +138,12 @@ def test_weights_file_gets_the_umask_mode_like_config_json(tmp_path, umask):
         os.umask(old)
     mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
     assert mode("model.safetensors") == mode("config.json") == 0o666 & ~umask
+
+
+def test_exported_config_names_the_first_transformers_with_qwen3(tmp_path):
+    """transformers 5.0-5.17 take a local config.json without `transformers_version` for a Mistral one and warn that
+    the tokenizer's regex is wrong (seen on the device with 5.17); the version Qwen3 first shipped in avoids that."""
+    from packaging.version import Version
+    save_pretrained(Qwen3(small_config()), tmp_path, dtype=torch.float32)
+    written = json.load(open(tmp_path / "config.json"))["transformers_version"]
+    assert Version("4.51.0") <= Version(written) < Version("5.0.0")
