@@ -1,8 +1,11 @@
 """bench/time_to_loss.py: the steady-state clock, the time at which a curve reaches a loss, and the speed-up."""
-import os, sys
+import json, os, sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import time_to_loss as ttl  # noqa: E402
+import plot_log  # noqa: E402
 
 INFO = {"tokens_per_byte": 0.5}
 
@@ -33,3 +36,18 @@ def test_final_takes_the_lr_of_the_best_sweep_and_the_step_rate_of_its_own_syste
     assert ttl.final_plan(sweeps, "torchtitan", None, 320) == (5e-4, 1000)
     assert ttl.final_plan(sweeps, "torchtitan", 2e-3, 320) == (2e-3, 1000)
     assert ttl.final_plan(sweeps[4:], "ours", None, 300) == (None, None)
+
+
+def test_plot_log_draws_train_and_val_curves_and_names_a_bad_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "run" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 0, "val_loss": 9.0}, {"step": 1, "loss": 8.5},
+                                                          {"step": 2, "loss": 7.0}, {"step": 2, "val_loss": 7.2}]))
+    assert plot_log.read_log(str(log)) == ([(1, 8.5), (2, 7.0)], [(0, 9.0), (2, 7.2)])
+    png = tmp_path / "c.png"
+    plot_log.main([str(log), "--png", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log.write_text('{"step": 1, "loss": 8.5}\n{"step": 2, "lo\n')
+    with pytest.raises(SystemExit, match=r"log.jsonl:2: not a JSON line"):
+        plot_log.main([str(log), "--png", str(png)])
