@@ -61,8 +61,9 @@ for config in (tuned, small_blocks):
     decode_kernel.linear_config = config
     check_fused_linear()
 decode_kernel.linear_config = wide_blocks
-prompt = torch.randint(0, 320, (3, 40))
-check_decoder(3, 32, prompt[:, :12], [12, 9, 4], 8)     # right-padded rows at different positions, one program
-check_decoder(3, 96, prompt, [40, 29, 11], 8)           # ... in chunks
-check_decoder(1, 128, prompt, None, 12)                  # one row (the one-row kernels), a continued cache
+# the interpreter's time goes with the prompt rows and the steps, so both are as few as the cases need
+prompt = torch.randint(0, 320, (3, 36))
+check_decoder(3, 32, prompt[:, :12], [12, 9, 4], 6)     # right-padded rows at different positions, one program
+check_decoder(2, 64, prompt, [36, 29], 6)               # ... in 2 chunks: row 0 in the second, row 1 crosses 32
+check_decoder(1, 64, prompt[:, :24], None, 6)            # one row (the one-row kernels), a continued cache that crosses 32
 print("ok")
