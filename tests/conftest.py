@@ -31,15 +31,40 @@ def pytest_configure(config):
 
 @pytest.fixture
 def train_module(monkeypatch):
-    """train.py imported into this process, its settings parsed from an empty command line; what a test changes
-    through monkeypatch goes back after it, and so do the SIGTERM/SIGINT handlers train.main() installs (left in
-    place, a forked worker of a later test inherits a SIGTERM handler that swallows its pool's terminate: a hang)."""
+    """train.py imported into this process, its settings parsed from an empty command line. Its settings (changed
+    through monkeypatch, configure_train or by main() itself, which adopts a checkpoint's model shape) go back after
+    the test, and so do the SIGTERM/SIGINT handlers train.main() installs (left in place, a forked worker of a later
+    test inherits a SIGTERM handler that swallows its pool's terminate: a hang)."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     monkeypatch.setattr(sys, "argv", ["train.py"])
     import train
+    settings, config = dict(vars(train)), dict(train.config)
     yield train
+    for key in set(vars(train)) - set(settings):
+        delattr(train, key)
+    vars(train).update(settings)
+    train.config.clear(), train.config.update(config)
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
+
+
+def configure_train(train, args):
+    """What `python train.py ARGS` does before main(), in this process: configurator.py applied to train.py's
+    globals, and `config` (the settings checkpoints record and a resume compares) taken from them again. For a
+    train_module that the fixture puts back after the test."""
+    import configurator
+    configurator._apply_args(args, vars(train))
+    train.config.update({k: getattr(train, k) for k in train.config})
+
+
+def exit_message(fn, *args):
+    """The message fn(*args) stops with: a SystemExit (what a user sees as its one line), not another exception.
+    Returned as text, so that no traceback keeps main()'s out_dir lock open for a later run in this process."""
+    try:
+        fn(*args)
+    except SystemExit as e:
+        return str(e.code)
+    pytest.fail(f"{fn.__name__} did not stop")
 
 
 def small_config(**kw):
@@ -110,6 +135,18 @@ def losses(out_dir):
             assert rec["step"] not in per_step, f"step {rec['step']} logged twice in {out_dir}/log.jsonl"
             per_step[rec["step"]] = rec["loss"]
     return per_step
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """(data_dir, out_dir) of one finished 30-step run of small_train_args on the synthetic dataset (checkpoints at
+    10, 20 and 30), trained once per test session: the tests that resume, damage or export a finished run start
+    from a copy of it (shutil.copytree) instead of each training its own."""
+    root = tmp_path_factory.mktemp("finished_run")
+    d, out = synthetic_dataset(str(root / "ds")), str(root / "o")
+    r = run(["train.py"] + small_train_args(d, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d, out
 
 
 @pytest.fixture(scope="session")
