@@ -150,6 +150,19 @@ def finished_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def one_process_reference(tmp_path_factory):
+    """(data_dir, run args(out_dir), the finished train.py process, its out_dir) of one process training a global batch
+    of 8 sequences by accumulating 4 micro-batches of 2, once per session: the reference the multi-process runs of
+    test_train.py and test_processes.py (the same settings) must equal."""
+    root = tmp_path_factory.mktemp("one_process")
+    d = synthetic_dataset(str(root / "ds"))
+    args = lambda out: small_train_args(d, str(out), max_steps=8, global_batch=8)
+    r = run(["train.py"] + args(root / "one"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return d, args, r, str(root / "one")
+
+
+@pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The offline demo corpus, built once per test session in a temp dir (never into the checkout)."""
     d = str(tmp_path_factory.mktemp("demo"))

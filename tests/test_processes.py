@@ -3,7 +3,7 @@ two "nodes" x two processes on this machine (gloo, localhost rendezvous) equal t
 import os, subprocess
 
 import pytest
-from conftest import PY, ROOT, free_port, losses, run, small_train_args, synthetic_dataset, torchrun
+from conftest import PY, ROOT, free_port, losses, small_train_args, synthetic_dataset, torchrun
 
 
 pytestmark = pytest.mark.slow   # end-to-end runs in subprocesses
@@ -48,18 +48,17 @@ def test_non_finite_weights_stop_every_rank_by_its_own_decision(tmp_path):
     assert not os.path.exists(str(tmp_path / "o" / "ckpt-0000001"))
 
 
-def test_two_nodes_of_two_processes_equal_one_process(tmp_path):
+def test_two_nodes_of_two_processes_equal_one_process(tmp_path, one_process_reference):
     """The README's multi-node recipe, on one machine: two torchrun launchers (node_rank 0 and 1) meeting at a
-    localhost rendezvous, 4 processes in all, the same global batch -- the same losses as 1 process."""
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    args = lambda out: small_train_args(d, str(tmp_path / out), max_steps=6, global_batch=8)
-    one = run(["train.py"] + args("one"), timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
+    localhost rendezvous, 4 processes in all (world 4 x accum 1), the same global batch -- the same losses as
+    1 process x accum 4 (the session's reference run, which test_train.py's 2 processes also equal)."""
+    d, args, _, one = one_process_reference
     port = free_port()
     rcs, outs = _together([["-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=2",
-                            "--master_addr=127.0.0.1", f"--master_port={port}", "train.py"] + args("nodes") for i in range(2)])
+                            "--master_addr=127.0.0.1", f"--master_port={port}", "train.py"] + args(tmp_path / "nodes")
+                           for i in range(2)])
     assert rcs == [0, 0], [o[1][-1000:] for o in outs]
     assert "world 4 x micro_batch 2 x accum 1" in outs[0][0]
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "nodes")
-    assert sorted(a) == sorted(b) == list(range(1, 7))
+    a, b = losses(one), losses(tmp_path / "nodes")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
     assert all(abs(a[s] - b[s]) <= 2e-5 * abs(a[s]) for s in a), (a, b)

@@ -3,35 +3,31 @@ import json, math, os, re, shutil, signal, subprocess, time
 
 import pytest
 import torch
-from conftest import PY, ROOT, TIMEOUT, losses, run, small_train_args, synthetic_dataset, torchrun
+from conftest import (PY, ROOT, TIMEOUT, configure_train, exit_message, losses, run, small_train_args,
+                      synthetic_dataset, torchrun)
 
 
 @pytest.mark.slow
-def test_two_and_four_processes_equal_one_process_with_accumulation(tmp_path):
-    # the same global batch of 8 sequences: 1 process x accum 4, 2 x accum 2, 4 x accum 1 -> the same run
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    args = lambda out: small_train_args(d, str(tmp_path / out), max_steps=8, global_batch=8)
-    r1 = run(["train.py"] + args("one"))
-    assert r1.returncode == 0, r1.stderr[-2000:]
+def test_two_processes_equal_one_process_with_accumulation(tmp_path, one_process_reference):
+    """The same global batch of 8 sequences: 1 process x accum 4 and 2 x accum 2 give the same run. (4 x accum 1
+    against the same reference: test_processes.py's two nodes of two processes.)"""
+    d, args, r1, one = one_process_reference
     assert "world 1 x micro_batch 2 x accum 4" in r1.stdout
-    a = losses(tmp_path / "one")
+    a = losses(one)
     assert sorted(a) == list(range(1, 9)) and a[8] < a[1]
-    for world, accum in ((2, 2), (4, 1)):
-        r = torchrun(world, args(f"world{world}"))
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f"world {world} x micro_batch 2 x accum {accum}" in r.stdout
-        b = losses(tmp_path / f"world{world}")
-        assert sorted(b) == sorted(a)
-        for s in a:
-            assert abs(a[s] - b[s]) <= 2e-5 * abs(a[s]), (world, s, a[s], b[s])  # fp32, summation order only
+    r = torchrun(2, args(tmp_path / "world2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "world 2 x micro_batch 2 x accum 2" in r.stdout
+    b = losses(tmp_path / "world2")
+    assert sorted(b) == sorted(a)
+    for s in a:
+        assert abs(a[s] - b[s]) <= 2e-5 * abs(a[s]), (s, a[s], b[s])  # fp32, summation order only
 
 
 @pytest.mark.slow
-def test_sigkill_resume_is_exact_and_world_size_independent(tmp_path):
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    full = run(["train.py"] + small_train_args(d, str(tmp_path / "full")))
-    assert full.returncode == 0, full.stderr[-2000:]
-    ref = losses(tmp_path / "full")
+def test_sigkill_resume_is_exact_and_world_size_independent(tmp_path, finished_run):
+    d, full = finished_run   # the uninterrupted run: the same settings, 30 steps
+    ref = losses(full)
     # start the same run, SIGKILL it as soon as the step-10 checkpoint exists
     out = str(tmp_path / "killed")
     e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -121,10 +117,11 @@ def test_every_config_file_sets_only_train_keys(train_module):
         _configure([path], **dict(settings))
 
 
-def test_global_batch_that_does_not_split_names_the_micro_batches_that_do(tmp_path):
+def test_global_batch_that_does_not_split_names_the_micro_batches_that_do(tmp_path, train_module):
     d = synthetic_dataset(str(tmp_path / "ds"))
-    r = run(["train.py"] + small_train_args(d, str(tmp_path / "o"), global_batch=6, micro_batch=4))
-    assert r.returncode != 0 and "micro_batch values that divide it on 1 process(es): [1, 2, 3, 6]" in r.stderr, r.stderr
+    configure_train(train_module, small_train_args(d, str(tmp_path / "o"), global_batch=6, micro_batch=4))
+    msg = exit_message(train_module.main)
+    assert "micro_batch values that divide it on 1 process(es): [1, 2, 3, 6]" in msg, msg
 
 
 def test_wsd_schedule_warms_up_holds_and_decays_to_the_floor():
@@ -174,24 +171,24 @@ def test_export_dtype_sets_the_hf_weights_dtype(train_module, monkeypatch, tmp_p
         train_module.check_settings(1)
 
 
-@pytest.mark.slow
-def test_nan_stops_naming_the_step_and_leaves_finite_checkpoints(tmp_path):
+def test_nan_stops_naming_the_step_and_leaves_finite_checkpoints(tmp_path, train_module, capsys):
     d = synthetic_dataset(str(tmp_path / "ds"))
     out = str(tmp_path / "nan")
-    r = run(["train.py"] + small_train_args(d, out, adamw_lr=1e9, muon_lr=1e9, warmup_steps=1, grad_clip=0.0,
-                                             ckpt_interval=1, max_steps=50))
-    assert r.returncode == 2 and " step " in r.stdout.splitlines()[-1], r.stdout[-1000:]
+    configure_train(train_module, small_train_args(d, out, adamw_lr=1e9, muon_lr=1e9, warmup_steps=1, grad_clip=0.0,
+                                                   ckpt_interval=1, max_steps=50))
+    assert exit_message(train_module.main) == "2"   # the exit code
+    stdout = capsys.readouterr().out
+    assert " step " in stdout.splitlines()[-1], stdout[-1000:]
     from safetensors.torch import load_file
     ckpts = sorted(x for x in os.listdir(out) if x.startswith("ckpt-"))
     assert ckpts and all(torch.isfinite(v).all() for v in load_file(os.path.join(out, ckpts[-1], "model.safetensors")).values())
 
 
 @pytest.mark.slow
-def test_export_on_demand_then_continue_pretraining_from_it(tmp_path):
+def test_export_on_demand_then_continue_pretraining_from_it(tmp_path, finished_run):
     """The first loss of a run started from the exported weights is that of the trained weights, not a fresh init."""
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    out = str(tmp_path / "o")
-    assert run(["train.py"] + small_train_args(d, out, max_steps=20)).returncode == 0
+    d, out = finished_run[0], str(tmp_path / "o")
+    shutil.copytree(finished_run[1], out)
     r = run(["train.py"] + small_train_args(d, out, init_from="resume", export_only=True))
     assert r.returncode == 0 and os.path.isfile(os.path.join(out, "hf", "config.json")), r.stderr[-2000:]
     r = run(["train.py"] + small_train_args(d, str(tmp_path / "cont"), init_from=os.path.join(out, "hf"), max_steps=2))
@@ -201,13 +198,13 @@ def test_export_on_demand_then_continue_pretraining_from_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_damaged_newest_checkpoint_is_named(tmp_path):
-    d = synthetic_dataset(str(tmp_path / "ds"))
-    out = str(tmp_path / "o")
-    assert run(["train.py"] + small_train_args(d, out, max_steps=20)).returncode == 0
-    open(os.path.join(out, "ckpt-0000020", "model.safetensors"), "wb").write(b"\0" * 100)
-    r = run(["train.py"] + small_train_args(d, out, init_from="resume", max_steps=30))
-    assert r.returncode != 0 and "ckpt-0000020 is corrupt" in r.stderr
+def test_damaged_newest_checkpoint_is_named(tmp_path, finished_run, train_module):
+    d, out = finished_run[0], str(tmp_path / "o")
+    shutil.copytree(finished_run[1], out)
+    open(os.path.join(out, "ckpt-0000030", "model.safetensors"), "wb").write(b"\0" * 100)
+    configure_train(train_module, small_train_args(d, out, init_from="resume", max_steps=40))
+    msg = exit_message(train_module.main)
+    assert "ckpt-0000030 is corrupt" in msg, msg
 
 
 @pytest.mark.slow
