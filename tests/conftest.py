@@ -163,6 +163,21 @@ def one_process_reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mixed_prepared(tmp_path_factory):
+    """1,500 mixed parquet/jsonl/txt inputs of two sources (test_rehearsal.make_mixed_inputs) prepared once per session
+    by prepare.py's command line, the README's kind of command: weights 3:1, a score filter, per-source counts.
+    Returns (the prep's finished process, its --out, what make_mixed_inputs says the prep must report);
+    test_rehearsal.py checks the prep, test_real_run.py trains on it."""
+    from test_rehearsal import make_mixed_inputs
+    root = tmp_path_factory.mktemp("mixed")
+    raw, out = str(root / "raw"), str(root / "prepared")
+    expect = make_mixed_inputs(raw, 1500)
+    r = run(["prepare.py", "--input", f"{raw}/zh/*@3", f"{raw}/en/*@1", "--out", out, "--min_score=0.75",
+             "--score_field=score", "--source_field=source", "--val_fraction=0.05", "--workers=2"])
+    return r, out, expect
+
+
+@pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The offline demo corpus, built once per test session in a temp dir (never into the checkout)."""
     d = str(tmp_path_factory.mktemp("demo"))

@@ -5,7 +5,6 @@ import json, os
 
 import numpy as np
 import pytest
-from conftest import run
 
 import data
 import prepare
@@ -54,11 +53,8 @@ def make_mixed_inputs(root, n_files):
             "kept": lambda m: sum(sc is None or sc >= m for sc, _ in rows)}
 
 
-def test_rehearsal_1500_mixed_inputs_weights_score_filter_and_val_of_both_sources(tmp_path):
-    root, out = str(tmp_path / "raw"), str(tmp_path / "prepared")
-    expect = make_mixed_inputs(root, 1500)
-    r = run(["prepare.py", "--input", f"{root}/zh/*@3", f"{root}/en/*@1", "--out", out, "--min_score=0.75",
-             "--score_field=score", "--source_field=source", "--val_fraction=0.05", "--workers=2"])
+def test_rehearsal_1500_mixed_inputs_weights_score_filter_and_val_of_both_sources(mixed_prepared):
+    r, out, expect = mixed_prepared   # the prep itself is conftest's (test_real_run.py trains on the same one)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert len(meta["shards"]) == 1500 and not meta["errors"] and not meta["warnings"]
