@@ -178,6 +178,23 @@ def mixed_prepared(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tokenizer_files(tmp_path_factory):
+    """A directory of save_tokenizer()'s files (Qwen3's chat template), written once per session: making them takes
+    ~3 s, so the tests that need them in a model directory copy them (copy_tokenizer) and the tests of the files
+    themselves read them here."""
+    from tokenizer import save_tokenizer
+    d = str(tmp_path_factory.mktemp("tokenizer"))
+    save_tokenizer(d)
+    return d
+
+
+def copy_tokenizer(tokenizer_files, model_dir):
+    """What save_tokenizer(model_dir) writes, copied from the session's tokenizer_files."""
+    import shutil
+    shutil.copytree(tokenizer_files, model_dir, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The offline demo corpus, built once per test session in a temp dir (never into the checkout)."""
     d = str(tmp_path_factory.mktemp("demo"))

@@ -69,11 +69,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(tmp_path_factory):
+def hf_tokenizer(tokenizer_files):
     from transformers import AutoTokenizer
-    d = tmp_path_factory.mktemp("tok")
-    save_tokenizer(d)   # Qwen3's template by default
-    return AutoTokenizer.from_pretrained(d)
+    return AutoTokenizer.from_pretrained(tokenizer_files)   # save_tokenizer's files: Qwen3's template by default
 
 
 def hf_ids(out):

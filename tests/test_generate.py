@@ -1,17 +1,17 @@
 """Generation: the KV caches (plain and static), the Decoder's fast path against the plain path and Hugging Face,
 sampling filters and the exponential race, eos, sample.py end to end, and the decode benchmark's smoke run."""
-import json
+import json, os, runpy, sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cuda, run, small_config
+from conftest import ROOT, copy_tokenizer, cuda, exit_message, run, small_config
 
 import generate as G
 from generate import Decoder, KVCache, decode_step, generate, new_caches, sample_next, stream
 from checkpoint import save_pretrained
 from model import Qwen3
-from tokenizer import EOT, get_tokenizer, save_tokenizer
+from tokenizer import EOT, get_tokenizer
 
 
 def peaky_model(seed=2, **kw):
@@ -236,11 +236,11 @@ def test_decoder_stops_at_eos_like_the_plain_path():
 CPU = ["--device=cpu", "--dtype=float32"]  # the expected text is computed here on the CPU, also on a GPU machine
 
 
-def _tiny_checkpoint(tmp_path, seed=0):
+def _tiny_checkpoint(tmp_path, tokenizer_files, seed=0):
     torch.manual_seed(seed)
     model = Qwen3(small_config(vocab_size=151936, hidden_size=16, intermediate_size=32, head_dim=8))
     save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
-    save_tokenizer(tmp_path)
+    copy_tokenizer(tokenizer_files, tmp_path)
     return model
 
 
@@ -249,35 +249,40 @@ def _greedy_text(model, ids, n):
     return get_tokenizer().decode(new[:new.index(EOT)] if EOT in new else new).replace("\ufffd", "")
 
 
-def test_sample_py_streams_the_models_greedy_text(tmp_path):
-    model = _tiny_checkpoint(tmp_path)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0",
-             *CPU])
-    assert r.returncode == 0, r.stderr
+def _sample_py(monkeypatch, *args):
+    """sample.py's command line run in this process: the script as __main__ (runpy) with sys.argv set, the same code
+    as `python sample.py ARGS` without the ~3 s a new interpreter spends importing torch and the model."""
+    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
+    runpy.run_path(os.path.join(ROOT, "sample.py"), run_name="__main__")
+
+
+def test_sample_py_streams_the_models_greedy_text(tmp_path, tokenizer_files, monkeypatch, capsys):
+    model = _tiny_checkpoint(tmp_path, tokenizer_files)
+    _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0", *CPU)
     text = _greedy_text(model, get_tokenizer().encode("你好"), 8)
     assert text, "the model's greedy continuation decodes to nothing: the check below would be vacuous"
-    assert r.stdout.startswith("你好" + text)
+    assert capsys.readouterr().out.startswith("你好" + text)
 
 
-def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftext(tmp_path):
+def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftext(tmp_path, tokenizer_files, monkeypatch,
+                                                                                   capsys):
     """--prompt '' (once a dtype crash) continues <|endoftext|>; --fast=True runs the Decoder (eagerly, on the CPU)
     and --num_samples=3 decodes the three as one batch."""
-    model = _tiny_checkpoint(tmp_path, seed=2)  # a seed whose greedy continuation of <|endoftext|> is not eos
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
-             "--fast=True", "--num_samples=3", *CPU])
-    assert r.returncode == 0, r.stderr
+    model = _tiny_checkpoint(tmp_path, tokenizer_files, seed=2)  # a seed whose greedy continuation of <|endoftext|> is not eos
+    _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
+               "--fast=True", "--num_samples=3", *CPU)
+    out, err = capsys.readouterr()
     text = _greedy_text(model, [EOT], 6)
     assert text.strip(), "vacuous: the greedy continuation is empty"
-    assert r.stdout.count("--- sample") == 3 and r.stdout.count(f"\n{text}\n") == 3, r.stdout
-    assert "6 steps x 3 samples" in r.stderr and "(Decoder, eager step" in r.stderr  # one batch of 3 rows, the Decoder
+    assert out.count("--- sample") == 3 and out.count(f"\n{text}\n") == 3, out
+    assert "6 steps x 3 samples" in err and "(Decoder, eager step" in err  # one batch of 3 rows, the Decoder
 
 
-def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path):
-    _tiny_checkpoint(tmp_path)
+def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path, tokenizer_files, monkeypatch):
+    _tiny_checkpoint(tmp_path, tokenizer_files)
     open(tmp_path / "model.safetensors", "wb").write(b"\0" * 100)
-    r = run(["sample.py", f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU])
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "model.safetensors is damaged" in r.stderr
+    msg = exit_message(_sample_py, monkeypatch, f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU)
+    assert "\n" not in msg.strip() and msg.startswith("error: ") and "model.safetensors is damaged" in msg, msg
 
 
 def test_decode_bench_smoke_run_on_cpu(capsys):

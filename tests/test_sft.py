@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cuda, losses, run, small_config, small_train_args
+from conftest import copy_tokenizer, cuda, losses, run, small_config, small_train_args
 
 import data
 import sft
 from checkpoint import save_pretrained
 from model import Qwen3, doc_mask, doc_positions, rope_cos_sin
-from tokenizer import CHAT_TEMPLATES, EOT, IM_END, IM_START, get_tokenizer, render_chat, save_tokenizer
+from tokenizer import CHAT_TEMPLATES, EOT, IM_END, IM_START, get_tokenizer, render_chat
 
 CONV = [("system", "你是一个助手。"), ("user", "Hello, 你好"), ("assistant", "Hi! 很高兴见到你。"),
         ("user", "2+2?"), ("assistant", "4")]
@@ -298,14 +298,14 @@ def tidy(text):
 
 
 @pytest.mark.slow
-def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path):
+def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path, tokenizer_files):
     """Piped turns to chat.py print a transcript (`user: ...` / `assistant: ...`) whose answers are, turn by turn, the
     greedy answer to the whole conversation so far in Qwen3's template (recomputed here from scratch with
     generate()); a small max_context makes it drop old exchanges and carry on."""
     from generate import generate
     model = chat_model(seed=3).eval()
     save_pretrained(model, tmp_path, dtype=torch.float32, eos_token_id=EOT)
-    save_tokenizer(tmp_path)
+    copy_tokenizer(tokenizer_files, tmp_path)
     enc, turns = get_tokenizer(), ["你好", "今天天气怎么样？", "谢谢"]
     r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--system", "简短回答。"],
             input="\n".join(turns) + "\n", timeout=300)

@@ -4,7 +4,7 @@ import pytest
 from conftest import small_config  # noqa: F401  (puts the repo root on sys.path)
 
 import tokenizer
-from tokenizer import EOT, N_ORDINARY, QWEN_VOCAB, StreamDecoder, get_tokenizer, save_tokenizer, token_byte_lengths
+from tokenizer import EOT, N_ORDINARY, QWEN_VOCAB, StreamDecoder, get_tokenizer, token_byte_lengths
 
 BILINGUAL = ("中文维基百科是一个自由的百科全书。The quick brown fox jumps over the lazy dog's back, doesn't it?\n"
              "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # 递归\r\n\tx = [1, 22, 333, 4444];\n"
@@ -39,10 +39,9 @@ def test_nfc_normalisation_before_encoding():
     assert enc.encode("e\u0301") == enc.encode("\u00e9")
 
 
-def test_exported_tokenizer_matches_id_for_id(tmp_path):
+def test_exported_tokenizer_matches_id_for_id(tokenizer_files):
     from transformers import AutoTokenizer
-    save_tokenizer(tmp_path)
-    hf = AutoTokenizer.from_pretrained(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tokenizer_files)   # save_tokenizer's files, written once per session
     enc = get_tokenizer()
     for text in [BILINGUAL] + BILINGUAL.split("\n") + ["<|im_start|>user\n你好<|im_end|>"]:
         ours = enc.encode(text, allowed_special="all")
