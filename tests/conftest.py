@@ -34,12 +34,15 @@ def train_module(monkeypatch):
     """train.py imported into this process, its settings parsed from an empty command line. Its settings (changed
     through monkeypatch, configure_train or by main() itself, which adopts a checkpoint's model shape) go back after
     the test, and so do the SIGTERM/SIGINT handlers train.main() installs (left in place, a forked worker of a later
-    test inherits a SIGTERM handler that swallows its pool's terminate: a hang)."""
+    test inherits a SIGTERM handler that swallows its pool's terminate: a hang). Torch runs on one thread meanwhile,
+    as the subprocess runs do (OMP_NUM_THREADS=1): a run here and one there with the same settings are bit-identical."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     monkeypatch.setattr(sys, "argv", ["train.py"])
     import train
-    settings, config = dict(vars(train)), dict(train.config)
+    settings, config, threads = dict(vars(train)), dict(train.config), torch.get_num_threads()
+    torch.set_num_threads(1)
     yield train
+    torch.set_num_threads(threads)
     for key in set(vars(train)) - set(settings):
         delattr(train, key)
     vars(train).update(settings)

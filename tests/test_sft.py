@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import copy_tokenizer, cuda, losses, run, small_config, small_train_args
+from conftest import configure_train, copy_tokenizer, cuda, losses, run, small_config, small_train_args
 
 import data
 import sft
@@ -217,7 +217,7 @@ def test_loader_is_world_size_independent_and_has_targets_in_every_row(tmp_path)
 
 
 @pytest.mark.slow
-def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
+def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path, train_module, capsys):
     """train.py --sft_data from a HF directory (whose shape is then the run's: the resume restates nothing);
     a checkpoint removed and resumed gives the same losses; the export carries the chat template and stops at
     <|im_end|>."""
@@ -245,8 +245,10 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
     vals = [json.loads(l)["val_loss"] for l in open(os.path.join(out, "log.jsonl")) if "val_loss" in l]
     assert sorted(ref) == list(range(1, 7)) and len(vals) == 3 and vals[-1] < vals[0]
     shutil.rmtree(os.path.join(out, "ckpt-0000006"))
-    r = run(["train.py"] + args(init_from="resume"))
-    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
+    capsys.readouterr()
+    configure_train(train_module, args(init_from="resume"))   # the resume: main() in this process, same settings
+    train_module.main()
+    assert "resumed from" in capsys.readouterr().out
     assert losses(out) == ref
     hf = os.path.join(out, "hf")
     assert json.load(open(os.path.join(hf, "generation_config.json")))["eos_token_id"] == [IM_END, EOT]
@@ -254,7 +256,7 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
+def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path, train_module):
     """--doc_mask=True: the documents of a window do not see each other, so the loss differs from plain causal
     training on the same windows, and both runs are otherwise the same. The run is validated the way it trained
     (document masking on the val windows too), in train.py's log and in eval.py alike."""
@@ -272,9 +274,9 @@ def test_pretraining_doc_mask_cuts_windows_at_endoftext(tmp_path):
     common = dict(vocab_size=151936, hidden_size=32, head_dim=16, max_steps=3, ckpt_interval=3, eval_interval=3,
                   val_tokens=256)
     res = {}
-    for mask in (False, True):
-        r = run(["train.py"] + small_train_args(str(d), str(tmp_path / f"o{mask}"), doc_mask=mask, **common))
-        assert r.returncode == 0, r.stderr[-2000:]
+    for mask in (False, True):   # train.py's main() in this process, its settings applied as on the command line
+        configure_train(train_module, small_train_args(str(d), str(tmp_path / f"o{mask}"), doc_mask=mask, **common))
+        train_module.main()
         res[mask] = losses(tmp_path / f"o{mask}")
     assert res[True][1] != res[False][1] and all(np.isfinite(list(res[True].values())))
     out = tmp_path / "oTrue"
