@@ -242,18 +242,22 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
                 time.sleep(0.5)
                 if not quiet:
                     bar.update(min(counters[0] / total_bytes, 1.0), counters[1])
-            for path, j in jobs:
-                try:
-                    j.get()
-                except MissingFieldError as e:
-                    missing.append(str(e))
-                except StructuralError as e:
-                    errors.append(str(e))
-                except DiskFull as e:
-                    pool.terminate()
-                    for tmp in glob.glob(os.path.join(glob.escape(out_dir), "*", "*.tmp")):  # the other workers' too
-                        os.remove(tmp)
-                    raise SystemExit(str(e)) from None
+            # every job is done: the workers leave on the sentinels close() sends. The `with`'s terminate() would
+            # SIGTERM them instead, and a fork keeps its caller's handlers: train.py's (which prepares the demo corpus)
+            # only records a SIGTERM, so such a worker stayed and the pool waited for it forever
+            pool.close()
+            pool.join()
+        for path, j in jobs:
+            try:
+                j.get()
+            except MissingFieldError as e:
+                missing.append(str(e))
+            except StructuralError as e:
+                errors.append(str(e))
+            except DiskFull as e:
+                for tmp in glob.glob(os.path.join(glob.escape(out_dir), "*", "*.tmp")):  # the other workers' too
+                    os.remove(tmp)
+                raise SystemExit(str(e)) from None
         if not quiet:  # byte counts of skipped rows never reach the counter: the finished bar says 100% anyway
             bar.update(1.0, counters[1], final=True)
     return errors, missing

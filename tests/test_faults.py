@@ -145,6 +145,22 @@ def test_disk_full_in_prepare_leaves_no_partial_shard_and_says_how_much_space(tm
     assert not [f for f in left if f.endswith(".tmp") or "done" in f], left
 
 
+def test_prepare_lets_its_workers_leave_instead_of_sigterming_them(tmp_path, monkeypatch):
+    """A fork keeps its caller's signal handlers, and train.py (which prepares the demo corpus) installs a SIGTERM
+    handler that only records the signal: a pool worker sent SIGTERM by Pool.terminate() kept running, and the pool
+    waited for it forever (a full test run hung so, in prepare's pool under a handler an in-process test had left).
+    A finished prep closes its pool and joins it: no worker is sent SIGTERM, whatever handler it inherited."""
+    import multiprocessing.process
+    sent, real_terminate = [], multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate",
+                        lambda self: (sent.append(self.pid), real_terminate(self))[1])
+    os.makedirs(tmp_path / "in")
+    for k in range(3):
+        (tmp_path / "in" / f"{k}.jsonl").write_text("".join(json.dumps({"text": f"doc {k} {i}"}) + "\n" for i in range(20)))
+    meta = prepare.prepare([str(tmp_path / "in")], str(tmp_path / "out"), workers=2, quiet=True)
+    assert meta["docs"] == 60 and sent == [], sent
+
+
 # ---------------------------------------------------------------------------------------------- 6: SIGTERM
 def _children(pid):
     kids = []
