@@ -5,7 +5,7 @@ import glob, json, os
 import numpy as np
 import pytest
 import torch
-from conftest import run, synthetic_dataset
+from conftest import run_script, synthetic_dataset
 
 import data
 import prepare
@@ -62,12 +62,14 @@ def test_prepare_resumes_after_a_kill_to_byte_identical_shards(tmp_path):
     assert meta2["tokens"] == meta["tokens"]
 
 
-def test_prepare_cli_exits_1_naming_a_broken_file_or_a_missing_field(tmp_path):
+def test_prepare_cli_exits_1_naming_a_broken_file_or_a_missing_field(tmp_path, monkeypatch, capsys):
     _write_inputs(tmp_path / "in")
-    r = run(["prepare.py", "--input", str(tmp_path / "in" / "bad.parquet"), "--out", str(tmp_path / "o3")])
-    assert r.returncode == 1 and "bad.parquet" in r.stderr
-    r = run(["prepare.py", "--input", str(tmp_path / "in" / "b.jsonl"), "--out", str(tmp_path / "o4"), "--text_field", "body"])
-    assert r.returncode == 1 and "body" in r.stderr
+    assert run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in" / "bad.parquet"),
+                      "--out", str(tmp_path / "o3")) == 1
+    assert "bad.parquet" in capsys.readouterr().err
+    assert run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in" / "b.jsonl"), "--out", str(tmp_path / "o4"),
+                      "--text_field", "body") == 1
+    assert "body" in capsys.readouterr().err
 
 
 def test_prepare_mixing_weights(tmp_path):
@@ -286,19 +288,20 @@ def test_data_errors_are_one_clear_line(tmp_path):
     assert s["max_token"] == int(both.max())
 
 
-def test_empty_input_warns_by_name_and_bar_reaches_100(tmp_path):
+def test_empty_input_warns_by_name_and_bar_reaches_100(tmp_path, monkeypatch, capsys):
     os.makedirs(tmp_path / "in")
     open(tmp_path / "in" / "empty.jsonl", "w").close()
     _docs_jsonl(tmp_path / "in" / "good.jsonl", 30)
-    r = run(["prepare.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1"])
-    assert r.returncode == 0, r.stderr
-    assert "empty.jsonl yielded no tokens" in r.stderr and "100.0%" in r.stderr
-    assert "good.jsonl" not in r.stderr
-    r = run(["prepare.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")])
-    assert r.returncode == 1 and "empty.jsonl" in r.stderr
+    code = run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "empty.jsonl yielded no tokens" in err and "100.0%" in err
+    assert "good.jsonl" not in err
+    assert run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")) == 1
+    assert "empty.jsonl" in capsys.readouterr().err
 
 
-def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
+def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path, monkeypatch, capsys):
     import pyarrow as pa, pyarrow.parquet as pq
     enc = get_tokenizer()
     os.makedirs(tmp_path / "in")
@@ -322,10 +325,11 @@ def test_min_score_filter_with_kept_dropped_and_per_source_counts(tmp_path):
     assert sorted(tokens.tolist()) == sorted(sum((enc.encode_ordinary(t) + [EOT] for t, _, _ in kept), []))
     # a parquet file without the score column is refused by name; the CLI prints the counts
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noscore.parquet")
-    r = run(["prepare.py", "--input", str(tmp_path / "in"), str(tmp_path / "noscore.parquet"), "--out", str(tmp_path / "o2"),
-             "--min_score=0.75", "--score_field=score", "--source_field=source"])
-    assert r.returncode == 1 and "noscore.parquet" in r.stderr and "'score'" in r.stderr
-    assert f"kept {len(kept)} docs, dropped {len(rows) - len(kept)}" in r.stdout and "tokens per source: " in r.stdout
+    code = run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in"), str(tmp_path / "noscore.parquet"),
+                      "--out", str(tmp_path / "o2"), "--min_score=0.75", "--score_field=score", "--source_field=source")
+    out, err = capsys.readouterr()
+    assert code == 1 and "noscore.parquet" in err and "'score'" in err
+    assert f"kept {len(kept)} docs, dropped {len(rows) - len(kept)}" in out and "tokens per source: " in out
 
 
 def _decoded_train(out):

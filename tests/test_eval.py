@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run, small_config, synthetic_dataset
+from conftest import run_script, small_config, synthetic_dataset
 
 import data
 import prepare
@@ -227,12 +227,13 @@ def test_missing_subject_mapping_warns_on_stderr(trained, tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
-def test_cli_prints_per_subject_table_average_and_json(trained):
+def test_cli_prints_per_subject_table_average_and_json(trained, monkeypatch, capsys):
     out = trained["tmp"] / "r.json"
-    r = run(["eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={trained['dir']}", "--mode=ppl",
-             "--shots=2", f"--results={out}"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "common_sense" in r.stdout and "average" in r.stdout
+    code = run_script(monkeypatch, "eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={trained['dir']}",
+                      "--mode=ppl", "--shots=2", f"--results={out}")
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-2000:]
+    assert "common_sense" in stdout and "average" in stdout
     assert json.load(open(out))["average"]["ppl_acc"] >= 0.5
 
 
@@ -268,14 +269,11 @@ def checkpoint(tmp_path_factory):
     return dict(model=model, ckpt=str(ckpt), hf=str(hf), data=synthetic_dataset(str(tmp / "data"), val=6000))
 
 
-def _cli_val_loss(model_dir, data_dir, *extra):
-    r = run(["eval.py", f"--init_from={model_dir}", f"--data_dir={data_dir}", *extra])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout, float(r.stdout.split("val loss ")[1].split()[0])
-
-
-def test_cli_val_loss_takes_seq_len_and_val_tokens_from_the_checkpoint(checkpoint):
-    stdout, loss = _cli_val_loss(checkpoint["ckpt"], checkpoint["data"])
+def test_cli_val_loss_takes_seq_len_and_val_tokens_from_the_checkpoint(checkpoint, monkeypatch, capsys):
+    code = run_script(monkeypatch, "eval.py", f"--init_from={checkpoint['ckpt']}", f"--data_dir={checkpoint['data']}")
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-2000:]
+    loss = float(stdout.split("val loss ")[1].split()[0])
     assert "seq_len 32 | val_tokens 640" in stdout
     assert abs(loss - data.val_loss_bpb(checkpoint["model"], checkpoint["data"], 32, 640, 4, "cpu")[0]) < 1e-3
 

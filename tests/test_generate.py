@@ -1,11 +1,11 @@
 """Generation: the KV caches (plain and static), the Decoder's fast path against the plain path and Hugging Face,
 sampling filters and the exponential race, eos, sample.py end to end, and the decode benchmark's smoke run."""
-import json, os, runpy, sys
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, copy_tokenizer, cuda, exit_message, run, small_config
+from conftest import copy_tokenizer, cuda, run, run_script, small_config
 
 import generate as G
 from generate import Decoder, KVCache, decode_step, generate, new_caches, sample_next, stream
@@ -250,15 +250,14 @@ def _greedy_text(model, ids, n):
 
 
 def _sample_py(monkeypatch, *args):
-    """sample.py's command line run in this process: the script as __main__ (runpy) with sys.argv set, the same code
-    as `python sample.py ARGS` without the ~3 s a new interpreter spends importing torch and the model."""
-    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
-    runpy.run_path(os.path.join(ROOT, "sample.py"), run_name="__main__")
+    """sample.py's command line run in this process (conftest.run_script); returns its exit status."""
+    return run_script(monkeypatch, "sample.py", *args)
 
 
 def test_sample_py_streams_the_models_greedy_text(tmp_path, tokenizer_files, monkeypatch, capsys):
     model = _tiny_checkpoint(tmp_path, tokenizer_files)
-    _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0", *CPU)
+    assert _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt", "你好", "--max_new_tokens=8", "--temperature=0",
+                      *CPU) == 0
     text = _greedy_text(model, get_tokenizer().encode("你好"), 8)
     assert text, "the model's greedy continuation decodes to nothing: the check below would be vacuous"
     assert capsys.readouterr().out.startswith("你好" + text)
@@ -269,8 +268,8 @@ def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftex
     """--prompt '' (once a dtype crash) continues <|endoftext|>; --fast=True runs the Decoder (eagerly, on the CPU)
     and --num_samples=3 decodes the three as one batch."""
     model = _tiny_checkpoint(tmp_path, tokenizer_files, seed=2)  # a seed whose greedy continuation of <|endoftext|> is not eos
-    _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
-               "--fast=True", "--num_samples=3", *CPU)
+    assert _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt=", "--max_new_tokens=6", "--temperature=0",
+                      "--fast=True", "--num_samples=3", *CPU) == 0
     out, err = capsys.readouterr()
     text = _greedy_text(model, [EOT], 6)
     assert text.strip(), "vacuous: the greedy continuation is empty"
@@ -281,8 +280,9 @@ def test_sample_py_decoder_batches_samples_and_empty_prompt_starts_from_endoftex
 def test_sample_py_damaged_checkpoint_is_a_one_line_error(tmp_path, tokenizer_files, monkeypatch):
     _tiny_checkpoint(tmp_path, tokenizer_files)
     open(tmp_path / "model.safetensors", "wb").write(b"\0" * 100)
-    msg = exit_message(_sample_py, monkeypatch, f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU)
-    assert "\n" not in msg.strip() and msg.startswith("error: ") and "model.safetensors is damaged" in msg, msg
+    msg = _sample_py(monkeypatch, f"--init_from={tmp_path}", "--prompt=hi", "--max_new_tokens=2", *CPU)
+    assert isinstance(msg, str) and "\n" not in msg.strip(), msg   # a one-line stop (exit status 1), no traceback
+    assert msg.startswith("error: ") and "model.safetensors is damaged" in msg, msg
 
 
 def test_decode_bench_smoke_run_on_cpu(capsys):

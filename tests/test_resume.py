@@ -4,7 +4,7 @@ import json, os, shutil
 
 import pytest
 
-from conftest import configure_train, exit_message, losses, small_train_args, synthetic_dataset
+from conftest import configure_train, exit_message, losses, run_script, small_train_args, synthetic_dataset
 
 # Most runs here are train.py's main() in this process, its settings applied by configurator.py as on the command
 # line (configure_train): what is tested is what main() does with them; the command line itself is tested end to
@@ -135,7 +135,6 @@ def test_init_from_a_missing_directory_is_one_clear_line(tmp_path, train_module)
 
 
 def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path, train_module, monkeypatch):
-    import eval as ev
     d = synthetic_dataset(str(tmp_path / "ds"))
     configure_train(train_module, small_train_args(str(tmp_path / "nowhere"), str(tmp_path / "o")))
     assert "meta.json" in _one_line_exit(train_module.main)
@@ -144,10 +143,8 @@ def test_data_problems_stop_with_one_line_not_a_traceback(tmp_path, train_module
     from model import Qwen3
     save_pretrained(Qwen3(small_config()), str(tmp_path / "m"))
     open(os.path.join(d, "meta.json"), "w").write("{broken")
-    for key, value in list(vars(ev).items()):   # eval.main() applies its command line to its module's globals
-        monkeypatch.setattr(ev, key, value)
-    monkeypatch.setattr("sys.argv", ["eval.py", f"--data_dir={d}", f"--init_from={tmp_path / 'm'}", "--seq_len=32"])
-    assert "is broken" in _one_line_exit(ev.main)
+    msg = run_script(monkeypatch, "eval.py", f"--data_dir={d}", f"--init_from={tmp_path / 'm'}", "--seq_len=32")
+    assert isinstance(msg, str) and "\n" not in msg.strip() and "is broken" in msg, msg   # a one-line stop
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ import json, math, os, re, shutil, signal, subprocess, time
 
 import pytest
 import torch
-from conftest import (PY, ROOT, TIMEOUT, configure_train, exit_message, losses, run, small_train_args,
+from conftest import (PY, ROOT, TIMEOUT, configure_train, exit_message, losses, run, run_script, small_train_args,
                       synthetic_dataset, torchrun)
 
 
@@ -185,14 +185,17 @@ def test_nan_stops_naming_the_step_and_leaves_finite_checkpoints(tmp_path, train
 
 
 @pytest.mark.slow
-def test_export_on_demand_then_continue_pretraining_from_it(tmp_path, finished_run):
-    """The first loss of a run started from the exported weights is that of the trained weights, not a fresh init."""
+def test_export_on_demand_then_continue_pretraining_from_it(tmp_path, finished_run, train_module):
+    """The first loss of a run started from the exported weights is that of the trained weights, not a fresh init.
+    (Both runs are main() in this process, their settings applied by configurator.py as on the command line.)"""
     d, out = finished_run[0], str(tmp_path / "o")
     shutil.copytree(finished_run[1], out)
-    r = run(["train.py"] + small_train_args(d, out, init_from="resume", export_only=True))
-    assert r.returncode == 0 and os.path.isfile(os.path.join(out, "hf", "config.json")), r.stderr[-2000:]
-    r = run(["train.py"] + small_train_args(d, str(tmp_path / "cont"), init_from=os.path.join(out, "hf"), max_steps=2))
-    assert r.returncode == 0, r.stderr[-2000:]
+    configure_train(train_module, small_train_args(d, out, init_from="resume", export_only=True))
+    train_module.main()
+    assert os.path.isfile(os.path.join(out, "hf", "config.json"))
+    configure_train(train_module, small_train_args(d, str(tmp_path / "cont"), init_from=os.path.join(out, "hf"),
+                                                   max_steps=2, export_only=False))
+    train_module.main()
     first_of_trained = losses(tmp_path / "cont")[1]
     assert first_of_trained < losses(out)[1] - 0.3  # step 1 of the first run: the same data on a fresh init
 
@@ -208,7 +211,7 @@ def test_damaged_newest_checkpoint_is_named(tmp_path, finished_run, train_module
 
 
 @pytest.mark.slow
-def test_tiny_config_learns_on_demo_data_and_samples(tmp_path, demo_dir):
+def test_tiny_config_learns_on_demo_data_and_samples(tmp_path, demo_dir, monkeypatch, capsys):
     """config/tiny.py for 20 steps on the demo corpus (its schedule fitted into them: warmup 5, decay 10), validated
     on 2,048 tokens. At init the loss is ~ln(151936) = 11.93 (near-uniform logits); a model that has only learned
     unigram frequencies of this corpus is already ~4 nats lower, so a drop of >= 2.5 nats on held-out data is a
@@ -226,5 +229,6 @@ def test_tiny_config_learns_on_demo_data_and_samples(tmp_path, demo_dir):
     assert "| MFU n/a |" in r.stdout  # no known peak on a CPU: said so, not printed as nan
     assert all(rec["mfu"] is None for rec in records if "mfu" in rec)
     assert os.path.isfile(os.path.join(out, "hf", "tokenizer.json"))
-    s = run(["sample.py", f"--init_from={out}", "--prompt", "这本书", "--max_new_tokens=20"])
-    assert s.returncode == 0 and s.stdout.startswith("这本书") and len(s.stdout) > len("这本书") + 3, s.stderr
+    code = run_script(monkeypatch, "sample.py", f"--init_from={out}", "--prompt", "这本书", "--max_new_tokens=20")
+    stdout, stderr = capsys.readouterr()
+    assert code == 0 and stdout.startswith("这本书") and len(stdout) > len("这本书") + 3, stderr
