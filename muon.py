@@ -21,7 +21,9 @@ get larger steps so the per-element RMS of the update is shape-independent); "ma
 over. Weight decay is decoupled: p <- p * (1 - lr * wd), with the unscaled lr (as torch.optim.Muon).
 
 Speed: same-shape matrices (q/o, k/v, gate/up, down of all layers) are stacked and orthogonalised with
-batched matmuls -- a handful of launches per step instead of thousands.
+batched matmuls -- a handful of launches per step instead of thousands. Around the matmuls the step is memory
+traffic over fp32 state, so it makes no fp32 temporaries: the update goes straight into the bf16 stack, the bf16
+result is added into the fp32 weights, and AdamW runs as torch's fused kernel (bench/optimizer_step.py times it).
 
 Distributed: gradients are already all-reduced by DDP, so every rank updates every momentum buffer (cheap,
 elementwise) and keeps a full, identical optimizer state -- a checkpoint from rank 0 is complete and can resume
@@ -73,6 +75,7 @@ class MuonAdamW(torch.optim.Optimizer):
         defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
                         lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
         super().__init__(param_groups, defaults)
+        self._step_tensors = {}  # device -> the step count the fused AdamW kernel reads
         for g in self.param_groups:
             g.setdefault("initial_lr", g["lr"])
             if g["use_muon"]:
@@ -98,29 +101,36 @@ class MuonAdamW(torch.optim.Optimizer):
         # momentum on every rank (keeps the state complete and identical everywhere); buf = m*buf + (1-m)*grad
         bufs, grads = [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
         torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
-        updates = torch._foreach_lerp(grads, bufs, g["momentum"]) if g["nesterov"] else bufs
         by_shape = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
         for shape, idx in by_shape.items():
-            # Newton-Schulz on this rank's contiguous slice of the same-shape stack, then all-gather
+            # Newton-Schulz on this rank's contiguous slice of the same-shape stack, then all-gather. The update
+            # (Nesterov: grad + m*(buf - grad)) is written straight into the bf16 stack Newton-Schulz reads: no fp32
+            # copy of it is made, which is most of the step's memory traffic besides the matmuls.
             per = math.ceil(len(idx) / world)
             mine = idx[rank * per:(rank + 1) * per]
-            orth = newton_schulz(torch.stack([updates[i] for i in mine]), g["ns_steps"]) if mine else None
+            local = torch.empty((per,) + shape, dtype=torch.bfloat16, device=params[0].device)
+            local[len(mine):].zero_()  # padding rows of the all-gather
+            for slot, i in zip(local.unbind(0), mine):
+                if g["nesterov"]:
+                    torch.lerp(grads[i], bufs[i], g["momentum"], out=slot)
+                else:
+                    slot.copy_(bufs[i])
+            orth = newton_schulz(local[:len(mine)], g["ns_steps"]) if mine else local[:0]
             if world > 1:
-                local = torch.zeros((per,) + shape, dtype=torch.bfloat16, device=params[0].device)
-                if mine:
-                    local[:len(mine)] = orth
+                local[:len(mine)] = orth
                 gathered = [torch.empty_like(local) for _ in range(world)]
                 dist.all_gather(gathered, local)
                 orth = torch.cat(gathered)[:len(idx)]
             ps = [params[i] for i in idx]
             torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
-            torch._foreach_add_(ps, [o.to(ps[0].dtype) for o in orth.unbind(0)],
-                                alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
+            # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
+            torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
 
     def _adamw_group(self, g):
-        """Exactly torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments), with foreach ops."""
+        """torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments) in its fused kernel: one pass
+        over parameter, gradient and both moments, where the foreach ops made eight (and a full-size temporary)."""
         params = [p for p in g["params"] if p.grad is not None]
         if not params:
             return
@@ -130,22 +140,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 st["step"] = 0  # a Python int: no device sync to read it
                 st["exp_avg"] = torch.zeros_like(p)
                 st["exp_avg_sq"] = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        m = [self.state[p]["exp_avg"] for p in params]
-        v = [self.state[p]["exp_avg_sq"] for p in params]
+            st["step"] += 1
+        # the kernel reads the step count from a tensor on the parameters' device; one per device, refilled each step
+        step = self._step_tensors.setdefault(params[0].device, torch.zeros((), device=params[0].device))
+        step.fill_(self.state[params[0]]["step"])
         b1, b2 = g["betas"]
-        for p in params:
-            self.state[p]["step"] += 1
-        step = self.state[params[0]]["step"]
-        torch._foreach_mul_(params, 1 - g["lr"] * g["weight_decay"])
-        torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - b2)
-        bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, g["eps"])
-        torch._foreach_addcdiv_(params, m, denom, -g["lr"] / bc1)
+        torch._fused_adamw_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                            [self.state[p]["exp_avg_sq"] for p in params], [], [step] * len(params), lr=g["lr"],
+                            beta1=b1, beta2=b2, weight_decay=g["weight_decay"], eps=g["eps"], amsgrad=False,
+                            maximize=False)
 
 
 def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, momentum=0.95,

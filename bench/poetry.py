@@ -6,13 +6,15 @@ a pretraining set, SFT instructions and held-out prompts, and the checker that s
     python bench/poetry.py build --corpus package/dist --out data/poetry_raw
         -> pretrain/       every poem except those whose title is held out, as 16 jsonl parts (prepare.py
                            tokenizes one file per process)
-           sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem]} from training poems,
-                           at most --sft_per_form of each shi form (七绝 outnumber 五绝 4:1) and every ci
+           sft.jsonl       {"messages": [user: 写一首题为《X》的七言绝句, assistant: the poem, ...]} from training poems,
+                           at most --sft_per_form of each shi form (七绝 outnumber 五绝 4:1) and every ci; a
+                           --multi_turn share of the chats asks for 2-3 poems in a row
            heldout.jsonl   {"prompt", "form", "title"}: held-out titles (shi) and ci tunes (词牌), one per line
            forms.json      each ci tune's sentence-length patterns, read off the corpus (the checker's rules)
     python bench/poetry.py eval --model out_poetry out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz
         -> one JSON line per model: form compliance and novelty over the held-out prompts ("shi": the held-out
-           titles, "ci": the tunes, "all"), the poems sampled as Qwen3 recommends without thinking
+           titles, "ci": the tunes, "all"), the poems sampled as Qwen3 recommends without thinking; "turn2": the
+           same prompts asked second in a chat, after the model's own poem for the previous prompt
 
 Forms. A shi form is n sentences (句) of k characters: 五言/七言 (k = 5/7) 绝句/律诗 (n = 4/8). A ci form is its
 tune's sequence of sentence lengths; a tune allows the variants that make up >= 5% of its poems in the corpus.
@@ -136,11 +138,12 @@ def package_rows(root, skip=("strains", "rank")):
             yield {"text": "\n".join(head + [body]), "collection": collection}
 
 
-def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0):
+def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, multi_turn=0.0):
     """(pretrain texts, SFT rows, held-out prompts, ci forms). A poem is held out when its title is (shi) or, for
     ci, when a hash of its text puts it among the ci_per_tune held-out poems of its tune (prompt only: the tune
     itself stays in training). sft_per_form > 0 keeps at most that many SFT rows of each shi form, so a short SFT
-    sees every form about as often (pretraining keeps every poem)."""
+    sees every form about as often (pretraining keeps every poem). multi_turn: the share of SFT conversations that
+    ask for 2-3 poems in a row (merge_turns)."""
     ci = ci_forms(rows)
     pretrain, sft, heldout, held_titles, ci_held = [], [], [], set(), collections.Counter()
     for r in rows:
@@ -176,7 +179,25 @@ def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0):
             if form == "ci" or kept[form] <= sft_per_form:
                 capped.append(r)
         sft = capped
-    return pretrain, sft, heldout, ci
+    return pretrain, merge_turns(sft, multi_turn, seed), heldout, ci
+
+
+def merge_turns(rows, fraction, seed=0, max_turns=3):
+    """Join consecutive single-turn rows into conversations of 2..max_turns requests, a `fraction` of the
+    conversations, every (prompt, poem) pair kept once. A model tuned on single turns only drifts from the second
+    request of a chat on: it has never seen its own earlier poem in the context."""
+    rng, out, i = random.Random(seed), [], 0
+    while i < len(rows):
+        k = rng.randint(2, max_turns) if rng.random() < fraction else 1
+        out.append({"messages": [m for r in rows[i:i + k] for m in r["messages"]]})
+        i += k
+    return out
+
+
+def second_turns(prompts, poems):
+    """The chats that score a second request: prompt i asked after the model's own answer to prompt i-1."""
+    return [[{"role": "user", "content": prompts[i - 1]}, {"role": "assistant", "content": poems[i - 1]},
+             {"role": "user", "content": p}] for i, p in enumerate(prompts)]
 
 
 def sft_form(row):
@@ -191,17 +212,18 @@ def write_jsonl(path, rows):
     os.replace(path + ".tmp", path)
 
 
-def generate_poems(model, prompts, max_new_tokens=160, batch_size=64, temperature=0.7, top_k=20, top_p=0.8, seed=0,
+def generate_poems(model, chats, max_new_tokens=160, batch_size=64, temperature=0.7, top_k=20, top_p=0.8, seed=0,
                    template="qwen3"):
-    """The assistant's reply to each prompt (one user turn, the chat template's generation prompt without thinking,
+    """The assistant's reply to each chat (a prompt: one user turn; or a list of messages), after the chat
+    template's generation prompt without thinking
     as the SFT data renders a final answer), sampled with the settings Qwen3's model card gives for non-thinking
     mode (temperature 0.7, top-k 20, top-p 0.8)."""
     import torch
     from generate import Decoder
     from tokenizer import EOT, IM_END, get_tokenizer, render_chat
     enc, dev = get_tokenizer(), model.model.embed_tokens.weight.device
-    ids = [render_chat([{"role": "user", "content": p}], add_generation_prompt=True, enable_thinking=False,
-                       template=template)[0] for p in prompts]
+    ids = [render_chat([{"role": "user", "content": c}] if isinstance(c, str) else c, add_generation_prompt=True,
+                       enable_thinking=False, template=template)[0] for c in chats]
     longest = max(map(len, ids))
     decoder = Decoder(model, batch_size, max_len=longest + max_new_tokens)
     gen, out = torch.Generator(device=dev).manual_seed(seed), []
@@ -239,6 +261,7 @@ def main():
     ap.add_argument("--data", default="data/poetry_raw", help="eval: the directory build wrote")
     ap.add_argument("--model", nargs="+", help="eval: model directories or training out_dirs, each scored")
     ap.add_argument("--sft_per_form", type=int, default=25000, help="build: SFT rows per shi form at most (0 = all)")
+    ap.add_argument("--multi_turn", type=float, default=0.5, help="build: share of SFT chats asking for 2-3 poems")
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
     ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
@@ -247,7 +270,7 @@ def main():
         sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
     rows = read_corpus(a.corpus)
     if a.command == "build":
-        pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form)
+        pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form, multi_turn=a.multi_turn)
         os.makedirs(a.out, exist_ok=True)
         os.makedirs(os.path.join(a.out, "pretrain"), exist_ok=True)
         for i in range(16):
@@ -274,17 +297,19 @@ def main():
     for name in a.model:
         model = from_pretrained(find_model_dir(name), dtype=torch.bfloat16 if cuda else torch.float32,
                                 device="cuda" if cuda else "cpu").eval()
-        poems = generate_poems(model, [h["prompt"] for h in heldout], batch_size=256 if cuda else 4,
-                               template=a.chat_template)
+        prompts, batch = [h["prompt"] for h in heldout], 256 if cuda else 4
+        poems = generate_poems(model, prompts, batch_size=batch, template=a.chat_template)
+        poems2 = generate_poems(model, second_turns(prompts, poems), batch_size=batch, template=a.chat_template)
         del model
-        result = evaluate(poems, heldout, ci, seen)
+        result = {**evaluate(poems, heldout, ci, seen), "turn2": evaluate(poems2, heldout, ci, seen)}
         if a.samples:
             stem, ext = os.path.splitext(a.samples)
             tag = os.path.basename(os.path.normpath(name))
             tag = os.path.basename(os.path.dirname(os.path.normpath(name))) if tag == "hf" else tag  # out/hf -> out
             path = a.samples if len(a.model) == 1 else f"{stem}_{tag}{ext}"
-            write_jsonl(path, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci),
-                                "copied": copied_lines(p, seen)} for h, p in zip(heldout, poems)])
+            write_jsonl(path, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci), "copied": copied_lines(p, seen),
+                                "poem_turn2": p2, "form_ok_turn2": check_form(p2, h["form"], ci)}
+                               for h, p, p2 in zip(heldout, poems, poems2)])
         print(json.dumps({"poetry_eval": {"model": name, **result}}, ensure_ascii=False), flush=True)
 
 

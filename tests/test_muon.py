@@ -54,3 +54,34 @@ def test_distributed_muon_equals_single_process(tmp_path, world):
     for rank in range(world):
         for a, b in zip(torch.load(tmp_path / f"p.{rank}"), params):
             assert torch.equal(a, b)
+
+
+def test_step_makes_no_fp32_temporaries():
+    """The step's traffic is the momentum update, the bf16 stack Newton-Schulz reads and the parameter update: no
+    fp32 copy of an update (the Nesterov lerp, a stack, a cast back) and no AdamW temporaries. Counted as the bytes of
+    every fresh fp32 tensor an op returns (in-place and out= results excluded), against the parameters' bytes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Fp32Allocations(TorchDispatchMode):
+        bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            fresh = func._schema.name.endswith("_") is False and "out" not in (kwargs or {})
+            for t in out if isinstance(out, (list, tuple)) else [out]:
+                if fresh and isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    Fp32Allocations.bytes += t.numel() * 4
+            return out
+
+    muon, adamw = muon_params(), muon_params(1)
+    opt = MuonAdamW([dict(params=muon, use_muon=True, lr=0.02, weight_decay=0.1),
+                     dict(params=adamw, use_muon=False, lr=3e-3, weight_decay=0.01)])
+    for step in range(2):  # the first step also creates the state (zeros_like: fp32, and counted once)
+        for ps in (muon, adamw):
+            for p, gr in zip(ps, grads(ps, step)):
+                p.grad = gr
+        Fp32Allocations.bytes = 0
+        with Fp32Allocations():
+            opt.step()
+    param_bytes = sum(p.numel() * 4 for p in muon + adamw)
+    assert Fp32Allocations.bytes < 0.01 * param_bytes, (Fp32Allocations.bytes, param_bytes)

@@ -1,6 +1,8 @@
 """bench/poetry.py: the form / novelty checker on hand-made poems, and the held-out split of the SFT builder."""
 import json, os, sys
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import poetry  # noqa: E402
 
@@ -78,3 +80,39 @@ def test_the_npm_package_directory_is_read_as_it_ships(tmp_path):
     rows = poetry.read_corpus(str(dist))
     assert rows == [{"text": "靜夜思\n李白\n" + JUEJU, "collection": "quantangshi"},
                     {"text": "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。", "collection": "songci"}]
+
+
+def test_multi_turn_chats_keep_every_pair_once_and_still_hold_out_the_titles():
+    titles = [f"題{i}" for i in range(300)]
+    rows = [{"text": f"{t}\n某人\n{JUEJU}", "collection": "quantangshi"} for t in titles]
+    single = poetry.build(rows, heldout_fraction=0.1)[1]
+    _, sft, heldout, _ = poetry.build(rows, heldout_fraction=0.1, multi_turn=0.5)
+    turns = [len(r["messages"]) // 2 for r in sft]
+    assert set(turns) == {1, 2, 3} and 0.35 < sum(t > 1 for t in turns) / len(turns) < 0.65
+    pairs = lambda rows: [(r["messages"][i]["content"], r["messages"][i + 1]["content"])
+                          for r in rows for i in range(0, len(r["messages"]), 2)]
+    assert pairs(sft) == pairs(single)  # the same (prompt, poem) pairs, in the same order
+    assert all(m["role"] == ("user", "assistant")[i % 2] for r in sft for i, m in enumerate(r["messages"]))
+    held = {h["title"] for h in heldout}
+    assert held and not any(f"《{t}》" in m["content"] for r in sft for m in r["messages"] for t in held)
+
+
+def test_second_turns_ask_each_prompt_after_the_models_own_previous_poem():
+    chats = poetry.second_turns(["p0", "p1", "p2"], ["a0", "a1", "a2"])
+    assert [[m["content"] for m in c] for c in chats] == [["p2", "a2", "p0"], ["p0", "a0", "p1"], ["p1", "a1", "p2"]]
+    assert [m["role"] for m in chats[1]] == ["user", "assistant", "user"]
+
+
+def test_generate_poems_takes_prompts_and_whole_chats():
+    """A prompt and the same one-message chat render alike (same poems for the same seed); a second-turn chat, whose
+    context holds an earlier poem, is answered too, one poem per chat."""
+    from conftest import small_config
+    from model import Qwen3
+    torch.manual_seed(0)
+    model = Qwen3(small_config(vocab_size=151936)).eval()
+    prompts = ["写一首题为《春》的五言绝句", "填一首词，词牌为《浣溪沙》"]
+    as_text = poetry.generate_poems(model, prompts, max_new_tokens=8, batch_size=2)
+    as_chat = poetry.generate_poems(model, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens=8,
+                                    batch_size=2)
+    second = poetry.generate_poems(model, poetry.second_turns(prompts, [JUEJU, JUEJU]), max_new_tokens=8, batch_size=2)
+    assert as_text == as_chat and len(second) == 2 and all(isinstance(p, str) for p in second)
