@@ -25,6 +25,9 @@ def test_time_to_interpolates_between_evaluations_and_speedup():
                                             {"rc": 0}), "stage": "final"}
     out = ttl.report([mk("torchtitan", 2.0), mk("ours", 1.0)])
     assert out["speedup_ours"] == 2.0 and out["titan_final_val_loss"] == 4.0
+    worse = {**mk("torchtitan", 2.0), "final_val_loss": 4.5, "curve": [{"train_s": 40.0, "val_loss": 4.5}]}
+    out = ttl.report([mk("torchtitan", 2.0), mk("ours", 1.0), worse])   # a second torchtitan lr, worse, run last
+    assert out["speedup_torchtitan"] == 1.0 and out["speedup_ours"] == 2.0 and len(out["runs"]) == 3
 
 
 def test_final_takes_the_lr_of_the_best_sweep_and_the_step_rate_of_its_own_system():
