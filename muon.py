@@ -75,7 +75,6 @@ class MuonAdamW(torch.optim.Optimizer):
         defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
                         lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
         super().__init__(param_groups, defaults)
-        self._step_tensors = {}  # device -> the step count the fused AdamW kernel reads
         for g in self.param_groups:
             g.setdefault("initial_lr", g["lr"])
             if g["use_muon"]:
@@ -141,9 +140,8 @@ class MuonAdamW(torch.optim.Optimizer):
                 st["exp_avg"] = torch.zeros_like(p)
                 st["exp_avg_sq"] = torch.zeros_like(p)
             st["step"] += 1
-        # the kernel reads the step count from a tensor on the parameters' device; one per device, refilled each step
-        step = self._step_tensors.setdefault(params[0].device, torch.zeros((), device=params[0].device))
-        step.fill_(self.state[params[0]]["step"])
+        # the kernel reads the step count from a tensor on the parameters' device (a fill there: no host-device copy)
+        step = torch.full((), float(self.state[params[0]]["step"]), device=params[0].device)
         b1, b2 = g["betas"]
         torch._fused_adamw_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
                             [self.state[p]["exp_avg_sq"] for p in params], [], [step] * len(params), lr=g["lr"],

@@ -215,9 +215,8 @@ def write_jsonl(path, rows):
 def generate_poems(model, chats, max_new_tokens=160, batch_size=64, temperature=0.7, top_k=20, top_p=0.8, seed=0,
                    template="qwen3"):
     """The assistant's reply to each chat (a prompt: one user turn; or a list of messages), after the chat
-    template's generation prompt without thinking
-    as the SFT data renders a final answer), sampled with the settings Qwen3's model card gives for non-thinking
-    mode (temperature 0.7, top-k 20, top-p 0.8)."""
+    template's generation prompt without thinking (as the SFT data renders a final answer), sampled with the
+    settings Qwen3's model card gives for non-thinking mode (temperature 0.7, top-k 20, top-p 0.8)."""
     import torch
     from generate import Decoder
     from tokenizer import EOT, IM_END, get_tokenizer, render_chat
