@@ -38,24 +38,92 @@ import math
 import torch
 import torch.distributed as dist
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install: Newton-Schulz uses torch's matmuls throughout
+    triton = None
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7):
+def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7, dtype=torch.bfloat16, kernel=None):
     """Approximately orthogonalise G (see the module docstring): one matrix [rows, cols] or a stack
-    [n, rows, cols] of same-shape matrices (one batched matmul per step instead of n small ones). Returns bf16."""
+    [n, rows, cols] of same-shape matrices (one batched matmul per step instead of n small ones). Returns `dtype`.
+    The two symmetric products (X X^T, and A A with A symmetric) go to `gram` -- the Triton kernel by default on
+    CUDA, which computes only one triangle -- and the third, B X, to torch's matmul."""
     a, b, c = coeffs
+    if kernel is None:
+        kernel = triton is not None and G.is_cuda
     addmm = torch.baddbmm if G.ndim == 3 else torch.addmm
-    X = G.bfloat16()
+    X = G.to(dtype)
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        A = X @ X.mT
-        B = addmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
-        X = addmm(X, B, X, beta=a)           # a*X + B@X
+        A = gram(X, kernel=kernel)
+        B = gram(A, alpha=c, C=A, beta=b, kernel=kernel)  # b*A + c*A@A (A = A^T)
+        X = addmm(X, B, X, beta=a)                        # a*X + B@X
     return X.mT if transposed else X
+
+
+def gram(X, alpha=1.0, C=None, beta=0.0, kernel=False):
+    """alpha * X @ X^T + beta * C for X [..., m, k] and a symmetric C [..., m, m]. The result is symmetric, so the
+    kernel computes the blocks on and above the diagonal and writes each one twice (as itself and mirrored): half
+    the FLOPs of a matmul. Newton-Schulz spends two of its three matmuls here."""
+    if not kernel:
+        return X @ X.mT if C is None else torch.baddbmm(C, X, X.mT, beta=beta, alpha=alpha) if X.ndim == 3 \
+            else torch.addmm(C, X, X.mT, beta=beta, alpha=alpha)
+    X3 = X if X.ndim == 3 else X[None]
+    n, m, k = X3.shape
+    out = torch.empty((n, m, m), device=X.device, dtype=X.dtype)
+    C3 = out if C is None else (C if C.ndim == 3 else C[None])
+    block_m, block_k, warps, stages = GRAM_CONFIG
+    grid = (triton.cdiv(m, block_m), triton.cdiv(m, block_m), n)
+    _gram_kernel[grid](X3, C3, out, m, k, *X3.stride(), *C3.stride(), *out.stride(), alpha, beta,
+                       HAS_C=C is not None, EVEN=m % block_m == 0 and k % block_k == 0, BLOCK_M=block_m,
+                       BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    return out if X.ndim == 3 else out[0]
+
+
+GRAM_CONFIG = (128, 64, 8, 4)  # block rows (= columns), block K, warps, pipeline stages
+
+if triton is not None:
+    @triton.jit
+    def _gram_kernel(X, C, Out, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son, alpha, beta,
+                     HAS_C: tl.constexpr, EVEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        i, j, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        if j < i:  # below the diagonal: the mirror of block (j, i)
+            return
+        rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = j * BLOCK_M + tl.arange(0, BLOCK_M)
+        ks = tl.arange(0, BLOCK_K)
+        x_rows = X + b * sxb + rows[:, None] * sxm + ks[None, :] * sxk
+        x_cols = X + b * sxb + cols[:, None] * sxm + ks[None, :] * sxk
+        acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            if EVEN:
+                xr, xc = tl.load(x_rows), tl.load(x_cols)
+            else:
+                in_k = ks[None, :] + k < K
+                xr = tl.load(x_rows, mask=(rows[:, None] < M) & in_k, other=0.0)
+                xc = tl.load(x_cols, mask=(cols[:, None] < M) & in_k, other=0.0)
+            acc = tl.dot(xr, tl.trans(xc), acc)
+            x_rows += BLOCK_K * sxk
+            x_cols += BLOCK_K * sxk
+        acc = acc * alpha
+        inside = (rows[:, None] < M) & (cols[None, :] < M)
+        if HAS_C:
+            acc += beta * tl.load(C + b * scb + rows[:, None] * scm + cols[None, :] * scn, mask=inside,
+                                  other=0.0).to(tl.float32)
+        out = acc.to(Out.dtype.element_ty)
+        # on and above the diagonal as computed, strictly below as the mirror: every element written once, and the
+        # result exactly symmetric
+        tl.store(Out + b * sob + rows[:, None] * som + cols[None, :] * son, out,
+                 mask=inside & (rows[:, None] <= cols[None, :]))
+        tl.store(Out + b * sob + cols[None, :] * som + rows[:, None] * son, out,
+                 mask=inside & (rows[:, None] < cols[None, :]))
 
 
 def muon_lr_scale(shape, rule):
