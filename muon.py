@@ -139,10 +139,11 @@ class MuonAdamW(torch.optim.Optimizer):
     """param_groups each carry `use_muon` (bool). Muon groups: lr, momentum, nesterov, weight_decay, ns_steps,
     lr_rule. AdamW groups: lr, betas, eps, weight_decay. `initial_lr` is kept for the schedule."""
 
-    def __init__(self, param_groups):
+    def __init__(self, param_groups, overlap=True):
         defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
                         lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
         super().__init__(param_groups, defaults)
+        self.overlap = overlap  # on CUDA: the memory traffic on a second stream, beside the matmuls (step's docstring)
         for g in self.param_groups:
             g.setdefault("initial_lr", g["lr"])
             if g["use_muon"]:
@@ -153,47 +154,76 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
-        for g in self.param_groups:
-            (self._muon_group if g["use_muon"] else self._adamw_group)(g)
+        """On CUDA two streams: Newton-Schulz's matmuls on the current one and, beside them on a second stream,
+        everything else, which is memory traffic (the momentum, the stacks' inputs, AdamW, the parameter updates),
+        ordered against the matmuls by events. The current stream waits for the second at the end, so to whatever
+        comes next the step is one unit."""
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        side = torch.cuda.Stream(first.device) if self.overlap and first is not None and first.is_cuda else None
+        muon = [self._muon_inputs(g, side) for g in self.param_groups if g["use_muon"]]
+        with torch.cuda.stream(side):  # None (CPU): no-op
+            for g in self.param_groups:
+                if not g["use_muon"]:
+                    self._adamw_group(g)
+        for work in muon:
+            self._muon_updates(side, *work)
+        if side is not None:
+            torch.cuda.current_stream(first.device).wait_stream(side)
 
-    def _muon_group(self, g):
+    def _muon_inputs(self, g, side):
+        """Momentum, and this rank's slice of each same-shape stack filled with the update Newton-Schulz reads
+        (Nesterov: grad + m*(buf - grad)), written straight into the bf16 stack: no fp32 copy of it is made."""
         params = [p for p in g["params"] if p.grad is not None]
-        if not params:
-            return
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         rank = dist.get_rank() if world > 1 else 0
         for p in params:
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        # momentum on every rank (keeps the state complete and identical everywhere); buf = m*buf + (1-m)*grad
         bufs, grads = [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
-        torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
         by_shape = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
+        stacks = {}
         for shape, idx in by_shape.items():
-            # Newton-Schulz on this rank's contiguous slice of the same-shape stack, then all-gather. The update
-            # (Nesterov: grad + m*(buf - grad)) is written straight into the bf16 stack Newton-Schulz reads: no fp32
-            # copy of it is made, which is most of the step's memory traffic besides the matmuls.
             per = math.ceil(len(idx) / world)
-            mine = idx[rank * per:(rank + 1) * per]
-            local = torch.empty((per,) + shape, dtype=torch.bfloat16, device=params[0].device)
-            local[len(mine):].zero_()  # padding rows of the all-gather
-            for slot, i in zip(local.unbind(0), mine):
-                if g["nesterov"]:
-                    torch.lerp(grads[i], bufs[i], g["momentum"], out=slot)
-                else:
-                    slot.copy_(bufs[i])
+            stacks[shape] = (torch.empty((per,) + shape, dtype=torch.bfloat16, device=params[0].device),
+                             idx[rank * per:(rank + 1) * per], None)
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(side.device))  # the gradients, a first step's state, the stacks
+        with torch.cuda.stream(side):
+            # momentum on every rank (keeps the state complete and identical everywhere); buf = m*buf + (1-m)*grad
+            torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
+            for shape, (local, mine, _) in stacks.items():
+                local[len(mine):].zero_()  # padding rows of the all-gather
+                for slot, i in zip(local.unbind(0), mine):
+                    if g["nesterov"]:
+                        torch.lerp(grads[i], bufs[i], g["momentum"], out=slot)
+                    else:
+                        slot.copy_(bufs[i])
+                stacks[shape] = (local, mine, side.record_event() if side is not None else None)
+        return g, params, by_shape, stacks, world
+
+    def _muon_updates(self, side, g, params, by_shape, stacks, world):
+        """Newton-Schulz on each stack (this stream), the all-gather, and the parameter updates (the second)."""
+        for shape, idx in by_shape.items():
+            local, mine, filled = stacks[shape]
+            main = torch.cuda.current_stream(local.device) if side is not None else None
+            if side is not None:
+                main.wait_event(filled)
             orth = newton_schulz(local[:len(mine)], g["ns_steps"]) if mine else local[:0]
             if world > 1:
                 local[:len(mine)] = orth
                 gathered = [torch.empty_like(local) for _ in range(world)]
                 dist.all_gather(gathered, local)
                 orth = torch.cat(gathered)[:len(idx)]
-            ps = [params[i] for i in idx]
-            torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
-            # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
-            torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
+            if side is not None:
+                orth.record_stream(side)  # read there after this loop has moved on: not to be reused before
+                side.wait_stream(main)
+            with torch.cuda.stream(side):
+                ps = [params[i] for i in idx]
+                torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
+                # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
+                torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
 
     def _adamw_group(self, g):
         """torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments) in its fused kernel: one pass
