@@ -38,92 +38,24 @@ import math
 import torch
 import torch.distributed as dist
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # a CPU-only install: Newton-Schulz uses torch's matmuls throughout
-    triton = None
-
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7, dtype=torch.bfloat16, kernel=None):
+def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7):
     """Approximately orthogonalise G (see the module docstring): one matrix [rows, cols] or a stack
-    [n, rows, cols] of same-shape matrices (one batched matmul per step instead of n small ones). Returns `dtype`.
-    The two symmetric products (X X^T, and A A with A symmetric) go to `gram` -- the Triton kernel by default on
-    CUDA, which computes only one triangle -- and the third, B X, to torch's matmul."""
+    [n, rows, cols] of same-shape matrices (one batched matmul per step instead of n small ones). Returns bf16."""
     a, b, c = coeffs
-    if kernel is None:
-        kernel = triton is not None and G.is_cuda
     addmm = torch.baddbmm if G.ndim == 3 else torch.addmm
-    X = G.to(dtype)
+    X = G.bfloat16()
     transposed = G.size(-2) > G.size(-1)
     if transposed:
         X = X.mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        A = gram(X, kernel=kernel)
-        B = gram(A, alpha=c, C=A, beta=b, kernel=kernel)  # b*A + c*A@A (A = A^T)
-        X = addmm(X, B, X, beta=a)                        # a*X + B@X
+        A = X @ X.mT
+        B = addmm(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
+        X = addmm(X, B, X, beta=a)           # a*X + B@X
     return X.mT if transposed else X
-
-
-def gram(X, alpha=1.0, C=None, beta=0.0, kernel=False):
-    """alpha * X @ X^T + beta * C for X [..., m, k] and a symmetric C [..., m, m]. The result is symmetric, so the
-    kernel computes the blocks on and above the diagonal and writes each one twice (as itself and mirrored): half
-    the FLOPs of a matmul. Newton-Schulz spends two of its three matmuls here."""
-    if not kernel:
-        return X @ X.mT if C is None else torch.baddbmm(C, X, X.mT, beta=beta, alpha=alpha) if X.ndim == 3 \
-            else torch.addmm(C, X, X.mT, beta=beta, alpha=alpha)
-    X3 = X if X.ndim == 3 else X[None]
-    n, m, k = X3.shape
-    out = torch.empty((n, m, m), device=X.device, dtype=X.dtype)
-    C3 = out if C is None else (C if C.ndim == 3 else C[None])
-    block_m, block_k, warps, stages = GRAM_CONFIG
-    grid = (triton.cdiv(m, block_m), triton.cdiv(m, block_m), n)
-    _gram_kernel[grid](X3, C3, out, m, k, *X3.stride(), *C3.stride(), *out.stride(), alpha, beta,
-                       HAS_C=C is not None, EVEN=m % block_m == 0 and k % block_k == 0, BLOCK_M=block_m,
-                       BLOCK_K=block_k, num_warps=warps, num_stages=stages)
-    return out if X.ndim == 3 else out[0]
-
-
-GRAM_CONFIG = (128, 64, 8, 4)  # block rows (= columns), block K, warps, pipeline stages
-
-if triton is not None:
-    @triton.jit
-    def _gram_kernel(X, C, Out, M, K, sxb, sxm, sxk, scb, scm, scn, sob, som, son, alpha, beta,
-                     HAS_C: tl.constexpr, EVEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        i, j, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        if j < i:  # below the diagonal: the mirror of block (j, i)
-            return
-        rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = j * BLOCK_M + tl.arange(0, BLOCK_M)
-        ks = tl.arange(0, BLOCK_K)
-        x_rows = X + b * sxb + rows[:, None] * sxm + ks[None, :] * sxk
-        x_cols = X + b * sxb + cols[:, None] * sxm + ks[None, :] * sxk
-        acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            if EVEN:
-                xr, xc = tl.load(x_rows), tl.load(x_cols)
-            else:
-                in_k = ks[None, :] + k < K
-                xr = tl.load(x_rows, mask=(rows[:, None] < M) & in_k, other=0.0)
-                xc = tl.load(x_cols, mask=(cols[:, None] < M) & in_k, other=0.0)
-            acc = tl.dot(xr, tl.trans(xc), acc)
-            x_rows += BLOCK_K * sxk
-            x_cols += BLOCK_K * sxk
-        acc = acc * alpha
-        inside = (rows[:, None] < M) & (cols[None, :] < M)
-        if HAS_C:
-            acc += beta * tl.load(C + b * scb + rows[:, None] * scm + cols[None, :] * scn, mask=inside,
-                                  other=0.0).to(tl.float32)
-        out = acc.to(Out.dtype.element_ty)
-        # on and above the diagonal as computed, strictly below as the mirror: every element written once, and the
-        # result exactly symmetric
-        tl.store(Out + b * sob + rows[:, None] * som + cols[None, :] * son, out,
-                 mask=inside & (rows[:, None] <= cols[None, :]))
-        tl.store(Out + b * sob + cols[None, :] * som + rows[:, None] * son, out,
-                 mask=inside & (rows[:, None] < cols[None, :]))
 
 
 def muon_lr_scale(shape, rule):
@@ -139,11 +71,10 @@ class MuonAdamW(torch.optim.Optimizer):
     """param_groups each carry `use_muon` (bool). Muon groups: lr, momentum, nesterov, weight_decay, ns_steps,
     lr_rule. AdamW groups: lr, betas, eps, weight_decay. `initial_lr` is kept for the schedule."""
 
-    def __init__(self, param_groups, overlap=True):
+    def __init__(self, param_groups):
         defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
                         lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
         super().__init__(param_groups, defaults)
-        self.overlap = overlap  # on CUDA: the memory traffic on a second stream, beside the matmuls (step's docstring)
         for g in self.param_groups:
             g.setdefault("initial_lr", g["lr"])
             if g["use_muon"]:
@@ -154,76 +85,47 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
-        """On CUDA two streams: Newton-Schulz's matmuls on the current one and, beside them on a second stream,
-        everything else, which is memory traffic (the momentum, the stacks' inputs, AdamW, the parameter updates),
-        ordered against the matmuls by events. The current stream waits for the second at the end, so to whatever
-        comes next the step is one unit."""
-        first = next((p for g in self.param_groups for p in g["params"]), None)
-        side = torch.cuda.Stream(first.device) if self.overlap and first is not None and first.is_cuda else None
-        muon = [self._muon_inputs(g, side) for g in self.param_groups if g["use_muon"]]
-        with torch.cuda.stream(side):  # None (CPU): no-op
-            for g in self.param_groups:
-                if not g["use_muon"]:
-                    self._adamw_group(g)
-        for work in muon:
-            self._muon_updates(side, *work)
-        if side is not None:
-            torch.cuda.current_stream(first.device).wait_stream(side)
+        for g in self.param_groups:
+            (self._muon_group if g["use_muon"] else self._adamw_group)(g)
 
-    def _muon_inputs(self, g, side):
-        """Momentum, and this rank's slice of each same-shape stack filled with the update Newton-Schulz reads
-        (Nesterov: grad + m*(buf - grad)), written straight into the bf16 stack: no fp32 copy of it is made."""
+    def _muon_group(self, g):
         params = [p for p in g["params"] if p.grad is not None]
+        if not params:
+            return
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         rank = dist.get_rank() if world > 1 else 0
         for p in params:
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        # momentum on every rank (keeps the state complete and identical everywhere); buf = m*buf + (1-m)*grad
         bufs, grads = [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
         by_shape = {}
         for i, p in enumerate(params):
             by_shape.setdefault(tuple(p.shape), []).append(i)
-        stacks = {}
         for shape, idx in by_shape.items():
+            # Newton-Schulz on this rank's contiguous slice of the same-shape stack, then all-gather. The update
+            # (Nesterov: grad + m*(buf - grad)) is written straight into the bf16 stack Newton-Schulz reads: no fp32
+            # copy of it is made, which is most of the step's memory traffic besides the matmuls.
             per = math.ceil(len(idx) / world)
-            stacks[shape] = (torch.empty((per,) + shape, dtype=torch.bfloat16, device=params[0].device),
-                             idx[rank * per:(rank + 1) * per], None)
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream(side.device))  # the gradients, a first step's state, the stacks
-        with torch.cuda.stream(side):
-            # momentum on every rank (keeps the state complete and identical everywhere); buf = m*buf + (1-m)*grad
-            torch._foreach_lerp_(bufs, grads, 1 - g["momentum"])
-            for shape, (local, mine, _) in stacks.items():
-                local[len(mine):].zero_()  # padding rows of the all-gather
-                for slot, i in zip(local.unbind(0), mine):
-                    if g["nesterov"]:
-                        torch.lerp(grads[i], bufs[i], g["momentum"], out=slot)
-                    else:
-                        slot.copy_(bufs[i])
-                stacks[shape] = (local, mine, side.record_event() if side is not None else None)
-        return g, params, by_shape, stacks, world
-
-    def _muon_updates(self, side, g, params, by_shape, stacks, world):
-        """Newton-Schulz on each stack (this stream), the all-gather, and the parameter updates (the second)."""
-        for shape, idx in by_shape.items():
-            local, mine, filled = stacks[shape]
-            main = torch.cuda.current_stream(local.device) if side is not None else None
-            if side is not None:
-                main.wait_event(filled)
+            mine = idx[rank * per:(rank + 1) * per]
+            local = torch.empty((per,) + shape, dtype=torch.bfloat16, device=params[0].device)
+            local[len(mine):].zero_()  # padding rows of the all-gather
+            for slot, i in zip(local.unbind(0), mine):
+                if g["nesterov"]:
+                    torch.lerp(grads[i], bufs[i], g["momentum"], out=slot)
+                else:
+                    slot.copy_(bufs[i])
             orth = newton_schulz(local[:len(mine)], g["ns_steps"]) if mine else local[:0]
             if world > 1:
                 local[:len(mine)] = orth
                 gathered = [torch.empty_like(local) for _ in range(world)]
                 dist.all_gather(gathered, local)
                 orth = torch.cat(gathered)[:len(idx)]
-            if side is not None:
-                orth.record_stream(side)  # read there after this loop has moved on: not to be reused before
-                side.wait_stream(main)
-            with torch.cuda.stream(side):
-                ps = [params[i] for i in idx]
-                torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
-                # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
-                torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
+            ps = [params[i] for i in idx]
+            torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
+            # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
+            torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
 
     def _adamw_group(self, g):
         """torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments) in its fused kernel: one pass
