@@ -5,6 +5,9 @@ TFLOP/s those matmuls reach. One JSON line per muon.py given, so two versions co
 
     python bench/optimizer_step.py                               # this checkout's muon.py
     git show HEAD~1:muon.py > /tmp/muon_old.py && python bench/optimizer_step.py muon.py /tmp/muon_old.py
+
+Then one PRODUCTS line: each of Newton-Schulz's three products alone (X X^T, b*A + c*A A, a*X + B X) on each stack,
+with torch's matmuls, in ms and TFLOP/s -- what a faster kernel for one of them would have to beat.
 """
 import importlib.util
 import json
@@ -68,6 +71,27 @@ def main(paths, repeat=20):
         print("OPT " + json.dumps({"muon_py": path, "gpu": torch.cuda.get_device_name(dev), "step_ms": round(step_ms, 2),
                                    "newton_schulz_ms": round(ns_ms, 2), "rest_ms": round(step_ms - ns_ms, 2),
                                    "newton_schulz": ns}), flush=True)
+    products(shapes, dev, repeat)
+
+
+def products(shapes, dev, repeat=20):
+    """Each Newton-Schulz product alone, as its iterations run it, on a bf16 stack made wide (as newton_schulz
+    transposes it): A = X X^T, B = b*A + c*A A, a*X + B X."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    res = {}
+    for shape, count in shapes.items():
+        m, n = min(shape), max(shape)
+        X = torch.randn(count, m, n, device=dev, dtype=torch.bfloat16) / n ** 0.5
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        row = {}
+        for name, fn, flops in [("X X^T", lambda: X @ X.mT, 2 * m * m * n),
+                                ("b*A + c*A A", lambda: torch.baddbmm(A, A, A, beta=b, alpha=c), 2 * m ** 3),
+                                ("a*X + B X", lambda: torch.baddbmm(X, B, X, beta=a), 2 * m * m * n)]:
+            ms = timed_ms(fn, dev, repeat)
+            row[name] = {"ms": round(ms, 3), "tflops": round(count * flops / ms / 1e9)}
+        res["x".join(map(str, shape)) + f" x{count}"] = row
+    print("PRODUCTS " + json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":
