@@ -12,8 +12,9 @@ from others). `--key=value` and `--key value` override a global that already exi
 ast.literal_eval (falling back to a plain string) and must have the type of the default (an int is accepted
 where a float is expected; a default of None accepts anything). An unknown key or a wrong type stops with a
 message naming the key -- a typo must never silently train with the default. A `dtype` setting is checked here,
-once for every entry point.
+once for every entry point. `--help` (or `-h`) prints the entry point's docstring and its settings with their defaults.
 """
+import ast
 import sys
 from ast import literal_eval
 
@@ -50,8 +51,25 @@ def _shortened(text, keep=60):
     return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text):,} characters)"
 
 
+def _print_help(g):
+    """The entry point's docstring, then every setting it has, as it would be given on the command line. The
+    docstring is read from the entry point's file: exec'ing this one has set its __doc__ to this file's."""
+    try:
+        with open(g["__file__"]) as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+    except (KeyError, OSError, SyntaxError):
+        doc = ""
+    print(doc.strip() + "\n\nsettings (config files and --key=value override them; defaults shown):")
+    for key, value in g.items():
+        if not key.startswith("_") and _is_setting(key, value):
+            print(f"  --{key}={_shortened(repr(value))}")
+
+
 def _apply_args(argv, g):
     """Apply config files and --key=value overrides in argv to the settings dict g (an entry point's globals)."""
+    if "--help" in argv or "-h" in argv:
+        _print_help(g)
+        sys.exit(0)
     i = 0
     while i < len(argv):
         arg = argv[i]

@@ -90,6 +90,20 @@ def test_a_long_value_is_shortened_in_the_overriding_echo(capsys):
     assert echo[1] == "Overriding: max_steps = 7"
 
 
+def test_help_prints_the_docstring_and_every_setting_then_exits_0(capsys, tmp_path):
+    """`python sample.py --help` used to stop with "--help needs a value"; -h was read as a config file. The
+    docstring comes from the entry point's file (exec'ing configurator.py replaces its __doc__)."""
+    script = tmp_path / "entry.py"
+    script.write_text('"""\nTrain the model.\n\n    python entry.py\n"""\nmax_steps = 30\n')
+    for flag in (["--help"], ["--max_steps=7", "-h"]):
+        with pytest.raises(SystemExit) as e:
+            _configure(flag, __file__=str(script), __doc__="configurator's", max_steps=30, prompt="你好", EOT=7, np=os)
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("Train the model.") and "  --max_steps=30\n" in out and "  --prompt='你好'\n" in out
+        assert "EOT" not in out and "--np" not in out   # constants and imported names are not settings
+
+
 def test_one_dtype_check_for_every_entry_point():
     assert _configure(["--dtype=float16"], dtype="float32")["dtype"] == "float16"
     assert "--dtype must be float32|bfloat16|float16, got 'float8'" in _refused(["--dtype=float8"], dtype="float32")
