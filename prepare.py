@@ -181,9 +181,9 @@ class ProgressBar:
         if not (self.tty or final or now - self.last >= self.interval):
             return
         self.last, elapsed = now, now - self.t0
-        eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+        eta = f"{elapsed / frac * (1 - frac):6.0f}s" if frac > 0 else "     ?"   # nothing done yet: no estimate
         line = (f"[{'#' * int(30 * frac):<30}] {100 * frac:5.1f}%  {tokens / 1e6:8.2f}M tok  "
-                f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta:6.0f}s")
+                f"{tokens / max(elapsed, 1e-9) / 1e6:6.2f}M tok/s  ETA {eta}")
         if self.tty:
             print("\r" + line, end="\n" if final else "", file=self.stream, flush=True)
         else:

@@ -77,14 +77,18 @@ def iter_rows(path, fields, skips, progress):
             import pyarrow.parquet as pq  # only needed for parquet inputs
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
-            for flag, f in [("--text_field", f) for f in text_fields] + [("--score_field", score_field)]:
-                if f and f not in names:
-                    raise StructuralError(f"{path}: no column {f!r} (columns: {names}); use {flag}")
+            # of several text fields the columns present are read, as a JSONL row's present fields are; none: an error
+            present = [f for f in text_fields if f in names]
+            if not present:
+                raise StructuralError(f"{path}: no column {' or '.join(map(repr, text_fields))} (columns: {names}); "
+                                      "use --text_field")
+            if score_field and score_field not in names:
+                raise StructuralError(f"{path}: no column {score_field!r} (columns: {names}); use --score_field")
             cols = [score_field, source_field if source_field in names else None]
             for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=text_fields + [c for c in cols if c])
-                texts = [row_text(dict(zip(text_fields, r)), text_fields)
-                         for r in zip(*[table.column(f).to_pylist() for f in text_fields])]
+                table = pf.read_row_group(g, columns=present + [c for c in cols if c])
+                texts = [row_text(dict(zip(present, r)), present)
+                         for r in zip(*[table.column(f).to_pylist() for f in present])]
                 yield from zip(texts, *[table.column(c).to_pylist() if c else [None] * table.num_rows for c in cols])
                 progress((g + 1) / pf.num_row_groups)
         elif ext in ("jsonl", "json"):

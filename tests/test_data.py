@@ -384,9 +384,15 @@ def test_poetry_layout_list_valued_and_several_text_fields(tmp_path):
         ["論語\n學而時習之", "靜夜思\n李白\n床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。",
          "春曉\n孟浩然\n春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。",
          "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。"])
+    # a parquet file with some of the fields as columns reads those, as a JSON row with some of them does
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({"title": ["登鸛雀樓"], "paragraphs": [["白日依山盡，黃河入海流。"]]}), tmp_path / "cp" / "x.parquet")
+    meta = prepare.prepare([str(tmp_path / "cp")], str(tmp_path / "o2"), text_field="title,rhythmic,author,paragraphs",
+                           val_fraction=0, quiet=True)
+    assert meta["docs"] == 5 and not meta["errors"] and "登鸛雀樓\n白日依山盡，黃河入海流。" in _decoded_train(str(tmp_path / "o2"))
     # a field no file has is still an error, naming the files
     wrong = prepare.prepare([str(tmp_path / "cp")], str(tmp_path / "w"), text_field="body", val_fraction=0, quiet=True)
-    assert wrong["docs"] == 0 and len(wrong["errors"]) == 4 and all("'body'" in e for e in wrong["errors"])
+    assert wrong["docs"] == 0 and len(wrong["errors"]) == 5 and all("'body'" in e for e in wrong["errors"])
     # one list-valued field alone; a list holding a non-string is counted, not joined
     assert readers.row_text({"paragraphs": ["a", "b"]}, ["paragraphs"]) == "a\nb"
     assert readers.row_text({"paragraphs": ["a", 3]}, ["paragraphs"]) == ["a", 3]
@@ -402,3 +408,6 @@ def test_progress_in_a_log_file_is_a_few_plain_lines(tmp_path):
     bar.update(1.0, 500_000, final=True)
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue() and len(lines) == 2 and "100.0%" in lines[-1]
+    stream = io.StringIO()
+    prepare.ProgressBar(stream=stream).update(0.0, 0)   # the first line, before any progress: no estimate yet
+    assert stream.getvalue().rstrip().endswith("ETA      ?") and "nan" not in stream.getvalue()
