@@ -16,7 +16,6 @@ once for every entry point. `--help` (or `-h`) prints the entry point's docstrin
 """
 import ast
 import sys
-from ast import literal_eval
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,7 +28,7 @@ def _is_setting(key, value):
 
 def _parse_value(key, raw, current):
     try:
-        value = literal_eval(raw)
+        value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw  # a bare word such as --device=cuda is a string
     if current is None or value is None:

@@ -71,13 +71,13 @@ def main(paths, repeat=20):
         print("OPT " + json.dumps({"muon_py": path, "gpu": torch.cuda.get_device_name(dev), "step_ms": round(step_ms, 2),
                                    "newton_schulz_ms": round(ns_ms, 2), "rest_ms": round(step_ms - ns_ms, 2),
                                    "newton_schulz": ns}), flush=True)
-    products(shapes, dev, repeat)
+    products(shapes, dev, muon.NS_COEFFS, repeat)
 
 
-def products(shapes, dev, repeat=20):
+def products(shapes, dev, coeffs, repeat=20):
     """Each Newton-Schulz product alone, as its iterations run it, on a bf16 stack made wide (as newton_schulz
     transposes it): A = X X^T, B = b*A + c*A A, a*X + B X."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    a, b, c = coeffs
     res = {}
     for shape, count in shapes.items():
         m, n = min(shape), max(shape)
