@@ -309,11 +309,14 @@ def fused_linear(x, w, norm=None, residual=None, glu=False):
     return out
 
 
-def fused_weights(model):
-    """Per layer, the q/k/v weights as one matrix and gate/up as another (a copy, made once: 4 projections a layer,
-    read in 4 kernels). A Decoder keeps them, so it sees later changes to the model's weights only if rebuilt."""
-    return [(torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight]),
-             torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight])) for b in model.model.layers]
+def fused_weights(model, out=None):
+    """Per layer, the q/k/v weights as one matrix and gate/up as another (a copy: 4 projections a layer, read in 4
+    kernels). With `out` (an earlier result) the copy is rewritten in place, at the same addresses, after the
+    model's weights changed (generate.Decoder.refresh_weights)."""
+    out = out or [(None, None)] * len(model.model.layers)
+    return [(torch.cat([b.self_attn.q_proj.weight, b.self_attn.k_proj.weight, b.self_attn.v_proj.weight], out=qkv),
+             torch.cat([b.mlp.gate_proj.weight, b.mlp.up_proj.weight], out=gate_up))
+            for b, (qkv, gate_up) in zip(model.model.layers, out)]
 
 
 def decode_logits(model, caches, tok, input_pos, weights):

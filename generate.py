@@ -218,8 +218,8 @@ class Decoder:
     does not see later changes to the model's weights: build Decoders for a model whose weights are final
     (inference), not for one still training. It uses inductor's coordinate-descent tuning, which turns each one-row
     matmul into a tuned reduction fused with its neighbours. The Triton step keeps a copy of the q/k/v and gate/up
-    weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B model in bf16), so it too serves final
-    weights only.
+    weights concatenated (decode_kernel.fused_weights: 0.6 GB for the 0.6B model in bf16): after the model's weights
+    change in place, refresh_weights() rewrites that copy (rl.py does, between rollouts).
 
     The cache is continued, not restarted: `prefill(tokens)` appends at the current position `pos`, so a chat can
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
@@ -260,6 +260,16 @@ class Decoder:
         self.pos = 0       # positions filled (the longest row's), known on the host: nothing needs reading back
         self.even = True   # every row at position pos (False after a right-padded prefill)
         self.last = None
+
+    @torch.no_grad()
+    def refresh_weights(self):
+        """The model's weights changed in place (rl.py updates the policy between rollouts): rewrite the Triton
+        step's concatenated copy in place, so the captured graphs, which read it at fixed addresses, stay valid.
+        The compiled step has the old weights compiled in as constants: it cannot follow."""
+        if self.step_kind == "compiled":
+            raise ValueError("the compiled step froze the weights in: use step='triton' or 'eager' for weights that change")
+        if self.weights is not None:
+            decode_kernel.fused_weights(self.model, out=self.weights)
 
     def reset(self, pos=0):
         """Forget everything from position `pos` on (what lies beyond is masked, then overwritten)."""

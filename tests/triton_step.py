@@ -57,6 +57,23 @@ def check_decoder(B, max_len, prompt, lengths, new):
     assert err < 1e-5, err   # the keys and values the kernel wrote (normalised, rotated) are the plain path's
 
 
+def check_refresh_weights():
+    """rl.py changes the weights between rollouts: refresh_weights rewrites the step's concatenated copy in place (the
+    captured graphs read it at fixed addresses), after which the Triton step decodes as the PyTorch step does on the
+    new weights."""
+    m = peaky_model(seed=1, head_dim=16, max_position_embeddings=1024)
+    dec = G.Decoder(m, 1, max_len=32, step="triton")
+    addresses = [(a.data_ptr(), b.data_ptr()) for a, b in dec.weights]
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert not torch.equal(dec.weights[0][0], decode_kernel.fused_weights(m)[0][0])   # stale until refreshed
+    dec.refresh_weights()
+    assert [(a.data_ptr(), b.data_ptr()) for a, b in dec.weights] == addresses
+    x = prompt[:1, :8]
+    assert torch.equal(dec.generate(x, 5, temperature=0), G.Decoder(m, 1, max_len=32, step="eager").generate(x, 5, temperature=0))
+
+
 for config in (tuned, small_blocks):
     decode_kernel.linear_config = config
     check_fused_linear()
@@ -66,4 +83,5 @@ prompt = torch.randint(0, 320, (3, 36))
 check_decoder(3, 32, prompt[:, :12], [12, 9, 4], 6)     # right-padded rows at different positions, one program
 check_decoder(2, 64, prompt, [36, 29], 6)               # ... in 2 chunks: row 0 in the second, row 1 crosses 32
 check_decoder(1, 64, prompt[:, :24], None, 6)            # one row (the one-row kernels), a continued cache that crosses 32
+check_refresh_weights()
 print("ok")
