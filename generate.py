@@ -53,6 +53,13 @@ class KVCache:
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def rows(self, first, n=1):
+        """Rows first..first+n-1 as a KVCache of their own: views, so what is written there lands in this cache (a
+        Decoder's slot is prefilled alone through one; a step over the first n rows runs on them)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.inv_freq = self.k[first:first + n], self.v[first:first + n], self.inv_freq
+        return view
+
 
 def new_caches(model, batch, max_len, device, dtype):
     c = model.config
@@ -64,25 +71,42 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, noise=None, gen
     """logits [B, V] float -> next ids [B, 1]. temperature 0 = greedy; top_k / top_p filter before sampling.
 
     temperature and top_p may be numbers or device tensors (the Decoder's: one captured graph then serves every
-    value). Sampling is the exponential race: argmax(probs / E) with E ~ Exponential(1) i.i.d. picks index i with
-    probability probs[i], like torch.multinomial, but without a host sync, so it can live inside a CUDA graph.
-    `noise` is E ([B, V] float32); by default it is drawn here from `generator` (None = torch's default)."""
+    value). Per row ([B, 1] tensors: a Decoder's slots, rows of different requests in one graph): temperature (a row
+    at 0 is greedy), top_k (long, 0 = off), top_p (1 = off). Sampling is the exponential race: argmax(probs / E)
+    with E ~ Exponential(1) i.i.d. picks index i with probability probs[i], like torch.multinomial, but without a
+    host sync, so it can live inside a CUDA graph. `noise` is E ([B, V] float32); by default it is drawn here from
+    `generator` (None = torch's default)."""
     if not torch.is_tensor(temperature) and temperature == 0:
         return logits.argmax(-1, keepdim=True)
+    sampled = None
+    if torch.is_tensor(temperature) and temperature.dim() == 2:   # per row: the rows at 0 take the argmax below
+        sampled = temperature > 0
+        greedy, temperature = logits.argmax(-1, keepdim=True), torch.where(sampled, temperature, 1.0)
     logits = logits / temperature
-    if top_k:
+    sorted_logits = None
+    if torch.is_tensor(top_k):   # per row: the k-th largest value read from the sorted row (top_p sorts anyway)
+        sorted_logits, order = logits.sort(-1, descending=True)
+        k = torch.where(top_k > 0, top_k, logits.shape[-1]).clamp_max(logits.shape[-1])
+        kth = sorted_logits.gather(-1, k - 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    elif top_k:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and (torch.is_tensor(top_p) or top_p < 1.0):
-        sorted_logits, order = logits.sort(-1, descending=True)
+        if sorted_logits is None:
+            sorted_logits, order = logits.sort(-1, descending=True)
         sorted_probs = sorted_logits.softmax(-1)
         drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix whose mass reaches top_p
+        if sampled is not None:   # a row at 1 keeps every token (the cumulative sum's rounding may pass 1)
+            drop &= top_p < 1
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
     if noise is None:
         noise = torch.empty_like(probs).exponential_(generator=generator)
     # E can be exactly 0; clamping keeps a filtered token (prob 0) at 0 instead of 0/0 = nan, which argmax would pick
-    return (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1, keepdim=True)
+    nxt = (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1, keepdim=True)
+    return nxt if sampled is None else torch.where(sampled, nxt, greedy)
 
 
 def check_sampling_settings(max_new_tokens, temperature, top_k, top_p, num_samples=1):
@@ -209,8 +233,7 @@ class Decoder:
     replayed as CUDA graphs (`cuda_graph`, the default on CUDA). `step` is one of STEPS: decode_kernel.py's
     hand-written Triton kernels ("triton": 5 a layer, nothing to compile), the PyTorch step (decode_logits) under
     torch.compile ("compiled") or as it is ("eager"); default_step picks it when it is not given. Build it once and
-    reuse it across calls: the compiled code and the captured graphs (one per sampling mode: greedy / top-k value /
-    top-p on-off) are kept.
+    reuse it across calls: the compiled code and the captured graphs (one per sampling mode and row count) are kept.
 
     max_len defaults to max_position_embeddings; a cache sized to prompt + new tokens is smaller and faster (the
     PyTorch step's attention reads the whole buffer, masked; the Triton step only the keys before each position).
@@ -225,7 +248,14 @@ class Decoder:
     keep its history across turns (`reset(pos)` rewinds). After `stream`/`generate` the cache holds the prompt and
     every generated token except the last one (`last`), which the next prefill must start with to continue.
     Prompts of different lengths share a batch as right-padded rows with `lengths` (eval.py's C-Eval GEN does
-    this): each row then decodes from its own position, and only a reset() makes the rows even again."""
+    this): each row then decodes from its own position, and only a reset() makes the rows even again.
+
+    Slots (continuous batching, serve.py): each row is a slot that a request holds from `prefill_slot` (its prompt
+    prefilled into that row alone, from position 0, the other rows untouched) to `release` (the row is parked at
+    position 0, where the step's writes harm nobody, by a device-side mask: no host sync). step() advances the live
+    rows with per-row sampling settings (lists of B numbers written into [B, 1] device tensors, so one captured graph
+    serves rows of different requests) and runs only the first n rows, n the smallest power of two that holds every
+    live row: a graph per n, so one request alone decodes at batch 1's speed."""
 
     def __init__(self, model, batch_size=1, max_len=None, step=None, cuda_graph=None):
         cfg, w = model.config, model.model.embed_tokens.weight
@@ -253,13 +283,20 @@ class Decoder:
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)
         self.input_pos = torch.zeros(batch_size, 1, dtype=torch.long, device=w.device)  # each row's next position
+        self.active = torch.ones(batch_size, 1, dtype=torch.bool, device=w.device)      # rows that advance
         self.temperature = torch.ones(1, device=w.device)
         self.top_p = torch.ones(1, device=w.device)
+        # per-row settings ([B, 1]) and what they hold, on the host: rewritten only when a row's settings change
+        self.row_settings = (torch.ones(batch_size, 1, device=w.device),
+                             torch.zeros(batch_size, 1, dtype=torch.long, device=w.device),
+                             torch.ones(batch_size, 1, device=w.device))
+        self.row_values = None
         self.noise = None  # [B, vocab] float32, allocated on the first sampled step
-        self.graphs = {}
+        self.graphs, self.views = {}, {}
         self.pos = 0       # positions filled (the longest row's), known on the host: nothing needs reading back
         self.even = True   # every row at position pos (False after a right-padded prefill)
         self.last = None
+        self.row_pos, self.live = [0] * batch_size, [True] * batch_size   # host copies of input_pos and active
 
     @torch.no_grad()
     def refresh_weights(self):
@@ -272,9 +309,16 @@ class Decoder:
             decode_kernel.fused_weights(self.model, out=self.weights)
 
     def reset(self, pos=0):
-        """Forget everything from position `pos` on (what lies beyond is masked, then overwritten)."""
+        """Forget everything from position `pos` on (what lies beyond is masked, then overwritten); every row live."""
         self.pos, self.even, self.last = pos, True, None
         self.input_pos.fill_(pos)
+        self.active.fill_(True)
+        self.row_pos, self.live = [pos] * self.batch_size, [True] * self.batch_size
+
+    def _prefill_logits(self, caches, idx, start, lengths=None):
+        if self.step_kind == "triton" and idx.numel() <= decode_kernel.PREFILL_MAX_ROWS:
+            return decode_kernel.prefill_logits(self.model, caches, idx, start, self.weights, lengths)
+        return last_logits(self.model, idx, caches, start, lengths)   # int start: the plain path's causal attention
 
     @torch.no_grad()
     def prefill(self, idx, lengths=None):
@@ -293,52 +337,88 @@ class Decoder:
             lengths = torch.as_tensor(lengths, device=idx.device)
             if not ((lengths >= 1) & (lengths <= T)).all():
                 raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
-        if self.step_kind == "triton" and B * T <= decode_kernel.PREFILL_MAX_ROWS:
-            logits = decode_kernel.prefill_logits(self.model, self.caches, idx, self.pos, self.weights, lengths)
-        else:  # int start: the plain path's causal attention
-            logits = last_logits(self.model, idx, self.caches, self.pos, lengths)
+        logits = self._prefill_logits(self.caches, idx, self.pos, lengths)
         if lengths is None:
             self.input_pos.fill_(self.pos + T)
         else:
             self.input_pos.copy_(self.pos + lengths[:, None])
+        self.active.fill_(True)
         self.even = lengths is None
         self.pos += T
+        self.row_pos, self.live = [self.pos] * B, [True] * B   # (the padded length: a bound, read without a sync)
         return logits
 
-    def _sampling(self, temperature, top_k, top_p):
-        """decode_step's sampling arguments: the numbers go into the fixed tensors the graph reads."""
-        if temperature == 0:
-            return 0, None, None
-        self.temperature.fill_(temperature)
-        if top_p is not None and top_p < 1.0:
-            self.top_p.fill_(top_p)
-            return self.temperature, top_k or None, self.top_p
-        return self.temperature, top_k or None, None
+    @torch.no_grad()
+    def prefill_slot(self, slot, ids, temperature=0, top_k=None, top_p=None, generator=None):
+        """Row `slot` starts a new sequence: the prompt `ids` (a list, or a [T] / [1, T] tensor) prefilled into that
+        row alone at positions 0..T-1, the other rows untouched. Returns its first token [1, 1], sampled from the
+        prompt's last logits (sample_next's settings), which the next step() takes as the row's input."""
+        ids = torch.as_tensor(ids, device=self.tok.device).view(1, -1)
+        if not 0 <= slot < self.batch_size or not 1 <= ids.shape[1] <= self.max_len:
+            raise ValueError(f"slot {slot} (of {self.batch_size}) with a prompt of {ids.shape[1]} tokens (of {self.max_len})")
+        logits = self._prefill_logits([c.rows(slot) for c in self.caches], ids, 0)
+        first = sample_next(logits, temperature, top_k, top_p, generator=generator)
+        self.tok[slot] = first[0]
+        self.input_pos[slot], self.active[slot] = ids.shape[1], True
+        self.row_pos[slot], self.live[slot], self.even = ids.shape[1], True, False
+        return first
 
-    def _graph(self, key, args):
-        """The CUDA graph of the step for this sampling mode, captured on first use. The warm-up runs (compilation,
-        autotuning) happen outside the capture; what they change (the input token, the positions) is put back after
-        each, so both write the cache only at the current positions, which the real step rewrites (and a cache with
-        one free position left is never written past its end)."""
+    def release(self, slot=None):
+        """Row `slot` (None: every row) leaves the batch: parked at position 0 until prefill_slot refills it."""
+        for b in range(self.batch_size) if slot is None else [slot]:
+            self.input_pos[b], self.active[b] = 0, False
+            self.row_pos[b], self.live[b] = 0, False
+        self.even = False
+
+    def _sampling(self, temperature, top_k, top_p, n):
+        """decode_step's sampling arguments for the first n rows (and the graph's key): numbers go into the fixed
+        tensors the graph reads; sequences (one value a row) into the per-row tensors, when they changed."""
+        if not any(isinstance(x, (list, tuple)) for x in (temperature, top_k, top_p)):
+            if temperature == 0:
+                return (0, None, None), (n, "greedy")
+            self.temperature.fill_(temperature)
+            top_p = self.top_p.fill_(top_p) if top_p is not None and top_p < 1.0 else None
+            return (self.temperature, top_k or None, top_p), (n, "uniform", top_k or None, top_p is not None)
+        each = lambda x, off: [off if v is None else v for v in (x if isinstance(x, (list, tuple)) else [x] * self.batch_size)]
+        values = each(temperature, 0), each(top_k, 0), each(top_p, 1.0)
+        if any(len(v) != self.batch_size for v in values):
+            raise ValueError(f"per-row sampling settings take {self.batch_size} values")
+        rows = [b for b in range(n) if self.live[b] and values[0][b] > 0]   # the live rows that sample
+        if not rows:
+            return (0, None, None), (n, "greedy")
+        if values != self.row_values:
+            for buf, v in zip(self.row_settings, values):
+                buf.copy_(torch.tensor(v, dtype=buf.dtype)[:, None])
+            self.row_values = values
+        t, k, p = (x[:n] for x in self.row_settings)
+        use_k, use_p = any(values[1][b] > 0 for b in rows), any(values[2][b] < 1 for b in rows)
+        return (t, k if use_k else None, p if use_p else None), (n, "rows", use_k, use_p)
+
+    def _graph(self, key, args, n):
+        """The CUDA graph of the step for this sampling mode and row count, captured on first use. The warm-up runs
+        (compilation, autotuning) happen outside the capture; what they change (the input token, the positions) is
+        put back after each, so both write the cache only at the current positions, which the real step rewrites
+        (and a cache with one free position left is never written past its end)."""
         if key not in self.graphs:
             saved = self.tok.clone(), self.input_pos.clone()
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
                 for _ in range(2):
-                    self._advance(args)
+                    self._advance(args, n)
                     self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])
             torch.cuda.current_stream().wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self._advance(args)
+                out = self._advance(args, n)
             self.graphs[key] = (graph, out)
         return self.graphs[key]
 
-    def _advance(self, args):
-        """One step (Triton, compiled or eager): the next token, which is also fed back as the next input, and every
-        row's position moved on by one -- so, in a graph, a replay is all a token costs. Freezing and the tuning are
-        read while dynamo traces, so the flags are set around every call (graph replays never call Python)."""
+    def _advance(self, args, n):
+        """One step of the first n rows (Triton, compiled or eager): the next token, which is also fed back as the
+        next input, and every live row's position moved on by one (a released row stays at 0) -- so, in a graph, a
+        replay is all a token costs. Freezing and the tuning are read while dynamo traces, so the flags are set
+        around every call (graph replays never call Python)."""
         if self.step_kind == "triton":
             nxt = decode_step(*args, logits=partial(decode_kernel.decode_logits, weights=self.weights))
         elif self.step_kind == "eager":
@@ -346,31 +426,49 @@ class Decoder:
         else:
             with torch._inductor.config.patch(freezing=True, coordinate_descent_tuning=True):
                 nxt = decode_step(*args, logits=partial(decode_logits, hidden=compiled_decode_hidden()))
-        self.tok.copy_(nxt)
-        self.input_pos += 1
+        self.tok[:n].copy_(nxt)
+        self.input_pos[:n].copy_(torch.where(self.active[:n], self.input_pos[:n] + 1, 0))
         return nxt
 
     @torch.no_grad()
     def step(self, tok=None, temperature=0, top_k=None, top_p=None, generator=None):
-        """Appends tok [B, 1] (None: the token the previous step returned) at each row's next position and returns
-        the next token [B, 1] (no host sync)."""
-        if self.pos >= self.max_len:
+        """Appends tok [B, 1] (None: the token each row's previous step or prefill returned) at each live row's next
+        position and returns the next token of the first n rows [n, 1] (n = B unless rows were released; no host
+        sync). temperature / top_k / top_p: numbers, or sequences of B (one a row; 0 = greedy / off, 1 = off);
+        generator: one, or a sequence of B (a row's None: torch's default)."""
+        live = [b for b in range(self.batch_size) if self.live[b]]
+        if not live:
+            raise ValueError("no live row to step: prefill_slot first")
+        if max(self.row_pos[b] for b in live) >= self.max_len:
             raise ValueError(f"the cache is full ({self.max_len} positions)")
+        n = min(self.batch_size, 1 << (live[-1]).bit_length())   # a power of two that holds every live row
         if tok is not None:
             self.tok.copy_(tok)
-        temperature, top_k, top_p = self._sampling(temperature, top_k, top_p)
-        sampled = torch.is_tensor(temperature)
-        if sampled:
+        (temperature, top_k, top_p), key = self._sampling(temperature, top_k, top_p, n)
+        noise = None
+        if torch.is_tensor(temperature):
             if self.noise is None:
                 self.noise = torch.empty(self.batch_size, self.model.config.vocab_size, device=self.tok.device)
-            self.noise.exponential_(generator=generator)  # the draw the plain path makes inside sample_next
-        args = (self.model, self.caches, self.tok, self.input_pos, temperature, top_k, top_p, self.noise)
+            noise = self.noise[:n]
+            if isinstance(generator, (list, tuple)):   # a row's own generator draws its row, as the plain path would
+                if None in generator[:n]:
+                    noise.exponential_()
+                for b, g in enumerate(generator[:n]):
+                    if g is not None:
+                        self.noise[b].exponential_(generator=g)
+            else:
+                noise.exponential_(generator=generator)
+        if n not in self.views:
+            self.views[n] = self.caches if n == self.batch_size else [c.rows(0, n) for c in self.caches]
+        args = (self.model, self.views[n], self.tok[:n], self.input_pos[:n], temperature, top_k, top_p, noise)
         if self.cuda_graph:
-            graph, out = self._graph((sampled, top_k, top_p is not None), args)
+            graph, out = self._graph(key, args, n)
             graph.replay()
             nxt = out.clone()  # the next replay overwrites `out`
         else:
-            nxt = self._advance(args)
+            nxt = self._advance(args, n)
+        for b in live:
+            self.row_pos[b] += 1
         self.pos += 1
         return nxt
 

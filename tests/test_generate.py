@@ -128,6 +128,70 @@ def test_decoder_continues_from_its_cache_like_a_chat():
     assert dec.pos == history.shape[1] + 14
 
 
+def run_slots(dec, prompts, n_new, settings=None, generators=None, join_every=2):
+    """A continuous-batching schedule as serve.py runs it: the requests join the lowest free slot one every
+    `join_every` steps (prefill_slot), the live rows step together with per-row sampling settings, and a request
+    leaves (release) after n_new tokens, its slot then reused. Returns each request's tokens."""
+    B = dec.batch_size
+    settings = settings or [(0, None, None)] * len(prompts)
+    generators = generators or [None] * len(prompts)
+    dec.release()
+    got, owner, pending = [[] for _ in prompts], [None] * B, list(range(len(prompts)))
+    for t in range(10 * n_new * len(prompts)):
+        for s, r in enumerate(owner):
+            if r is not None and len(got[r]) == n_new:
+                dec.release(s)
+                owner[s] = None
+        if pending and t % join_every == 0 and None in owner:
+            r, s = pending.pop(0), owner.index(None)
+            owner[s] = r
+            got[r].append(dec.prefill_slot(s, prompts[r], *settings[r], generator=generators[r]).item())
+        if not any(dec.live):
+            if not pending:
+                return got
+            continue
+        each = lambda i: [settings[r][i] if r is not None else (0, None, None)[i] for r in owner]
+        nxt = dec.step(None, each(0), each(1), each(2), [generators[r] if r is not None else None for r in owner])
+        for s, r in enumerate(owner):
+            if r is not None and s < len(nxt):
+                got[r].append(nxt[s].item())
+    raise AssertionError("the schedule did not finish")
+
+
+def test_decoder_slots_join_and_leave_between_steps_like_each_prompt_alone():
+    """Continuous batching on the Decoder: five prompts of different lengths through four slots, joining every other
+    step, leaving after 12 tokens (a slot reused with an old sequence's keys beyond its prompt): each request's
+    greedy tokens are its prompt's alone (plain path); steps ran over 1, 2 and 4 rows (the graphs' row counts)."""
+    model = peaky_model(seed=13)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 320, (n,), generator=g).tolist() for n in (5, 11, 3, 8, 6)]
+    alone = [generate(model, torch.tensor([p]), 12, temperature=0)[0, len(p):].tolist() for p in prompts]
+    dec = Decoder(model, batch_size=4, max_len=32)
+    assert run_slots(dec, prompts, 12) == alone
+    assert {1, 2, 4} <= set(dec.views)
+    dec.reset()   # back to the batch API: every row live again
+    assert torch.equal(dec.generate(torch.tensor([prompts[0]] * 4), 12, temperature=0)[:, 5:], torch.tensor([alone[0]] * 4))
+
+
+def test_decoder_slots_sample_each_row_with_its_own_settings_and_generator():
+    """Rows of one step with different temperature / top-k / top-p (greedy among them) and their own generators
+    emit what each request run alone with its generator emits (the same noise, the same filters), also when a
+    row's generator is torch's default; a seeded request is reproducible whatever it shares the batch with."""
+    model = peaky_model(seed=14)
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, 320, (n,), generator=g).tolist() for n in (4, 9, 6, 7)]
+    settings = [(0, None, None), (1.3, 20, None), (0.8, None, 0.9), (1.0, 5, 0.7)]
+    gen = lambda r: torch.Generator().manual_seed(100 + r)
+    alone = [generate(model, torch.tensor([p]), 10, *s, generator=gen(r))[0, len(p):].tolist()
+             for r, (p, s) in enumerate(zip(prompts, settings))]
+    dec = Decoder(model, batch_size=4, max_len=32)
+    assert run_slots(dec, prompts, 10, settings, [gen(r) for r in range(4)], join_every=1) == alone
+    assert run_slots(dec, prompts[::-1], 10, settings[::-1], [gen(r) for r in range(4)][::-1], join_every=3) == alone[::-1]
+    torch.manual_seed(0)
+    default = run_slots(dec, prompts, 10, settings)   # torch's default generator for every row
+    assert default[0] == alone[0] and default != alone
+
+
 @pytest.mark.slow
 def test_triton_step_computes_the_plain_step_in_the_cpu_interpreter():
     """tests/triton_step.py: decode_kernel.py's kernels run by Triton's CPU interpreter in float32, fused_linear alone

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import decode_kernel
 import generate as G
-from test_generate import peaky_model
+from test_generate import peaky_model, run_slots
 
 model = peaky_model(seed=0, head_dim=16, max_position_embeddings=1024)  # norm gains away from 1, peaky logits
 block = model.model.layers[0]
@@ -74,6 +74,16 @@ def check_refresh_weights():
     assert torch.equal(dec.generate(x, 5, temperature=0), G.Decoder(m, 1, max_len=32, step="eager").generate(x, 5, temperature=0))
 
 
+
+def check_slots():
+    """Continuous batching with the Triton step: slots prefilled alone (prefill_logits on one row's cache view),
+    joining and leaving, steps over 1, 2 and 4 rows, sampled rows with their own generators: the eager step's tokens."""
+    prompts = [prompt[r, :n].tolist() for r, n in enumerate((5, 9, 3))] + [prompt[0, 20:26].tolist()]
+    settings = [(0, None, None), (1.0, 8, None), (0, None, None), (0.9, None, 0.8)]
+    outs = [run_slots(G.Decoder(model, 3, max_len=32, step=step), prompts, 4, settings,
+                      [torch.Generator().manual_seed(r) for r in range(4)]) for step in ("eager", "triton")]
+    assert outs[0] == outs[1], outs
+
 for config in (tuned, small_blocks):
     decode_kernel.linear_config = config
     check_fused_linear()
@@ -84,4 +94,5 @@ check_decoder(3, 32, prompt[:, :12], [12, 9, 4], 6)     # right-padded rows at d
 check_decoder(2, 64, prompt, [36, 29], 6)               # ... in 2 chunks: row 0 in the second, row 1 crosses 32
 check_decoder(1, 64, prompt[:, :24], None, 6)            # one row (the one-row kernels), a continued cache that crosses 32
 check_refresh_weights()
+check_slots()
 print("ok")
