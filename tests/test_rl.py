@@ -1,0 +1,158 @@
+"""rl.py: the group advantages and the clipped loss against a hand-computed case, packing (a packed sequence scores
+as it would alone), a tiny model learning a toy verifiable reward, exact resume after kill -9, and rewards that
+raise or return NaN."""
+import json, math, os, signal, subprocess, sys, time
+
+import pytest
+import torch
+from conftest import PY, ROOT, run_script, small_config
+
+from checkpoint import save_pretrained
+from model import Qwen3
+from tokenizer import get_tokenizer
+
+sys.argv = ["rl.py"]   # rl.py parses its command line on import: the tests import only its functions
+import rl  # noqa: E402
+
+TOY_REWARD = '''import re
+def han(prompt, completion):
+    """The share of the answer's characters that are Han characters (~17% of the vocabulary's tokens)."""
+    return len(re.findall(r"[\\u4e00-\\u9fff]", completion)) / max(1, len(completion))
+def broken(prompt, completion):
+    raise KeyError("no_such_field")
+def nan(prompt, completion):
+    return float("nan")
+'''
+
+
+def test_group_advantages_and_clipped_loss_by_hand():
+    adv, differ = rl.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 4)
+    s = math.sqrt(1 / 3) + 1e-4   # the unbiased std of (1, 0, 0, 1)
+    torch.testing.assert_close(adv, torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0]))
+    assert differ.tolist() == [True, False]   # the second group's answers all scored alike: nothing to learn
+    plain, _ = rl.group_advantages(torch.tensor([3.0, 1.0]), 2, scale=False)
+    assert plain.tolist() == [1.0, -1.0]
+    # ratios 1.5 (A=+1: clipped at 1.28), 0.5 (A=-1: clipped at 0.8, min(-0.5, -0.8) = -0.8), 1.0 (A=+1: 1)
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.0]))
+    old, a = torch.zeros(3), torch.tensor([1.0, -1.0, 1.0])
+    loss, stats = rl.policy_loss(logp, old, a, normalizer=10, clip_low=0.2, clip_high=0.28)
+    assert loss.item() == pytest.approx(-(1.28 - 0.8 + 1.0) / 10) and stats["clip_frac"] == 2
+    ref = torch.log(torch.tensor([1.0, 1.0, 2.0]))   # k3 = exp(d) - d - 1 with d = ref - logp
+    k3 = sum(math.exp(d) - d - 1 for d in (ref - logp).tolist())
+    loss_kl, stats = rl.policy_loss(logp, old, a, 10, 0.2, 0.28, ref_logp=ref, kl_coef=0.5)
+    assert loss_kl.item() == pytest.approx(loss.item() + 0.5 * k3 / 10) and stats["kl"] == pytest.approx(k3)
+
+
+def test_packed_sequences_score_as_each_alone():
+    """Several prompt + completion sequences packed into rows (documents): the per-token log-probs of the completions
+    are those of each sequence run alone, in order."""
+    torch.manual_seed(0)
+    model = Qwen3(small_config()).eval()
+    seqs = [torch.randint(0, 320, (n,)).tolist() for n in (9, 14, 6, 11)]
+    n_prompt = [4, 10, 2, 5]
+    x, y, doc, owner = rl.pack(seqs, n_prompt, row_len=24, pad=0)
+    assert len(x) == 2 and owner.tolist() == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 6
+    with torch.no_grad():
+        _, (logp, entropy) = model(x, y, doc, per_token=True, temperature=0.7)
+        alone = []
+        for s, p in zip(seqs, n_prompt):
+            logits = model(torch.tensor([s[:-1]]))[0][0, p - 1:] / 0.7
+            alone.append(logits.log_softmax(-1).gather(1, torch.tensor(s[p:])[:, None])[:, 0])
+    torch.testing.assert_close(logp, torch.cat(alone), rtol=1e-4, atol=1e-5)
+    assert (entropy > 0).all() and entropy.max() <= math.log(320) + 1e-4
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A tiny model with Qwen's vocabulary (the chat template's ids), prompts and the toy rewards."""
+    d = tmp_path_factory.mktemp("rl")
+    torch.manual_seed(0)
+    save_pretrained(Qwen3(small_config(vocab_size=151936, hidden_size=32, intermediate_size=48, head_dim=16,
+                                       max_position_embeddings=128)), str(d / "tiny"), dtype=torch.float32)
+    with open(d / "prompts.jsonl", "w") as f:
+        for w in ("cat", "dog", "sun", "moon"):
+            f.write(json.dumps({"prompt": f"Write about the {w}."}) + "\n")
+    (d / "toy.py").write_text(TOY_REWARD)
+    return d
+
+
+def toy_args(toy, out, *extra):
+    # top_k: the random model spreads its mass over 152k tokens; sampling among each context's 16 most likely lets a
+    # few dozen steps see the same candidates again, so the toy is learnable that fast
+    return [f"--init_from={toy / 'tiny'}", f"--prompts={toy / 'prompts.jsonl'}", f"--reward={toy / 'toy.py'}:han",
+            f"--out_dir={out}", "--group_size=8", "--prompts_per_step=2", "--max_new_tokens=6", "--top_k=16",
+            "--seq_len=128", "--micro_batch=4", "--warmup_steps=0", "--decay_steps=0", "--muon_lr=0.02",
+            "--adamw_lr=0.02", "--export_at_end=False", *extra]
+
+
+def records(out):
+    return [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_a_toy_verifiable_reward(toy, tmp_path, train_module, monkeypatch):
+    out = tmp_path / "out"
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, out, "--max_steps=40", "--ckpt_interval=0")) == 0
+    rewards = [r["reward"] for r in records(out)]
+    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert last > 2 * first and last > 0.4, rewards
+    rec = records(out)[-1]
+    for key in ("reward_han", "entropy", "completion_len", "rollout_tok_per_s", "train_tok_per_s", "eta_s", "skipped_groups"):
+        assert key in rec
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_repeats_the_uninterrupted_runs_next_step(toy, tmp_path, train_module, monkeypatch):
+    whole = tmp_path / "whole"
+    args = ["--max_steps=4", "--ckpt_interval=2", "--log_interval=1"]
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, whole, *args)) == 0
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([PY, "rl.py", *toy_args(toy, killed, *args, "--max_steps=4")], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:   # kill -9 once step 3 is logged (ckpt-2 written, not ckpt-4)
+        log = killed / "log.jsonl"
+        if log.exists() and any(json.loads(l)["step"] == 3 for l in open(log) if l.endswith("\n")):
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL and not (killed / "ckpt-0000004").exists()
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, killed, *args, "--init_from=resume")) == 0
+    a, b = records(whole), records(killed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in ("reward", "entropy", "grad_norm", "completion_len"):
+        assert [r[key] for r in a[2:]] == [r[key] for r in b[2:]], key
+
+
+@pytest.mark.parametrize("fn, says", [("broken", "reward broken raised KeyError"), ("nan", "reward nan returned nan=nan")])
+def test_a_reward_that_raises_or_returns_nan_is_named(toy, tmp_path, train_module, monkeypatch, fn, says):
+    msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", "--max_steps=1", f"--reward={toy / 'toy.py'}:{fn}"))
+    assert isinstance(msg, str) and msg.startswith("error: ") and says in msg and "\n" not in msg
+
+
+def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
+    for spec, says in (("nocolon", "expected module:function"), (f"{toy / 'toy.py'}:missing", "has no function missing"),
+                       ("no_such_module_xyz:f", "cannot load no_such_module_xyz")):
+        with pytest.raises(SystemExit, match=says):
+            rl.load_rewards(spec)
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(SystemExit, match=r"p.jsonl:2: needs"):
+        rl.read_prompts(str(bad))
+
+
+def test_example_rewards():
+    import rewards
+    assert rewards.exact_answer("17*23?", "<think>\nx\n</think>\n\n391", answer="391") == 1.0
+    assert rewards.exact_answer("17*23?", "391 or 392", answer=391) == 0.0
+    assert rewards.concise("q", "short") == 1.0 and rewards.concise("q", "x" * 300) == pytest.approx(0.5)
+    assert rewards.concise("q", "<think>") == -1.0 and rewards.concise("q", "  ") == -1.0
+
+
+def test_step_prompts_depend_on_the_step_alone_and_cover_every_prompt():
+    a = [rl.step_prompts(10, s, 4, seed=1) for s in range(5)]
+    assert a == [rl.step_prompts(10, s, 4, seed=1) for s in range(5)]
+    flat = [i for s in a for i in s]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
