@@ -1,0 +1,284 @@
+"""serve.py against a live server on 127.0.0.1 (a subprocess, a tiny model on the CPU): the official openai client,
+streamed and whole answers, the think/tool parser, concurrency, errors, a client that goes away, the chat page in
+headless chromium, and bench/serve.py's smoke run. Every wait is bounded."""
+import json, os, shutil, subprocess, sys, threading, time, urllib.error, urllib.request
+
+import pytest
+import torch
+from conftest import PY, ROOT, copy_tokenizer, free_port, small_config
+
+from checkpoint import save_pretrained
+from model import Qwen3
+from tokenizer import END_THINK, EOT, IM_END, N_ORDINARY, THINK, get_tokenizer
+
+pytest.importorskip("fastapi", reason="serve.py needs FastAPI + uvicorn: pip install -r requirements-serve.txt")
+pytest.importorskip("uvicorn", reason="serve.py needs FastAPI + uvicorn: pip install -r requirements-serve.txt")
+import serve  # noqa: E402
+
+TOOL_CALL, END_TOOL_CALL = N_ORDINARY + 14, N_ORDINARY + 15
+CALL = '{"name": "get_weather","arguments":{"city":"Paris"}}'   # a spelling whose tokens are all different
+# what the scripted model says after the generation prompt's last token ("assistant\n"): a think block, an answer
+# and a tool call, each token once (the model's next token depends on its current one only)
+SCRIPT = [198, THINK] + get_tokenizer().encode("Let me see.") + [END_THINK] + get_tokenizer().encode("Sure") + [
+    TOOL_CALL] + get_tokenizer().encode(CALL) + [END_TOOL_CALL, IM_END]
+
+
+def scripted_model(path, tokenizer_files):
+    """A tiny Qwen3 (hidden 64, the real vocabulary) that follows SCRIPT after its first token and otherwise babbles:
+    the script's tokens have one-hot embeddings in dimensions 0..23 and the lm_head row of each token's successor
+    reads its predecessor's dimension (a margin of ~80 logits), every other token lives in dimensions 32..63 (random
+    embeddings and lm_head rows: a random walk that never picks a special token); the layers are random but small,
+    so the context still nudges the babble."""
+    assert len(SCRIPT) == len(set(SCRIPT)) <= 32
+    torch.manual_seed(0)
+    model = Qwen3(small_config(vocab_size=151936, hidden_size=64, intermediate_size=128, head_dim=16,
+                               max_position_embeddings=1024, tie_word_embeddings=False))
+    with torch.no_grad():
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb.zero_(), head.zero_()
+        emb[:, 32:] = torch.randn(emb.shape[0], 32)
+        head[:N_ORDINARY, 32:] = torch.randn(N_ORDINARY, 32)
+        for i, tok in enumerate(SCRIPT):
+            emb[tok] = 0
+            emb[tok, i] = 1.0
+            head[tok] = 0
+            if i:
+                head[tok, i - 1] = 10.0
+        for block in model.model.layers:
+            block.self_attn.o_proj.weight.mul_(0.05)
+            block.mlp.down_proj.weight.mul_(0.05)
+    save_pretrained(model, path, dtype=torch.float32, eos_token_id=EOT)
+    copy_tokenizer(tokenizer_files, path)
+    return model
+
+
+def post(url, body, timeout=30):
+    """(status, parsed JSON) of a POST; body: an object (sent as JSON) or raw bytes."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tokenizer_files):
+    """serve.py on a free loopback port, 4 slots of 512 positions, a queue of 8; yields its base URL."""
+    d = str(tmp_path_factory.mktemp("served") / "scripted")
+    scripted_model(d, tokenizer_files)
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    log = open(d + ".log", "w+")   # a file, not a pipe: a server that writes much never blocks on it
+    proc = subprocess.Popen([PY, "serve.py", f"--init_from={d}", f"--port={port}", "--slots=4", "--context=512",
+                             "--max_queue=8", "--device=cpu", "--dtype=float32"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    read = lambda: open(d + ".log").read()
+    for _ in range(600):   # up to 60 s to import, load and listen
+        try:
+            get(url + "/health", timeout=1)
+            break
+        except OSError:
+            assert proc.poll() is None, read()
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("serve.py did not start: " + read())
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in read(), read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server + "/v1", api_key="none", timeout=60, max_retries=0)
+
+
+def idle(server, timeout=10):
+    """Waits until no slot is busy; the /health it saw last."""
+    for _ in range(int(timeout * 20)):
+        h = get(server + "/health")
+        if h["busy"] == 0 and h["waiting"] == 0:
+            return h
+        time.sleep(0.05)
+    return h
+
+
+def test_parser_reads_think_blocks_and_hermes_tool_calls_from_tokens():
+    """serve.Output on token ids, as vLLM's qwen3 reasoning and hermes tool parsers read text: <think>...</think>
+    -> reasoning, <tool_call>{json}</tool_call> -> a call with its arguments as a JSON string, broken JSON left as
+    content; the template's whitespace around sections dropped; a stop string ends the output, also when it spans
+    tokens."""
+    enc = get_tokenizer()
+
+    def parse(ids, **kw):
+        out = serve.Output(**kw)
+        events = [e for t in ids for e in out.push(t)] + out.close()
+        merged = {}
+        for kind, value in events:
+            merged.setdefault(kind, []).append(value)
+        return {k: v if k == "tool_call" else "".join(v) for k, v in merged.items()}, out.hit
+    text = lambda s: enc.encode(s, allowed_special="all")
+    got, _ = parse([THINK] + text("\nhmm, rain?\n") + [END_THINK] + text("\n\nLet me check.\n") + [TOOL_CALL]
+                   + text('\n{"name": "get_weather", "arguments": {"city": "巴黎", "days": 2}}\n') + [END_TOOL_CALL]
+                   + text("\n") + [TOOL_CALL] + text('{"name": "f", "arguments": "{}"}') + [END_TOOL_CALL])
+    assert got == {"reasoning": "hmm, rain?", "content": "Let me check.", "tool_call": [
+        {"name": "get_weather", "arguments": '{"city": "巴黎", "days": 2}'}, {"name": "f", "arguments": "{}"}]}
+    got, _ = parse(text("a ") + [TOOL_CALL] + text("{not json") + [END_TOOL_CALL])
+    assert got == {"content": "a<tool_call>{not json</tool_call>"}   # (the whitespace before a tool call goes)
+    got, hit = parse(text("one two three four"), stop=["e fo", "zzz"])
+    assert got == {"content": "one two thre"} and hit
+    got, hit = parse([THINK] + text("x") + [END_THINK] + text(" y <|im_start|>"), raw=True)
+    assert got == {"content": "<think>x</think> y <|im_start|>"} and not hit
+
+
+def test_models_chat_and_completions_with_the_openai_client(server, client):
+    """models.list names the served model; a greedy chat answer streamed equals the whole one (reasoning, content,
+    the tool call, finish_reason tool_calls, usage); completions (whole and streamed) give the same greedy text."""
+    assert [m.id for m in client.models.list()] == ["scripted"]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    r = client.chat.completions.create(model="scripted", messages=messages, tools=tools, temperature=0, max_tokens=50)
+    m = r.choices[0].message
+    assert m.content == "Sure" and m.reasoning_content == "Let me see." and r.choices[0].finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in m.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert r.usage.completion_tokens == len(SCRIPT) - 1 and r.usage.total_tokens == r.usage.prompt_tokens + len(SCRIPT) - 1
+    chunks = list(client.chat.completions.create(model="scripted", messages=messages, tools=tools, temperature=0,
+                                                 max_tokens=50, stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Sure"
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Let me see."
+    calls = [t for d in deltas for t in d.tool_calls or []]
+    assert [(t.function.name, t.function.arguments) for t in calls] == [(c.function.name, c.function.arguments) for c in m.tool_calls]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens and not chunks[-1].choices
+
+    # thinking off: the prompt closes an empty think block, and this model then babbles until max_tokens
+    r = client.chat.completions.create(model="scripted", messages=messages, temperature=0, max_tokens=20,
+                                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 20 and r.choices[0].message.content
+    assert getattr(r.choices[0].message, "reasoning_content", None) is None
+    streamed = client.chat.completions.create(model="scripted", messages=messages, temperature=0, max_tokens=20,
+                                              extra_body={"chat_template_kwargs": {"enable_thinking": False}}, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == r.choices[0].message.content
+
+    c = client.completions.create(model="scripted", prompt="The weather in Paris", max_tokens=24, temperature=0)
+    assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 24 and c.choices[0].text
+    s = client.completions.create(model="scripted", prompt="The weather in Paris", max_tokens=24, temperature=0, stream=True)
+    assert "".join(x.choices[0].text for x in s) == c.choices[0].text
+    stopped = client.completions.create(model="scripted", prompt="The weather in Paris", max_tokens=24, temperature=0,
+                                        stop=[c.choices[0].text[5:9]])
+    assert stopped.choices[0].text == c.choices[0].text[:5] and stopped.choices[0].finish_reason == "stop"
+    # a seed makes a sampled answer reproducible
+    seeded = [client.completions.create(model="scripted", prompt="Hi", max_tokens=16, temperature=1.0, seed=7).choices[0].text
+              for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_eight_concurrent_streams_all_complete(server, client):
+    """8 streams on 4 slots (a queue in front): every stream completes with its own answer, the greedy ones equal to
+    the same request alone; the slots are all free afterwards."""
+    def ask(i, results):
+        if i % 2:
+            s = client.completions.create(model="scripted", prompt=f"story {i}:", max_tokens=30, temperature=0, stream=True)
+            results[i] = ("".join(x.choices[0].text for x in s), None)
+        else:
+            s = client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": f"q{i}"}],
+                                               temperature=0, max_tokens=40, stream=True)
+            parts = list(s)
+            results[i] = ("".join(p.choices[0].delta.content or "" for p in parts), parts[-1].choices[0].finish_reason)
+    results = {}
+    threads = [threading.Thread(target=ask, args=(i, results)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert sorted(results) == list(range(8))
+    for i in range(0, 8, 2):
+        assert results[i] == ("Sure", "tool_calls")
+    for i in range(1, 8, 2):
+        alone = client.completions.create(model="scripted", prompt=f"story {i}:", max_tokens=30, temperature=0)
+        assert results[i][0] == alone.choices[0].text
+    assert idle(server)["busy"] == 0
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"model": "scripted"}, 422, "messages"),
+    ({"model": "scripted", "messages": "hi"}, 422, "messages"),
+    ({"model": "scripted", "messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages[0].role"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": 5}]}, 422, "messages[0].content"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "word " * 600}]}, 413, "messages"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, 422, "max_tokens"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}, 400, "stop"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, body, status, param):
+    code, j = post(server + "/v1/chat/completions", body)
+    assert code == status and set(j["error"]) == {"message", "type", "param", "code"} and j["error"]["param"] == param, j
+    code, j = post(server + "/v1/completions", {"model": "scripted", "prompt": "ok", "max_tokens": 2})
+    assert code == 200 and j["usage"]["completion_tokens"] == 2
+
+
+def test_unknown_route_and_full_queue(server):
+    """404 in OpenAI's shape for a route that does not exist; 429 once 4 slots and a queue of 8 are taken."""
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get(server + "/v1/nothing")
+    assert e.value.code == 404 and json.loads(e.value.read())["error"]["code"] == "not_found"
+    statuses, lock = [], threading.Lock()
+
+    def long_request():
+        s, _ = post(server + "/v1/completions", {"model": "scripted", "prompt": "go", "max_tokens": 50}, timeout=120)
+        with lock:
+            statuses.append(s)
+    threads = [threading.Thread(target=long_request) for _ in range(16)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    # (how many got in depends on how fast the engine moved the first ones into slots: at least the queue's 8)
+    assert len(statuses) == 16 and statuses.count(429) >= 1 and statuses.count(200) >= 8, statuses
+    assert set(statuses) == {200, 429}, statuses
+    assert idle(server, 30)["busy"] == 0
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
+    """Four streams of 500 tokens fill every slot; closing their connections after a few tokens frees the slots at
+    once (long before 500 tokens could be generated), and the next request is answered."""
+    import http.client
+    conns = []
+    for i in range(4):
+        c = http.client.HTTPConnection("127.0.0.1", int(server.rsplit(":", 1)[1]), timeout=30)
+        c.request("POST", "/v1/completions", json.dumps({"model": "scripted", "prompt": f"go {i}", "max_tokens": 500,
+                                                         "stream": True}), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200
+        for _ in range(20):   # up to the first chunk with text: the request holds a slot
+            line = r.readline()
+            if line.startswith(b"data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                break
+        conns.append((c, r))
+    h = get(server + "/health")
+    assert h["busy"] == 4, h
+    t0, before = time.time(), h["generated"]
+    for c, r in conns:
+        c.sock.shutdown(2)
+        c.close()
+    h = idle(server, 10)
+    assert h["busy"] == 0 and h["generated"] - before < 4 * 250, (h, before)
+    print(f"slots freed {time.time() - t0:.2f} s after the disconnects")
+    code, j = post(server + "/v1/completions", {"model": "scripted", "prompt": "after", "max_tokens": 3})
+    assert code == 200 and j["usage"]["completion_tokens"] == 3
