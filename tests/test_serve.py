@@ -282,3 +282,66 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     print(f"slots freed {time.time() - t0:.2f} s after the disconnects")
     code, j = post(server + "/v1/completions", {"model": "scripted", "prompt": "after", "max_tokens": 3})
     assert code == 200 and j["usage"]["completion_tokens"] == 3
+
+
+def test_chat_page_in_headless_chromium(server, tmp_path):
+    """The page at / in Debian's chromium (selenium drives it; nothing is downloaded), at a phone's width: with
+    thinking on, the scripted answer arrives with its reasoning folded and its tool call shown; with thinking off
+    a long reply streams in (its text seen growing) until Stop, after which the text stays put and the server's
+    slot is free. The screenshot goes to tmp_path (and to dev/serve_page.png with SERVE_SCREENSHOT=1)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (requirements-test.txt)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    os.environ["SE_OFFLINE"] = "true"   # selenium never looks for a driver or browser online
+    opts = Options()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=412,915"):
+        opts.add_argument(a)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    js = browser.execute_script
+
+    def until(fn, timeout=20, what=""):
+        for _ in range(int(timeout / 0.02)):
+            value = fn()
+            if value:
+                return value
+            time.sleep(0.02)
+        pytest.fail(f"timed out waiting for {what}")
+    last = lambda q: js(f"const m = [...document.querySelectorAll('.msg.assistant')].pop(); return m && {q};")
+    try:
+        browser.set_page_load_timeout(20)
+        browser.get(server + "/")
+        until(lambda: browser.find_element(By.ID, "model").text == "scripted", what="the model's name")
+        browser.find_element(By.ID, "think").click()
+        browser.find_element(By.ID, "input").send_keys("What is the weather in Paris?")
+        browser.find_element(By.ID, "send").click()
+        until(lambda: last("m.dataset.state === 'done'"), what="the first answer")
+        assert last("m.querySelector('.content').textContent") == "Sure"
+        assert last("!m.querySelector('details').hidden && !m.querySelector('details').open")   # folded
+        assert last("m.querySelector('details').textContent").endswith("Let me see.")
+        assert "get_weather" in last("m.querySelector('.tool').textContent")
+
+        browser.find_element(By.ID, "think").click()   # off: this model babbles until Stop
+        browser.find_element(By.ID, "input").send_keys("Tell me a long story")
+        browser.find_element(By.ID, "send").click()
+        seen = set()
+        until(lambda: seen.add(last("m.querySelector('.content').textContent.length")) or len(seen - {0, None}) >= 3,
+              what="the reply to grow three times")
+        browser.find_element(By.ID, "stop").click()
+        until(lambda: last("m.dataset.state === 'done'"), what="the stopped reply")
+        length = last("m.querySelector('.content').textContent.length")
+        assert last("m.querySelector('.note').textContent") == "(stopped)"
+        assert idle(server, 5)["busy"] == 0
+        time.sleep(0.3)
+        assert last("m.querySelector('.content').textContent.length") == length
+        browser.save_screenshot(str(tmp_path / "serve_page.png"))
+        if os.environ.get("SERVE_SCREENSHOT"):
+            shutil.copy(tmp_path / "serve_page.png", os.path.join(ROOT, "dev", "serve_page.png"))
+    finally:
+        browser.quit()
