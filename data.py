@@ -15,7 +15,7 @@ Documents end with <|endoftext|> (no BOS, as Qwen); the tokenizer lives in token
 `python prepare.py` CLI and the demo corpus) in prepare.py. Every data error is one
 line naming the file and what to do.
 """
-import json, math, os, sys
+import errno, json, math, os, shutil, sys
 from contextlib import nullcontext
 
 import numpy as np
@@ -43,6 +43,45 @@ def write_shard(path, tokens):
             os.remove(tmp)
         raise
     os.replace(tmp, path)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, over the file-size limit
+
+
+def write_json(path, obj, **dump_kw):
+    """JSON written as a shard is: to a .tmp file that is flushed, fsynced and closed (each of which can report a
+    full disk) before it is renamed into place. json.dump into an open() never closed let a full disk pass unseen:
+    the rename then put a file cut at 4 KiB (or empty) where a reader trusts it. A failure removes the .tmp and
+    raises the OSError."""
+    text, tmp = json.dumps(obj, **dump_kw), path + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush(), os.fsync(f.fileno())
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def no_space_message(path, need_bytes, e, then="free space and run again"):
+    """One line for a write that failed: the path, the reason, the space it needed and what is free."""
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"error: writing {path} failed ({e.strerror or e}): it needs about {need_bytes / 2**20:.2f} MiB, "
+            f"{free}; nothing half-written is kept: {then}")
+
+
+def check_shard_name(name, meta_path):
+    """A shard name from meta.json is a file name in the split folder, never a path: '../../secret/s' would read
+    outside the data folder."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{meta_path}: shard name {name!r} is not a plain file name (it would leave the data "
+                         "folder); rebuild the data with prepare.py / sft.py")
 
 
 def make_writable_dir(path):
@@ -109,6 +148,8 @@ def load_meta(data_dir):
         problem = " ".join(str(e).split())
     if problem:
         raise ValueError(f"{path} is broken ({problem}): delete it and {prep}")
+    for s in shards:
+        check_shard_name(s["name"], path)
     return meta
 
 
@@ -338,6 +379,8 @@ def load_sft_meta(data_dir):
     if not isinstance(meta, dict) or meta.get("format") != "sft-chatml" or meta.get("tokenizer_sha256") != RANKS_SHA256 \
             or not isinstance(meta.get("shards"), list):
         raise ValueError(f"{path}: {data_dir} is not SFT data made by sft.py with this tokenizer")
+    for s in meta["shards"]:
+        check_shard_name(s.get("name") if isinstance(s, dict) else s, path)
     return meta
 
 

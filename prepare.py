@@ -10,13 +10,13 @@ written as one shard per input and split plus a sidecar that records the setting
 mixing weights (--input ...@W) applied as per-shard `use_tokens`. Resumable and idempotent: an input done with the
 same settings is skipped, one done with other settings is redone.
 """
-import argparse, errno, glob, hashlib, json, math, os, re, sys, time
+import argparse, contextlib, glob, hashlib, json, math, os, re, sys, time
 from collections import Counter
 
 import numpy as np
 
-from data import HEADER_BYTES, make_writable_dir, write_shard
-from readers import FORMATS, MissingFieldError, StructuralError, input_format, iter_rows
+from data import DISK_FULL, HEADER_BYTES, make_writable_dir, no_space_message, write_json, write_shard
+from readers import FORMATS, MissingFieldError, StructuralError, files_under, input_format, iter_rows, unique_files
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 
@@ -112,20 +112,28 @@ def prepare_file(path, out_dir, settings):
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint32)
         shard = os.path.join(out_dir, split, name + ".bin")
-        try:
+        with disk_full_is_one_line(shard, HEADER_BYTES + 4 * len(tokens), path):
             write_shard(shard, tokens)   # removes its partial .tmp file when it fails
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
-                raise
-            raise DiskFull(f"error: no space left for {shard} ({(HEADER_BYTES + 4 * len(tokens)) / 2**20:.1f} MiB "
-                           f"needed, from {path}); the partial file is removed: free space and run again") from None
         counts[split], max_token = int(len(tokens)), max(max_token, int(tokens.max()) if len(tokens) else -1)
     sidecar = {"input": os.path.abspath(path), "stat": identity, "settings": settings, "tokens": counts, "max_token": max_token,
                "skipped": skips, "source_tokens": {k: v for k, v in source_tokens.items() if k is not None}, **stats}
     os.makedirs(os.path.dirname(sidecar_path), exist_ok=True)
-    json.dump(sidecar, open(sidecar_path + ".tmp", "w"))
-    os.replace(sidecar_path + ".tmp", sidecar_path)
+    with disk_full_is_one_line(sidecar_path, len(json.dumps(sidecar)), path):
+        write_json(sidecar_path, sidecar)
     return sidecar
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(target, need_bytes, source):
+    """A full disk (or quota, or file-size limit) while writing `target` -> DiskFull with one line: the file, the
+    space it needs, what is free. The writers (write_shard, write_json) have removed their .tmp already."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise DiskFull(no_space_message(target, need_bytes, e, f"free space and run the same command again (input "
+                                                               f"{source})")) from None
 
 
 def _done_sidecar(out_dir, path, settings):
@@ -155,17 +163,20 @@ def expand_inputs(specs):
                 pass  # an '@' that is part of the path
             if weight is not None and not (math.isfinite(weight) and weight > 0):   # nan and inf too
                 raise SystemExit(f"error: --input {spec!r}: weight must be a finite number > 0")
-        if os.path.isdir(pattern):
-            pattern = os.path.join(pattern, "**", "*")
-        paths = [p for p in sorted(glob.glob(pattern, recursive=True))
-                 if os.path.isfile(p) and input_format(p)[0] in FORMATS]
+        found = files_under(pattern) if os.path.isdir(pattern) else sorted(glob.glob(pattern, recursive=True))
+        paths = [p for p in found if os.path.isfile(p) and input_format(p)[0] in FORMATS]
         if not paths:
             raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file "
                              f"(jsonl/json/txt may be compressed: .gz, .xz, .zst)")
         out += [(p, source_index, weight) for p in paths]
     if len({w is None for _, _, w in out}) > 1:
         raise SystemExit("error: give a @weight to every --input or to none")
-    return out
+    kept, dropped = unique_files([p for p, _, _ in out])   # a file twice would be tokenized twice
+    if dropped:
+        print(f"note: {dropped} input file name(s) lead to a file already named (overlapping --input, a link): each "
+              "file is read once, in the first --input that names it", file=sys.stderr)
+    first = {f[0]: f for f in reversed(out)}   # a name given twice keeps its first --input
+    return [first[p] for p in kept]
 
 
 class ProgressBar:
@@ -312,9 +323,14 @@ def write_meta(files, out_dir, settings, max_tokens=None, errors=(), missing=())
             "tokens_per_row_source": dict(by_row_source.most_common()), "zh_chars": zh, "en_chars": en,
             "zh_en_char_ratio": round(zh / en, 3) if en else None, "warnings": warnings,
             "errors": list(errors) + list(missing)}
-    tmp = os.path.join(out_dir, "meta.json.tmp")
-    json.dump(meta, open(tmp, "w"), indent=1, ensure_ascii=False)
-    os.replace(tmp, os.path.join(out_dir, "meta.json"))
+    path = os.path.join(out_dir, "meta.json")
+    try:
+        write_json(path, meta, indent=1, ensure_ascii=False)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise SystemExit(no_space_message(path, len(json.dumps(meta, indent=1, ensure_ascii=False).encode()), e,
+                                          "free space and run the same command again (the shards made are kept)")) from None
     return meta
 
 

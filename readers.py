@@ -44,7 +44,62 @@ def _open_input(path, compression):
     except ImportError:
         raw.close()
         raise StructuralError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)")
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw
+    return io.BufferedReader(_ZstdFrames(raw, zstandard.ZstdDecompressor())), raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The frames of a .zst file, decompressed one after the other by decompressobj, which (unlike stream_reader)
+    says whether a frame ended: stream_reader ends a cut-off file as if it were whole, and prepare.py reported
+    its first half as the file."""
+
+    def __init__(self, raw, decompressor):
+        self.raw, self.decompressor, self.dobj, self.buf = raw, decompressor, decompressor.decompressobj(), b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        while not self.buf:
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if not self.dobj.eof:
+                    raise EOFError("the file ends in the middle of a zstd frame (cut off)")
+                return 0
+            while chunk:
+                if self.dobj.eof:   # the next frame of a multi-frame file (pzstd, concatenated files)
+                    self.dobj = self.decompressor.decompressobj()
+                self.buf += self.dobj.decompress(chunk)
+                chunk = self.dobj.unused_data if self.dobj.eof else b""
+        n = min(len(b), len(self.buf))
+        b[:n], self.buf = self.buf[:n], self.buf[n:]
+        return n
+
+
+def files_under(folder):
+    """Every file below `folder`, as a recursive glob finds them (dot-names skipped), but a symlinked folder is
+    walked once however many links lead to it: a link loop made glob read one file 41 times. A broken link is
+    listed (callers keep what os.path.isfile accepts)."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(root, f) for f in files if not f.startswith(".")]
+    return sorted(out)
+
+
+def unique_files(paths):
+    """paths without a second name for a file already listed (overlapping --input specs, the same file twice, a
+    link to it): each file is read once, under its first name. Returns (kept, how many were dropped)."""
+    kept, seen = [], set()
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real), kept.append(p)
+    return kept, len(paths) - len(kept)
 
 
 def row_text(row, text_fields):
@@ -117,8 +172,8 @@ def iter_rows(path, fields, skips, progress):
         elif ext == "txt":  # one file = one document
             stream, raw = _open_input(path, compression)
             with stream, raw:
-                try:
-                    yield stream.read().decode("utf-8"), None, None
+                try:   # utf-8-sig: a byte-order mark is not part of the document
+                    yield stream.read().decode("utf-8-sig"), None, None
                 except UnicodeDecodeError:
                     skips["invalid_utf8"] += 1
         else:
@@ -128,13 +183,33 @@ def iter_rows(path, fields, skips, progress):
         raise
     except ImportError:
         raise StructuralError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
-    except (OSError, ValueError, EOFError, RecursionError) as e:  # unreadable, corrupt archive, bad JSON file, ...
+    except (OSError, ValueError, EOFError, RecursionError) + _corrupt_archive_errors(compression) as e:
+        # unreadable, cut-off or corrupt archive (zlib.error, LZMAError, ZstdError are none of the others), bad JSON
         raise StructuralError(f"{path}: cannot read: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def _corrupt_archive_errors(compression):
+    """What the decompressor of `compression` raises on damaged data, beyond OSError and EOFError."""
+    if compression == "gz":
+        import zlib
+        return (zlib.error,)
+    if compression == "xz":
+        import lzma
+        return (lzma.LZMAError,)
+    if compression == "zst":
+        try:
+            import zstandard
+            return (zstandard.ZstdError,)
+        except ImportError:
+            return ()
+    return ()
 
 
 def _jsonl_rows(stream, raw, skips):
     """(row, byte position in the raw file) per parseable line; broken lines are counted in `skips`."""
-    for line in stream:
+    for i, line in enumerate(stream):
+        if i == 0 and line.startswith(b"\xef\xbb\xbf"):   # a byte-order mark (Windows editors) is not JSON
+            line = line[3:]
         if line.strip():
             try:
                 yield json.loads(line.decode("utf-8")), raw.tell()

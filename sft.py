@@ -22,8 +22,9 @@ import argparse, json, os, sys
 
 import numpy as np
 
-from data import make_writable_dir, write_shard
-from prepare import _is_val, _shard_name, input_identity
+from data import DISK_FULL, HEADER_BYTES, make_writable_dir, no_space_message, write_json, write_shard
+from prepare import DiskFull, _is_val, _shard_name, disk_full_is_one_line, input_identity
+from readers import files_under, unique_files
 from tokenizer import CHAT_TEMPLATES, EOT, QWEN_VOCAB, RANKS_SHA256, SPECIALS, render_chat
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -135,12 +136,14 @@ def to_chat(row, template="qwen3"):
 # ------------------------------------------------------------------------------------------------ preparation
 def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="qwen3"):
     """One .jsonl file -> <out>/{train,val}/<name>.{tokens,mask,lens}.bin and a done/<name>.json sidecar (written
-    last: its presence means 'this input is done')."""
+    last: its presence means 'this input is done with these settings', which it records)."""
     name, skips, truncated, identity = _shard_name(path), {}, 0, input_identity(path)  # before reading: a change redoes it
     parts = {s: ([], [], []) for s in ("train", "val")}  # token arrays, mask arrays, lengths
     bad = lambda why: skips.__setitem__(why, skips.get(why, 0) + 1)
     with open(path, "rb") as f:
-        for line in f:
+        for i, line in enumerate(f):
+            if i == 0 and line.startswith(b"\xef\xbb\xbf"):   # a byte-order mark (Windows editors) is not JSON
+                line = line[3:]
             if not line.strip():
                 continue
             try:
@@ -149,6 +152,9 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
                 ids, mask = render_chat(msgs, tools, template=chat_template)
             except UnicodeDecodeError:
                 bad("invalid_utf8")
+                continue
+            except UnicodeEncodeError:   # a lone surrogate escape ("\ud800") in a string: not text
+                bad("invalid_unicode")
                 continue
             except json.JSONDecodeError:
                 bad("bad_json")
@@ -167,20 +173,52 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
             # prepare.py's split, keyed on the conversation's JSON text: the same conversation, the same split
             toks, masks, lens = parts["val" if _is_val(text, val_fraction) else "train"]
             toks.append(np.array(ids, dtype=np.uint32)), masks.append(np.array(mask, dtype=np.uint32)), lens.append(len(ids))
-    side = {"input": os.path.abspath(path), "stat": identity, "skipped": skips, "truncated": truncated,
-            "conversations": {}, "tokens": {}, "loss_tokens": {}}
+    settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction, "chat_template": chat_template}
+    side = {"input": os.path.abspath(path), "stat": identity, "settings": settings, "skipped": skips,
+            "truncated": truncated, "conversations": {}, "tokens": {}, "loss_tokens": {}}
     for split, (toks, masks, lens) in parts.items():
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         cat = lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.uint32)
         for kind, arr in (("tokens", cat(toks)), ("mask", cat(masks)), ("lens", np.array(lens, dtype=np.uint32))):
-            write_shard(os.path.join(out_dir, split, f"{name}.{kind}.bin"), arr)
+            shard = os.path.join(out_dir, split, f"{name}.{kind}.bin")
+            with disk_full_is_one_line(shard, HEADER_BYTES + 4 * len(arr), path):
+                write_shard(shard, arr)
         side["conversations"][split], side["tokens"][split] = len(lens), int(sum(lens))
         side["loss_tokens"][split] = int(sum(int(m.sum()) for m in masks))
     os.makedirs(os.path.join(out_dir, "done"), exist_ok=True)
-    tmp = os.path.join(out_dir, "done", name + ".json.tmp")
-    json.dump(side, open(tmp, "w"))
-    os.replace(tmp, tmp[:-4])
+    side_path = os.path.join(out_dir, "done", name + ".json")
+    with disk_full_is_one_line(side_path, len(json.dumps(side)), path):
+        write_json(side_path, side)
     return side
+
+
+def done_side(out_dir, path, settings):
+    """The sidecar of an input already done with these settings, unchanged since and with intact shards, else
+    None. Without the settings check a run killed under --max_len 64 and rerun with 2048 kept the first run's
+    drops under a meta.json that says 2048."""
+    name = _shard_name(path)
+    try:
+        side = json.load(open(os.path.join(out_dir, "done", name + ".json"), encoding="utf-8"))
+        sizes = {"tokens": side["tokens"], "mask": side["tokens"], "lens": side["conversations"]}
+        intact = all(os.path.getsize(os.path.join(out_dir, sp, f"{name}.{kind}.bin")) == HEADER_BYTES + 4 * n[sp]
+                     for kind, n in sizes.items() for sp in ("train", "val"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return side if intact and side.get("stat") == input_identity(path) and side.get("settings") == settings else None
+
+
+def input_files(inputs):
+    """The .jsonl files --input names (folders walked, symlinked folders once), each file once; a name that is
+    neither a file nor a folder stops the run (a typo must not silently leave a file out)."""
+    files = []
+    for spec in inputs:
+        if os.path.isfile(spec):
+            files.append(spec)
+        elif os.path.isdir(spec):
+            files += [p for p in files_under(spec) if os.path.isfile(p)]   # a broken link is not a file
+        else:
+            raise SystemExit(f"error: --input {spec}: no such file or directory")
+    return unique_files(sorted(p for p in files if p.endswith(".jsonl")))[0]
 
 
 def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, quiet=False, chat_template="qwen3"):
@@ -189,9 +227,11 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
         raise SystemExit(f"error: --overlong must be drop|truncate, got {overlong!r}")
     if chat_template not in CHAT_TEMPLATES:
         raise SystemExit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
-    files = sorted({p for spec in inputs for p in ([spec] if os.path.isfile(spec) else
-                    [os.path.join(r, f) for r, _, fs in os.walk(spec) for f in fs] if os.path.isdir(spec) else [])
-                    if p.endswith(".jsonl")})
+    if not (isinstance(max_len, int) and max_len > 0):
+        raise SystemExit(f"error: --max_len must be a whole number > 0, got {max_len!r}")
+    if not 0 <= val_fraction < 1:
+        raise SystemExit(f"error: --val_fraction must be in [0, 1), got {val_fraction!r}")
+    files = input_files(inputs)
     if not files:
         raise SystemExit(f"error: --input {inputs} names no .jsonl file")
     settings = {"max_len": max_len, "overlong": overlong, "val_fraction": val_fraction, "chat_template": chat_template}
@@ -206,11 +246,12 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
             raise SystemExit(f"error: {out_dir} was prepared with other settings ({old}): use another --out")
     make_writable_dir(out_dir)
     sides = []
-    for path in files:
-        side_path = os.path.join(out_dir, "done", _shard_name(path) + ".json")
-        side = json.load(open(side_path)) if os.path.exists(side_path) else {}
-        sides.append(side if side.get("stat") == input_identity(path) else
-                     prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template))
+    try:
+        for path in files:
+            sides.append(done_side(out_dir, path, settings) or
+                         prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template))
+    except DiskFull as e:
+        raise SystemExit(str(e)) from None
     total = lambda key: {s: sum(x[key][s] for x in sides) for s in ("train", "val")}
     skipped = {}
     for x in sides:
@@ -221,8 +262,13 @@ def prepare(inputs, out_dir, max_len=2048, overlong="drop", val_fraction=0.01, q
                        for p, x in zip(files, sides)],
             "conversations": total("conversations"), "tokens": total("tokens"), "loss_tokens": total("loss_tokens"),
             "truncated": sum(x["truncated"] for x in sides), "skipped_rows": skipped}
-    json.dump(meta, open(old + ".tmp", "w"), indent=1)
-    os.replace(old + ".tmp", old)
+    try:
+        write_json(old, meta, indent=1)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise SystemExit(no_space_message(old, len(json.dumps(meta, indent=1)), e, "free space and run the same "
+                                          "command again (the shards made are kept)")) from None
     if not quiet:
         print(f"{len(files)} files -> {meta['conversations']['train']:,} train / {meta['conversations']['val']:,} val "
               f"conversations, {meta['tokens']['train']:,} train tokens ({meta['loss_tokens']['train']:,} trained on); "
@@ -245,6 +291,8 @@ if __name__ == "__main__":
     if not a.input or not a.out:
         ap.error("--input and --out are required")
     else:
-        meta = prepare(a.input, a.out, a.max_len or a.seq_len, a.overlong, a.val_fraction,
+        if a.seq_len <= 0:
+            ap.error(f"--seq_len must be > 0, got {a.seq_len}")
+        meta = prepare(a.input, a.out, a.seq_len if a.max_len is None else a.max_len, a.overlong, a.val_fraction,
                        chat_template=a.chat_template)
         sys.exit(0 if meta["conversations"]["train"] else 1)
