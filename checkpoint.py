@@ -12,12 +12,15 @@ finding the model a path names.
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import fields
 
 import torch
+from safetensors import SafetensorError
 
+from data import no_space_message
 from model import Qwen3, Qwen3Config
 from tokenizer import EOT, IM_END, QWEN_VOCAB, save_tokenizer
 
@@ -137,19 +140,31 @@ def export_hf(model, path, chat_template=None, dtype=torch.bfloat16):
     generation = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
     if fits and chat_template:
         generation["eos_token_id"] = [IM_END, EOT]
-    save_pretrained(model, path, dtype=dtype, eos_token_id=EOT if fits else None, generation=generation)
-    if fits:
-        save_tokenizer(path, chat_template=chat_template or "qwen3")
+    tmp = path.rstrip(os.sep) + ".tmp"   # written aside and renamed: a full disk never leaves a half export at `path`
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_pretrained(model, tmp, dtype=dtype, eos_token_id=EOT if fits else None, generation=generation)
+        if fits:
+            save_tokenizer(tmp, chat_template=chat_template or "qwen3")
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = sum(t.numel() for t in model.state_dict().values()) * torch.finfo(dtype).bits // 8
+        sys.exit(no_space_message(path, need, e if isinstance(e, OSError) else OSError(str(e)),
+                                  "free space and export again (--init_from=resume --export_only=True)"))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
     print(f"exported a Hugging Face directory to {path}")
 
 
 # ---------------------------------------------------------------------------------- a training run's folder
 def list_checkpoints(out_dir):
     """Finished checkpoints ckpt-NNNNNNN of a training out_dir, oldest first (a .tmp folder is one still being
-    written, or killed mid-write, and never counts)."""
+    written, or killed mid-write, and never counts). Only the exact name counts: a user's copy named ckpt-best
+    sorted after ckpt-0000004, was resumed from as the newest, and pruning then deleted the real ones."""
     if not os.path.isdir(out_dir):
         return []
-    return sorted(os.path.join(out_dir, d) for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
+    steps = sorted(int(d[5:]) for d in os.listdir(out_dir) if re.fullmatch(r"ckpt-\d{7,}", d))
+    return [os.path.join(out_dir, f"ckpt-{s:07d}") for s in steps]
 
 
 def find_model_dir(path):
@@ -228,7 +243,7 @@ def save_checkpoint(model, optimizer, step, out_dir, train_config, keep):
         for name in os.listdir(tmp):
             fsync_path(os.path.join(tmp, name))
         fsync_path(tmp)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its zip writer
+    except (OSError, RuntimeError, SafetensorError) as e:   # torch.save: a RuntimeError; safetensors: its own
         shutil.rmtree(tmp, ignore_errors=True)
         tensors = list(model.state_dict().values()) + [t for s in optimizer.state.values() for t in s.values()
                                                          if torch.is_tensor(t)]
@@ -236,7 +251,8 @@ def save_checkpoint(model, optimizer, step, out_dir, train_config, keep):
         kept = list_checkpoints(out_dir)
         sys.exit(f"error: writing checkpoint {final} failed ({e.strerror if isinstance(e, OSError) else e}): it needs "
                  f"about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free; the partial copy is removed and "
-                 + (f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint was written yet"))
+                 + (f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint was written yet (a rerun "
+                    "needs --overwrite=True)"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync_path(out_dir)

@@ -15,7 +15,9 @@ message naming the key -- a typo must never silently train with the default. A `
 once for every entry point. `--help` (or `-h`) prints the entry point's docstring and its settings with their defaults.
 """
 import ast
+import builtins
 import sys
+import traceback
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,6 +33,14 @@ def _parse_value(key, raw, current):
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw  # a bare word such as --device=cuda is a string
+    if isinstance(current, str):
+        return raw  # strings keep their raw text ('1e-3' stays '1e-3' for a string-typed key)
+    return _typed(f"--{key}", value, current, repr(raw))
+
+
+def _typed(where, value, current, shown):
+    """value if it has the type of the setting's current value (an int where a float is expected is converted; a
+    current None accepts anything), else one line naming `where` (the key, or the config file and key)."""
     if current is None or value is None:
         return value
     if isinstance(current, bool) or isinstance(value, bool):  # bool is an int subclass: check it first
@@ -38,11 +48,36 @@ def _parse_value(key, raw, current):
             return value
     elif isinstance(current, float) and isinstance(value, int):
         return float(value)
-    elif isinstance(current, str):
-        return raw  # strings keep their raw text ('1e-3' stays '1e-3' for a string-typed key)
     elif type(value) is type(current):
         return value
-    sys.exit(f"config error: --{key} expects {type(current).__name__} (default {current!r}), got {raw!r}")
+    sys.exit(f"config error: {where} expects {type(current).__name__} (default {current!r}), got {shown}")
+
+
+def _exec_config_file(path, g):
+    """Run a config file over the settings g, every failure one line naming the file: unreadable, not UTF-8, a
+    syntax error, an exception while it runs (x = 1/0), a value of the wrong type (max_steps = "3"), a new key."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as e:
+        sys.exit(f"config error: cannot read config file {path!r}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        sys.exit(f"config error: config file {path} is not UTF-8 text (byte {e.start}: {e.reason})")
+    print(f"Overriding config with {path}", file=sys.stderr)
+    before = dict(g)
+    try:
+        exec(builtins.compile(source, path, "exec"), g)   # builtins': train.py has a setting named compile
+    except SyntaxError as e:
+        sys.exit(f"config error: {path} line {e.lineno}: {e.msg}")
+    except Exception as e:   # the line of the config file itself, not of what it called
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+        sys.exit(f"config error: {path} line {lines[-1] if lines else '?'}: {type(e).__name__}: {e}")
+    new = {k for k in set(g) - set(before) if not k.startswith("_") and type(g[k]).__name__ != "module"}
+    if new:  # a config file may only set known keys, like the command line
+        sys.exit(f"config error: {path} sets unknown key(s): {', '.join(sorted(new))}")
+    for key, old in before.items():
+        if key in g and g[key] is not old and not key.startswith("_") and _is_setting(key, old):
+            g[key] = _typed(f"{path}: {key}", g[key], old, repr(g[key]))
 
 
 def _shortened(text, keep=60):
@@ -73,17 +108,7 @@ def _apply_args(argv, g):
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
-            try:
-                with open(arg) as f:
-                    source = f.read()
-            except OSError as e:
-                sys.exit(f"config error: cannot read config file {arg!r}: {e.strerror}")
-            print(f"Overriding config with {arg}", file=sys.stderr)
-            before = set(g)
-            exec(source, g)
-            new = {k for k in set(g) - before if not k.startswith("_") and type(g[k]).__name__ != "module"}
-            if new:  # a config file may only set known keys, like the command line
-                sys.exit(f"config error: {arg} sets unknown key(s): {', '.join(sorted(new))}")
+            _exec_config_file(arg, g)
             i += 1
             continue
         if "=" in arg:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_model
-from data import val_loss_bpb
+from data import make_writable_dir, no_space_message, val_loss_bpb, write_json
 from generate import Decoder, default_step
 from tokenizer import EOT, get_tokenizer
 
@@ -134,8 +134,18 @@ def subject_names(ceval_dir):
               f"'高中物理'), so scores are not comparable with the standard prompt. It ships with C-Eval.",
               file=sys.stderr)
         return {}
-    with open(path, encoding="utf-8") as f:
-        return {k: v[1] for k, v in json.load(f).items()}
+    try:
+        with open(path, encoding="utf-8") as f:
+            mapping = json.load(f)
+    except ValueError as e:   # bad JSON or bad UTF-8
+        raise SystemExit(f"error: {path} is not valid JSON ({' '.join(str(e).split())[:200]}): restore it from "
+                         "C-Eval (ceval-exam.zip), or delete it to name subjects by their id") from None
+    shape = isinstance(mapping, dict) and all(isinstance(v, list) and len(v) >= 2 and isinstance(v[1], str)
+                                              for v in mapping.values())
+    if not shape:
+        raise SystemExit(f"error: {path} is not C-Eval's subject mapping ({{subject id: [English name, Chinese name, "
+                         "category]}}): restore it from C-Eval (ceval-exam.zip), or delete it")
+    return {k: v[1] for k, v in mapping.items()}
 
 
 def format_question(row, with_answer):
@@ -399,6 +409,11 @@ def main():
                  "--ppl_continuation letter|text|text_mean, --prompt_style ceval|opencompass")
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
+    if ceval_dir:   # where the results go is checked before the work, not found unwritable after it
+        folder = os.path.dirname(os.path.abspath(results))
+        if not os.path.isdir(folder):
+            sys.exit(f"error: --results={results}: the folder {folder} does not exist: create it or choose another path")
+        make_writable_dir(folder)
     model, model_dir = load_model(init_from, device=device)
     model.eval()
     amp = torch.autocast("cuda", dtype=getattr(torch, dtype)) if device.startswith("cuda") and dtype != "float32" else nullcontext()
@@ -418,9 +433,13 @@ def main():
                     [s for s in subjects.split(",") if s] or None, device, amp, ppl_continuation, max_new_tokens,
                     prompt_style, batch_tokens)
         avg = report_ceval(res, split)
-        json.dump({"model": model_dir, "split": split, "shots": shots, "mode": mode, "prompt_style": prompt_style,
-                   "ppl_continuation": ppl_continuation, "average": avg, "subjects": res},
-                  open(results, "w"), ensure_ascii=False, indent=1)
+        out = {"model": model_dir, "split": split, "shots": shots, "mode": mode, "prompt_style": prompt_style,
+               "ppl_continuation": ppl_continuation, "average": avg, "subjects": res}
+        try:
+            write_json(results, out, ensure_ascii=False, indent=1)
+        except OSError as e:   # a full disk after all: the table above is on the screen
+            sys.exit(no_space_message(results, len(json.dumps(out, ensure_ascii=False, indent=1).encode()), e,
+                                      "the table above has the scores"))
         print(f"wrote {results}")
 
 

@@ -22,9 +22,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, lock_out_dir,
                         save_checkpoint, start_out_dir, trim_log)
-from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
-                  sft_chat_template, sft_val_loss, val_loss_bpb)
-from mfu import flops_per_token_6n, peak_tflops
+from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, no_space_message,
+                  sft_batches, sft_chat_template, sft_val_loss, val_loss_bpb)
+from mfu import count_params, flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer, wsd_lr_factor
 from prepare import DEMO_DIR, build_demo
@@ -87,6 +87,8 @@ MODEL_KEYS = tuple(f.name for f in fields(Qwen3Config))
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
 SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + MODEL_KEYS
 STOP_SIGNALS = []   # SIGTERM / SIGINT received (main installs the handler): all ranks stop after the current step
+IN_LOOP = []        # non-empty once the first step has started: a signal before it stops at once (nothing to save)
+LOG_FAILED = []     # the one-line message of a failed log.jsonl write (a full disk): the run stops as on SIGTERM
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -105,7 +107,17 @@ def setup_processes():
 
 
 def check_settings(world):
-    """Refuse what would silently train wrongly; returns the gradient accumulation."""
+    """Refuse what would silently train wrongly (or stop on a ZeroDivisionError later); returns the gradient
+    accumulation."""
+    for key, low in (("seq_len", 1), ("micro_batch", 1), ("global_batch", 1), ("max_steps", 0), ("log_interval", 1),
+                     ("warmup_steps", 0), ("decay_steps", 0), ("eval_interval", 0), ("ckpt_interval", 0),
+                     ("keep_ckpts", 1), ("val_tokens", 1), ("log_seconds", 0), ("grad_clip", 0), ("pg_timeout_s", 1),
+                     ("muon_lr", 0), ("adamw_lr", 0), ("weight_decay", 0), ("peak_tflops_override", 0)):
+        if not globals()[key] >= low or globals()[key] != globals()[key]:   # the second: nan
+            sys.exit(f"error: --{key} must be >= {low}, got {globals()[key]!r}")
+    for key in ("beta1", "beta2", "muon_momentum", "min_lr_frac"):
+        if not 0 <= globals()[key] <= 1:
+            sys.exit(f"error: --{key} must be in [0, 1], got {globals()[key]!r}")
     if global_batch % (micro_batch * world):  # e.g. 384 on 3 or 6 GPUs: say what would work
         fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
         sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
@@ -212,7 +224,7 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
                            master).get
     if master and os.path.abspath(data_dir) == DEMO_DIR and not os.path.exists(os.path.join(data_dir, "meta.json")):
         print("preparing the demo dataset (one time)...")
-        build_demo(quiet=True)
+        build_demo()   # its summary line says what was made (files, tokens, skipped rows)
     if ddp:
         dist.barrier()
     windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
@@ -236,6 +248,7 @@ def open_log(master):
     """log(record, text=None): rank 0 prints the text and appends the record to out_dir/log.jsonl (and wandb)."""
     if not master:
         return lambda rec, text=None: None
+    LOG_FAILED.clear()
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
     if wandb_log:
         import wandb
@@ -243,7 +256,13 @@ def open_log(master):
 
     def log(rec, text=None):
         print(text) if text else None
-        log_file.write(json.dumps(rec) + "\n"), log_file.flush()
+        if not LOG_FAILED:   # after a failed write nothing more is appended to the torn line (trim_log drops it)
+            try:
+                log_file.write(json.dumps(rec) + "\n"), log_file.flush()
+            except OSError as e:   # a full disk: stop after this step as on SIGTERM (a checkpoint is tried)
+                LOG_FAILED.append(no_space_message(log_file.name, len(json.dumps(rec)) + 1, e, "free space and "
+                                                   "resume with --init_from=resume"))
+                STOP_SIGNALS.append("a failed write to log.jsonl")
         if wandb_log:
             wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
     return log
@@ -253,9 +272,9 @@ def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
     if sft_data:  # loss per assistant token on the held-out conversations
         loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
-        return log({"step": step, "val_loss": loss}, f"step {step}: val loss {loss:.4f}") if loss is not None else None
+        return log({"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss}, f"step {step}: val loss {loss:.4f}") if loss is not None else None
     loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
-    log({"step": step, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
+    log({"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
 
 # ------------------------------------------------------------------------------------------------- loop
@@ -323,18 +342,45 @@ def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
         dist.barrier()   # nobody runs ahead while rank 0 writes
 
 
+def on_signal(signum, _frame):
+    """SIGTERM / SIGINT: during training, all ranks stop after the current step and rank 0 checkpoints it; before
+    the first step (building the model, preparing data, compiling) there is nothing to save: stop now."""
+    name = signal.Signals(signum).name
+    if not IN_LOOP:
+        print(f"stopped by {name} before the first step: nothing to save", flush=True)
+        raise SystemExit(0)
+    STOP_SIGNALS.append(name)
+
+
+def announce(dev, world):
+    """What is about to run, before the minutes a large model takes to build: the model, the tokens per step and,
+    on a CPU, a rough time per step (the reference recipe there is hours a step, not the demo)."""
+    cfg, tokens = model_config(), global_batch * seq_len
+    params = count_params(cfg)
+    line = (f"training a {params / 1e6:,.0f}M-parameter Qwen3 ({num_hidden_layers} layers x {hidden_size}) on {world} x "
+            f"{dev}: {global_batch} x {seq_len} = {tokens:,} tokens a step, {max_steps:,} steps")
+    if not dev.startswith("cuda"):
+        hours = flops_per_token_6n(cfg, seq_len) * tokens / 1e11 / 3600   # a CPU does ~100 GFLOP/s at best
+        line += f"; on a CPU about {hours:,.1f} h a step" + (
+            " -- for the CPU demo run `python train.py config/tiny.py`" if hours > 0.1 else "")
+    print(line, flush=True)
+
+
 def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
+    IN_LOOP.clear()
     for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
-        signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
+        signal.signal(sig, on_signal)
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
     if master:   # a read-only out_dir: one line now, not Errno 30 at the lock, the log or the first checkpoint
         make_writable_dir(out_dir)
     out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
+    if master and not export_only:
+        announce(dev, world)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
@@ -364,6 +410,7 @@ def main(get_batch=None):
     history, t_start, first, last_line, stop = [], time.time(), step, time.time(), False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
+    IN_LOOP.append(True)
     while step < max_steps and not stop:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
@@ -373,7 +420,7 @@ def main(get_batch=None):
         tok_s = tokens_per_step / dt
         mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)
         eta = (time.time() - t_start) / (step - first) * (max_steps - step)
-        rec = {"step": step, "loss": loss, "muon_lr": optimizer.param_groups[0]["lr"],
+        rec = {"step": step, "tokens": step * tokens_per_step, "loss": loss, "muon_lr": optimizer.param_groups[0]["lr"],
                "adamw_lr": optimizer.param_groups[1]["lr"], "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu,
                "step_ms": 1000 * dt, "optimizer_ms": 1000 * dt_opt, "eta_s": eta}
         history.append(rec)
@@ -385,6 +432,8 @@ def main(get_batch=None):
         maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
     if stop and master:
         print(f"stopped by {(STOP_SIGNALS or ['a signal'])[0]} after step {step}: {list_checkpoints(out_dir)[-1]} written; --init_from=resume continues")
+    if LOG_FAILED:
+        sys.exit(LOG_FAILED[0])
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval and not stop:

@@ -283,3 +283,20 @@ def test_explicit_seq_len_beats_the_checkpoint_and_hf_dirs_keep_the_defaults(che
     assert ev.val_settings(checkpoint["ckpt"], None, 99, 256) == (32, 99, False, "the checkpoint's training config")
     assert ev.val_settings(checkpoint["hf"], None, None, 4096) == (2048, 2**19, False, "default")
     assert ev.val_settings(checkpoint["hf"], None, None, 256)[0] == 256   # capped at max_position_embeddings
+
+
+def test_results_path_is_checked_before_the_work_and_a_bad_subject_mapping_is_one_line(trained, tmp_path, monkeypatch):
+    """Issue 36 points 6 and 13: --results=/nonexistent/dir/r.json failed only after the whole evaluation (the
+    results lost); a malformed subject_mapping.json was a JSONDecodeError, a wrong shape an IndexError."""
+    evaluated = []
+    monkeypatch.setattr(ev, "ceval", lambda *a, **k: evaluated.append(1) or {})
+    code = run_script(monkeypatch, "eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={trained['dir']}",
+                      f"--results={tmp_path}/nonexistent/r.json")
+    assert code == f"error: --results={tmp_path}/nonexistent/r.json: the folder {tmp_path}/nonexistent does not " \
+                   "exist: create it or choose another path" and not evaluated
+    d = shutil.copytree(trained["dir"], tmp_path / "c")
+    for text, says in (("{not json", "is not valid JSON"), ('{"common_sense": ["x"]}', "is not C-Eval's subject mapping"),
+                       ('["a"]', "is not C-Eval's subject mapping")):
+        (d / "subject_mapping.json").write_text(text)
+        with pytest.raises(SystemExit, match=says):
+            ev.subject_names(str(d))

@@ -33,6 +33,7 @@ def test_resume_uses_the_new_learning_rates_and_prints_the_changes(tmp_path, tra
     assert "resume: max_steps 10 -> 14" in stdout
     rec = {x["step"]: x for x in _records(out) if "loss" in x}
     assert rec[10]["muon_lr"] == 0.02 and rec[11]["muon_lr"] == 1e-3 and rec[11]["adamw_lr"] == 1e-4
+    assert rec[14]["tokens"] == 14 * 4 * 32   # cumulative step x global_batch x seq_len, for bench/plot_log.py
 
 
 @pytest.mark.slow
@@ -160,3 +161,23 @@ def test_export_only_needs_no_seq_len_that_fits_the_model(tmp_path, finished_run
     stdout = capsys.readouterr().out
     assert os.path.isfile(os.path.join(out, "hf", "config.json"))
     assert "resume" not in stdout and open(os.path.join(out, "log.jsonl")).read() == log, stdout
+
+
+def test_a_folder_named_ckpt_best_is_neither_resumed_from_nor_pruned(tmp_path):
+    """Issue 36 point 5: a user's copy of step 2 named ckpt-best sorted after ckpt-0000004, so the run resumed
+    from it at step 2, and pruning then deleted ckpt-0000002 and ckpt-0000004."""
+    import checkpoint
+    from conftest import small_config
+    from model import Qwen3
+    from muon import build_optimizer
+    model = Qwen3(small_config())
+    opt, out = build_optimizer(model), str(tmp_path)
+    for step in (2, 4):
+        checkpoint.save_checkpoint(model, opt, step, out, {}, keep=3)
+    shutil.copytree(os.path.join(out, "ckpt-0000002"), os.path.join(out, "ckpt-best"))
+    os.makedirs(os.path.join(out, "ckpt-0000006.tmp"))   # killed mid-write
+    assert [os.path.basename(c) for c in checkpoint.list_checkpoints(out)] == ["ckpt-0000002", "ckpt-0000004"]
+    assert checkpoint.find_model_dir(out).endswith("ckpt-0000004")
+    checkpoint.save_checkpoint(model, opt, 6, out, {}, keep=2)
+    assert sorted(os.listdir(out)) == ["ckpt-0000004", "ckpt-0000006", "ckpt-best"]
+    assert checkpoint.load_checkpoint(os.path.join(out, "ckpt-best"), model, opt, lambda saved: None) == 2

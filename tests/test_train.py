@@ -124,6 +124,32 @@ def test_config_files_work_from_any_directory_and_may_set_only_known_keys(tmp_pa
     assert "cannot read config file 'missing.py'" in _refused(["missing.py"], **defaults)
 
 
+@pytest.mark.parametrize("text, says", [("x = 1/0\n", "bad.py line 1: ZeroDivisionError: division by zero"),
+                                         ("max_steps = (\n", "bad.py line 1: '(' was never closed"),
+                                         ("max_steps = '3'\n", "bad.py: max_steps expects int (default 30), got '3'"),
+                                         ("compile = 1\n", "bad.py: compile expects bool"),
+                                         (b"# \xff\xfe\n", "config file bad.py is not UTF-8 text")])
+def test_a_config_file_that_fails_or_sets_a_wrong_type_is_one_line(tmp_path, monkeypatch, text, says):
+    """Issue 36 point 9: these were tracebacks (ZeroDivisionError, SyntaxError, UnicodeDecodeError), and
+    max_steps = "3" went unchecked until a TypeError mid-run; the command line already refused them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.py").write_bytes(text if isinstance(text, bytes) else text.encode())
+    msg = _refused(["bad.py"], max_steps=30, compile=True, lr=0.1)
+    assert msg.startswith("config error: ") and says in msg and "\n" not in msg, msg
+    (tmp_path / "ok.py").write_text("lr = 1\nmax_steps = 2 * 5\n")   # an int for a float is fine, as on the command line
+    s = _configure(["ok.py"], max_steps=30, lr=0.1)
+    assert (s["max_steps"], s["lr"]) == (10, 1.0) and type(s["lr"]) is float
+
+
+@pytest.mark.parametrize("key, value", [("log_interval", 0), ("micro_batch", 0), ("global_batch", 0), ("seq_len", 0),
+                                        ("max_steps", -1), ("keep_ckpts", 0), ("beta2", 1.5), ("muon_lr", float("nan"))])
+def test_numeric_settings_out_of_range_are_one_line(train_module, monkeypatch, key, value):
+    """Issue 36 point 10: --log_interval=0, --micro_batch=0, --global_batch=0, --seq_len=0 were ZeroDivisionErrors."""
+    monkeypatch.setattr(train_module, key, value)
+    msg = exit_message(train_module.check_settings, 1)
+    assert msg.startswith(f"error: --{key} must be") and repr(value) in msg, msg
+
+
 def test_every_config_file_sets_only_train_keys(train_module):
     import glob
     settings = {k: v for k, v in vars(train_module).items()}
