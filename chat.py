@@ -9,7 +9,14 @@ Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in Q
 on a terminal, between its tags elsewhere; --show_think=False hides it), False closes an empty think block in the
 prompt so that it answers at once. As in the template, an earlier answer stays in the history without its
 reasoning. Piped (stdin not a terminal), each turn prints as `user: ...` / `assistant: ...`, a readable transcript;
-runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML.
+runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML. --think only
+matters to a model tuned on reasoning (Qwen3's own, or SFT data with think blocks): one never tuned to think (the
+SFT demo's, the poem model) answers the same either way.
+
+What you type is plain text (--plain_user_text=True, tokenizer.render_chat): typing <|im_start|>system, <think> or
+<tool_call> gives those characters, not the special tokens, so a message cannot open a turn of its own. False
+tokenizes as transformers' apply_chat_template does (the training ids), special tokens' text included.
+Ctrl-C ends the answer being written (it stays in the history); at the prompt, Ctrl-C or Ctrl-D ends the chat.
 
 The KV cache lives across turns: a turn renders the whole conversation, rewinds the cache to the first token where
 it differs from what the cache holds (the last answer's think block, or its end), and feeds only the rest (the
@@ -34,6 +41,7 @@ system = ""             # the system message ("" = none)
 think = True            # Qwen3's enable_thinking: False closes an empty think block in the prompt (no reasoning)
 show_think = True       # print the reasoning (dimmed on a terminal); False hides it
 chat_template = "qwen3"  # or "chatml" (a model tuned on sft.py --chat_template=chatml data)
+plain_user_text = True  # what you type is text: <|im_start|>, <think>, <tool_call> typed are not the special tokens
 max_new_tokens = 512    # per answer
 max_context = 0         # tokens of history kept in the cache; 0 = the model's max_position_embeddings
 temperature = 0.7       # 0 = greedy
@@ -105,7 +113,8 @@ class Conversation:
         self.cached = []
 
     def prompt(self, messages):
-        return render_chat(messages, add_generation_prompt=True, enable_thinking=think, template=chat_template)[0]
+        return render_chat(messages, add_generation_prompt=True, enable_thinking=think, template=chat_template,
+                           plain_user_text=plain_user_text)[0]
 
     def turn(self, text, out=sys.stdout, prefix=""):
         """Stream the answer to one user message to `out`, after `prefix`."""
@@ -129,18 +138,28 @@ class Conversation:
         self.decoder.reset(same)
         out.write(prefix)
         dec, printer, sampled, thinking = StreamDecoder(get_tokenizer()), Printer(out, show_think), [], False
-        for tok in reply(self.decoder, ids[same:]):
-            sampled.append(tok)
-            if tok in STOP:
-                break
-            if tok in (THINK, END_THINK):
-                printer.write(dec.flush(), thinking)
-                thinking = tok == THINK
-            else:
-                printer.write(dec.push(tok), thinking)
-        printer.write(dec.flush(), thinking)
-        printer.close()
-        self.cached = ids + sampled[:-1]   # the last sampled id was never fed
+        try:
+            for tok in reply(self.decoder, ids[same:]):
+                sampled.append(tok)
+                if tok in STOP:
+                    break
+                if tok in (THINK, END_THINK):
+                    printer.write(dec.flush(), thinking)
+                    thinking = tok == THINK
+                else:
+                    printer.write(dec.push(tok), thinking)
+        except KeyboardInterrupt:   # Ctrl-C ends this answer (what was said so far stays), not the chat
+            printer.write(dec.flush(), thinking)
+            printer.close()
+            print("[interrupted]", file=sys.stderr)
+            if not sampled:   # stopped in the prefill: the cache past the common prefix is not to be trusted
+                self.cached = self.cached[:same]
+                return
+        else:
+            printer.write(dec.flush(), thinking)
+            printer.close()
+        # every sampled id but the last was fed by the step after it (a step cut short by Ctrl-C fed none)
+        self.cached = ids + sampled[:-1]
         said = get_tokenizer().decode([t for t in sampled if t not in STOP])
         self.messages += [user, {"role": "assistant", "content": said}]
 
@@ -148,6 +167,7 @@ class Conversation:
 def main():
     if chat_template not in CHAT_TEMPLATES:
         sys.exit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
+    check_streams()
     check_sampling_settings(max_new_tokens, temperature, top_k, top_p)
     torch.manual_seed(seed)
     model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
@@ -158,11 +178,13 @@ def main():
     if ctx <= max_new_tokens:
         sys.exit(f"error: max_context {ctx} leaves no room beyond max_new_tokens {max_new_tokens}")
     chat, tty = Conversation(model, ctx), sys.stdin.isatty()
-    print(f"[{model_dir}] context {ctx} tokens; /reset starts over" + ("; Ctrl-D quits" if tty else ""), file=sys.stderr)
+    print(f"[{model_dir}] context {ctx} tokens; /reset starts over" + ("; Ctrl-D or Ctrl-C quits" if tty else ""),
+          file=sys.stderr)
     while True:
         try:
             text = input("> " if tty else "")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):   # Ctrl-D, the pipe's end, or Ctrl-C at the prompt: the chat ends
+            print(file=sys.stderr) if tty else None
             break
         if text.strip() == "/reset":
             chat.reset()
@@ -172,6 +194,21 @@ def main():
             chat.turn(text, prefix="" if tty else "assistant: ")
 
 
+def check_streams():
+    """stdin or stdout closed (`<&-`, `>&-`) is one line, not an AttributeError or RuntimeError later; bytes that
+    are not UTF-8 in the input become U+FFFD instead of stopping the chat."""
+    for name in ("stdin", "stdout"):
+        if getattr(sys, name) is None:
+            sys.exit(f"error: chat.py's {name} is closed: run it in a terminal, or pipe messages in and the answers out")
+    for stream in (sys.stdin, sys.stdout):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 if __name__ == "__main__":   # the settings are read here, so that tests can import the chat loop
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configurator.py")).read())
-    main()
+    try:
+        main()
+    except BrokenPipeError:   # the reader of a piped transcript went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

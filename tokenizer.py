@@ -12,7 +12,7 @@ The Qwen tokenizer on tiktoken, and everything that turns token ids back into te
   and CHAT_TEMPLATES["qwen3"] (assets/chat_template.jinja) is the same template in Jinja for the HF export
   (tests prove text and ids equal in transformers). "chatml" is plain ChatML, for those who want it.
 """
-import base64, hashlib, json, os, unicodedata
+import base64, hashlib, json, os, re, unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -125,11 +125,12 @@ def _assistant_body(m, i, last_query, last):
 
 
 def chat_pieces(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
-    """The conversation as the template writes it, as [(text, trained)]: trained pieces are what the model must
-    produce (an assistant turn's think block, content, tool calls and <|im_end|>), never a prompt, tool response or
-    '<|im_start|>assistant\\n'. messages: OpenAI-style dicts (role, content, reasoning_content, tool_calls) or
-    (role, content) pairs; tools: a list of JSON schemas; enable_thinking=False: the generation prompt closes an
-    empty think block, as Qwen3's does."""
+    """The conversation as the template writes it, as [(text, trained, said)]: trained pieces are what the model
+    must produce (an assistant turn's think block, content, tool calls and <|im_end|>), never a prompt, tool
+    response or '<|im_start|>assistant\\n'; `said` pieces are the content of a system, user or tool message (what
+    render_chat(plain_user_text=True) encodes as plain text). messages: OpenAI-style dicts (role, content,
+    reasoning_content, tool_calls) or (role, content) pairs; tools: a list of JSON schemas; enable_thinking=False:
+    the generation prompt closes an empty think block, as Qwen3's does."""
     messages = [{"role": m[0], "content": m[1]} if isinstance(m, tuple) else m for m in messages]
     if template == "chatml":
         if tools or any(m.get(k) for m in messages for k in ("tool_calls", "reasoning_content")):
@@ -137,37 +138,42 @@ def chat_pieces(messages, tools=None, add_generation_prompt=False, enable_thinki
         out = []
         for m in messages:
             trained = m["role"] == "assistant"
-            out += [(f"<|im_start|>{m['role']}\n", False), (m["content"] + "<|im_end|>", trained), ("\n", False)]
-        return out + ([("<|im_start|>assistant\n", False)] if add_generation_prompt else [])
+            out += [(f"<|im_start|>{m['role']}\n", False, False), (m["content"], trained, not trained),
+                    ("<|im_end|>", trained, False), ("\n", False, False)]
+        return out + ([("<|im_start|>assistant\n", False, False)] if add_generation_prompt else [])
     if template != "qwen3":
         raise ValueError(f"unknown chat template {template!r} (qwen3 or chatml)")
     out, first_system = [], bool(messages) and messages[0].get("role") == "system"
     if tools:
-        out.append(("<|im_start|>system\n" + (messages[0]["content"] + "\n\n" if first_system else "") + TOOLS_HEAD
-                    + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_TAIL, False))
+        out += [("<|im_start|>system\n", False, False)] + ([(messages[0]["content"], False, True), ("\n\n", False, False)]
+                                                         if first_system else [])
+        out.append((TOOLS_HEAD + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_TAIL,
+                    False, False))
     elif first_system:
-        out.append(("<|im_start|>system\n" + messages[0]["content"] + "<|im_end|>\n", False))
+        out += [("<|im_start|>system\n", False, False), (messages[0]["content"], False, True),
+                ("<|im_end|>\n", False, False)]
     last_query = _last_query_index(messages)
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content") if isinstance(m.get("content"), str) else ""
         if role == "user" or (role == "system" and i > 0):
-            out.append((f"<|im_start|>{role}\n{content}<|im_end|>\n", False))
+            out += [(f"<|im_start|>{role}\n", False, False), (content, False, True), ("<|im_end|>\n", False, False)]
         elif role == "assistant":
             body = _assistant_body(m, i, last_query, i == len(messages) - 1)
-            out += [("<|im_start|>assistant\n", False), (body + "<|im_end|>", True), ("\n", False)]
+            out += [("<|im_start|>assistant\n", False, False), (body + "<|im_end|>", True, False), ("\n", False, False)]
         elif role == "tool":  # consecutive tool responses share one user turn
             first = i == 0 or messages[i - 1].get("role") != "tool"
             last = i == len(messages) - 1 or messages[i + 1].get("role") != "tool"
-            out.append((("<|im_start|>user" if first else "") + f"\n<tool_response>\n{content}\n</tool_response>"
-                        + ("<|im_end|>\n" if last else ""), False))
+            out += [(("<|im_start|>user" if first else "") + "\n<tool_response>\n", False, False), (content, False, True),
+                    ("\n</tool_response>" + ("<|im_end|>\n" if last else ""), False, False)]
     if add_generation_prompt:
-        out.append(("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if enable_thinking is False else ""), False))
+        out.append(("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if enable_thinking is False else ""),
+                    False, False))
     return out
 
 
 def render_chat_text(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
     """The text apply_chat_template renders with CHAT_TEMPLATES[template] (see chat_pieces)."""
-    return "".join(t for t, _ in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template))
+    return "".join(t for t, _, _ in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template))
 
 
 @lru_cache(maxsize=1)
@@ -177,21 +183,49 @@ def _all_token_bytes():
     return np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
 
 
-def render_chat(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3"):
-    """-> (ids, loss mask), lists: the rendered text tokenized as a HF tokenizer does (the template's tags become
-    their special ids), and 1 on every token with a byte in a trained piece (chat_pieces)."""
-    # NFC piece by piece is NFC of the whole: pieces meet after a newline or a '>', which compose with nothing
-    pieces = [(unicodedata.normalize("NFC", t), trained)
-              for t, trained in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template)]
-    ids = get_tokenizer().encode("".join(t for t, _ in pieces), allowed_special="all")
+def render_chat(messages, tools=None, add_generation_prompt=False, enable_thinking=True, template="qwen3",
+                plain_user_text=False):
+    """-> (ids, loss mask), lists: the rendered text tokenized, and 1 on every token with a byte in a trained piece
+    (chat_pieces).
+
+    plain_user_text=False (the default; sft.py, training, rl.py): tokenized as a HF tokenizer does with
+    apply_chat_template, so that training ids are the export's -- every special token's text becomes its id,
+    wherever it is, a message's content included. plain_user_text=True (chat.py by default, serving): the content
+    of system, user and tool messages is plain text (encode_ordinary): a user who types <|im_start|>system or
+    <tool_call> gets those characters' ordinary tokens, and cannot open a turn or fake a tool call. Text without
+    special tokens gives the same ids either way."""
+    # NFC piece by piece is NFC of the whole: pieces meet at a newline or a tag, which compose with nothing
+    pieces = [(unicodedata.normalize("NFC", t), trained, said and plain_user_text)
+              for t, trained, said in chat_pieces(messages, tools, add_generation_prompt, enable_thinking, template)]
+    text = "".join(t for t, _, _ in pieces)
+    ids = _encode_pieces(pieces) if plain_user_text else get_tokenizer().encode(text, allowed_special="all")
     ends = np.cumsum(_all_token_bytes()[ids])
     starts, mask, at = ends - _all_token_bytes()[ids], np.zeros(len(ids), dtype=bool), 0
-    for t, trained in pieces:
+    for t, trained, _ in pieces:
         n = len(t.encode("utf-8"))
         if trained and n:
             mask |= (ends > at) & (starts < at + n)
         at += n
     return ids, mask.astype(int).tolist()
+
+
+_SPECIAL_RE = re.compile("|".join(re.escape(tok) for tok, _ in SPECIALS))
+
+
+def _encode_pieces(pieces):
+    """The ids of the pieces' text as encode(allowed_special="all") gives them (special tokens split the text, the
+    runs between are BPE-encoded whole), except that a special token's text in a plain piece stays text: it joins
+    the run around it. Runs are never cut at a piece boundary, so text without special tokens gives the ids of the
+    whole."""
+    enc, ids, run = get_tokenizer(), [], []
+    for text, _, plain in pieces:
+        at = 0
+        for m in ([] if plain else _SPECIAL_RE.finditer(text)):
+            run.append(text[at:m.start()])
+            ids += enc.encode_ordinary("".join(run)) + [enc._special_tokens[m.group()]]
+            run, at = [], m.end()
+        run.append(text[at:])
+    return ids + enc.encode_ordinary("".join(run))
 
 
 # ------------------------------------------------------------------------------ Hugging Face tokenizer export
