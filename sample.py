@@ -2,7 +2,7 @@
 Sample from a trained model, streaming text as it is generated.
 
     python sample.py --prompt "你好"                          # newest checkpoint in out/
-    python sample.py --init_from=out_tiny --prompt "Python is" --max_new_tokens=100 --temperature=0.8
+    python sample.py --init_from=out --prompt "Python is" --max_new_tokens=100 --temperature=0.8   # the demo model
     python sample.py --init_from=/path/to/hf_qwen3_dir --prompt "..." --top_p 0.9
 
 On CUDA it decodes through generate.Decoder (static KV cache, decode_kernel.py's Triton step replayed as a CUDA

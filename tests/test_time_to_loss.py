@@ -47,10 +47,36 @@ def test_plot_log_draws_train_and_val_curves_and_names_a_bad_line(tmp_path, caps
     log.parent.mkdir()
     log.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 0, "val_loss": 9.0}, {"step": 1, "loss": 8.5},
                                                           {"step": 2, "loss": 7.0}, {"step": 2, "val_loss": 7.2}]))
-    assert plot_log.read_log(str(log)) == ([(1, 8.5), (2, 7.0)], [(0, 9.0), (2, 7.2)])
+    assert [r["step"] for r in plot_log.read_log(str(log))] == [0, 1, 2, 2]
     png = tmp_path / "c.png"
     plot_log.main([str(log), "--png", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log.write_text('{"step": 1, "loss": 8.5}\n{"step": 2, "lo\n')
     with pytest.raises(SystemExit, match=r"log.jsonl:2: not a JSON line"):
         plot_log.main([str(log), "--png", str(png)])
+
+
+def test_plot_log_takes_tokens_from_the_log_draws_every_field_and_cuts_no_step(tmp_path):
+    """Issue 36 point 17: the demo's 200 steps x 512 tokens were drawn on an axis running to 6.5M (16 x 2048 tokens
+    a step assumed), step 0's loss of 11.94 was cut by a y-limit of 8, and only the loss was drawn."""
+    pytest.importorskip("matplotlib")
+    recs = [{"step": 0, "tokens": 0, "val_loss": 11.94, "val_bpb": 3.96}]
+    recs += [{"step": s, "tokens": s * 512, "loss": 12 - s / 40, "muon_lr": 0.02, "adamw_lr": 3e-3, "grad_norm": 1.0,
+              "tok_per_s": 900.0, "mfu": None, "eta_s": 200.0 - s, "reward": s / 200} for s in range(1, 201)]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    runs = [plot_log.read_log(str(log))]
+    layout = plot_log.panels(runs)
+    assert layout == [("loss", ["loss", "val_loss"]), ("val_bpb", ["val_bpb"]), ("lr", ["muon_lr", "adamw_lr"]),
+                      ("grad_norm", ["grad_norm"]), ("tok_per_s", ["tok_per_s"]), ("eta_s", ["eta_s"]),
+                      ("reward", ["reward"])]   # mfu is None on a CPU: nothing to draw
+    fig = plot_log.draw(runs, layout, [None], ["demo"])
+    loss_ax = fig.axes[0]
+    assert loss_ax.get_ylim()[1] >= 11.94 and loss_ax.get_xlabel() == "tokens (millions)"
+    assert max(max(line.get_xdata()) for line in loss_ax.get_lines()) == pytest.approx(200 * 512 / 1e6)
+    old = [{k: v for k, v in r.items() if k != "tokens"} for r in recs]   # a log from before train.py wrote tokens
+    assert plot_log.x_of(old, None) == (list(range(201)), "step")
+    assert plot_log.x_of(old, 512)[0][-1] == pytest.approx(200 * 512 / 1e6)
+    png = tmp_path / "c.png"
+    plot_log.main([str(log), "--png", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
