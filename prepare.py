@@ -310,11 +310,11 @@ def write_meta(files, out_dir, settings, max_tokens=None, errors=(), missing=())
         skipped.update(sidecar["skipped"]), by_row_source.update(sidecar["source_tokens"])
         totals.update({k: sidecar[k] for k in totals})
         if not sum(sidecar["tokens"].values()):
-            warnings.append(f"{path} yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
+            warnings.append(f"{path}: yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
                             f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
     mix(shards, max_tokens)
     if totals["docs"]:
-        warnings, missing = warnings + [f"{m} (skipped)" for m in missing], []
+        warnings, missing = warnings + ["{}: skipped, {}".format(*m.partition(": ")[::2]) for m in missing], []
     zh, en = totals["zh_chars"], totals["en_chars"]
     meta = {"tokenizer": "qwen3", **settings, "files": [s["input"] for s in shards], "shards": shards,
             "tokens": {sp: sum(s["tokens"][sp] for s in shards) for sp in ("train", "val")},
@@ -338,7 +338,29 @@ def zh_en(zh, en):
     """The observed zh:en character ratio, in words when a side is empty."""
     if not en:
         return "n/a (no English)" if zh else "n/a (neither Chinese nor English)"
-    return f"{zh / en:.3f}" if zh else "0 (no Chinese)"
+    if not zh:
+        return "0 (no Chinese)"
+    if not 0.01 <= zh / en <= 100:   # 26040.778 read as a number, not as 'almost only Chinese'
+        return f"{zh:,} : {en:,} (almost only {'Chinese' if zh > en else 'English'})"
+    return f"{zh / en:.3f}"
+
+
+def grouped(warnings, named=3):
+    """'path: reason' warnings, one line per kind (the reason up to its first parenthesis): chinese-poetry's
+    authors.*.json, error/ files and files holding [] were 20 lines and 'and 25 more'."""
+    kinds = {}
+    for w in warnings:
+        path, _, reason = w.partition(": ")
+        kinds.setdefault(reason.split(" (")[0], []).append((path, w))
+    lines = []
+    for kind, found in kinds.items():
+        if len(found) == 1:
+            lines.append(found[0][1])
+        else:
+            paths = [p for p, _ in found]
+            lines.append(f"{len(found)} files: {kind}: {', '.join(paths[:named])}{', ...' * (len(paths) > named)} "
+                         "(each in meta.json 'warnings')")
+    return lines
 
 
 def report(meta):
@@ -353,8 +375,7 @@ def report(meta):
     if meta["val_fraction"] > 0 and meta["tokens"]["train"] and not meta["tokens"]["val"]:
         print(f"WARNING no document fell into the val split (--val_fraction {meta['val_fraction']}): train.py's "
               "evaluation needs one; raise --val_fraction or add data", file=sys.stderr)
-    more = [f"... and {len(warnings) - 20} more (meta.json 'warnings')"] if len(warnings) > 20 else []
-    for w in warnings[:20] + more:
+    for w in grouped(warnings):
         print(f"WARNING {w}", file=sys.stderr)
     for e in meta["errors"]:
         print(f"ERROR {e}", file=sys.stderr)

@@ -102,6 +102,14 @@ def unique_files(paths):
     return kept, len(paths) - len(kept)
 
 
+def fields_named(text_fields):
+    """'the field 'text'' or 'any of the fields 'title', 'paragraphs'': several fields read as several, not as one
+    field named 'title,paragraphs'."""
+    if len(text_fields) == 1:
+        return f"the field {text_fields[0]!r}"
+    return "any of the fields " + ", ".join(map(repr, text_fields))
+
+
 def row_text(row, text_fields):
     """The document of a row: the named fields that are present, in order, joined by newlines; a field holding a
     list of strings (chinese-poetry's `paragraphs`) is its lines joined by newlines. None when no field is present;
@@ -154,7 +162,8 @@ def iter_rows(path, fields, skips, progress):
                     rows = [rows] if isinstance(rows, dict) else rows   # one object: one row
                     if not isinstance(rows, list) or not any(isinstance(r, dict) and any(f in r for f in text_fields)
                                                              for r in rows):
-                        raise MissingFieldError(f"{path}: expected a JSON list of objects with the field {text_field!r}")
+                        raise MissingFieldError(f"{path}: no object in it has {fields_named(text_fields)} "
+                                                "(a JSON list of objects, or one object, is read)")
                     lines, size = [(r, 0) for r in rows], 1
                 else:
                     lines, size = _jsonl_rows(stream, raw, skips), max(os.path.getsize(path), 1)
@@ -168,7 +177,7 @@ def iter_rows(path, fields, skips, progress):
                     yield text, row.get(score_field), row.get(source_field)  # .get(None): None
                     progress(pos / size)
             if not seen_field and skips["missing_field"]:
-                raise MissingFieldError(f"{path}: no row has the field {text_field!r}; use --text_field")
+                raise MissingFieldError(f"{path}: no row has {fields_named(text_fields)} (--text_field)")
         elif ext == "txt":  # one file = one document
             stream, raw = _open_input(path, compression)
             with stream, raw:

@@ -154,3 +154,25 @@ def test_a_shard_name_that_leaves_the_data_folder_is_refused(tmp_path):
     json.dump(meta, open(sft_dir / "meta.json", "w"))
     with pytest.raises(ValueError, match="is not a plain file name"):
         data.PackedConversations(str(sft_dir), "train", 64)
+
+
+# ------------------------------------------------------------------------------ 19: the chinese-poetry layout
+def test_side_files_are_one_warning_line_per_kind_and_the_fields_read_as_several(tmp_path, monkeypatch, capsys):
+    """Issue 36 point 19: prepare.py on chinese-poetry printed 20 warnings and 'and 25 more' (authors.*.json, files
+    holding only []), 'the field 'title,rhythmic,...'' read as one field's name, and zh:en chars = 26040.778."""
+    poems = [{"title": "静夜思", "paragraphs": ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"]}]
+    for i in range(3):
+        (tmp_path / f"poet.tang.{i}.json").write_text(json.dumps(poems * (i + 1), ensure_ascii=False))
+    for i in range(5):
+        (tmp_path / f"authors.{i}.json").write_text(json.dumps([{"name": "李白", "desc": "诗人"}], ensure_ascii=False))
+    for i in range(4):
+        (tmp_path / f"empty{i}.json").write_text("[]")
+    assert run_script(monkeypatch, "prepare.py", "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+                      "--text_field", "title,rhythmic,paragraphs", "--val_fraction", "0") == 0
+    out, err = capsys.readouterr()
+    warnings = [l for l in err.splitlines() if l.startswith("WARNING")]
+    assert warnings == [f"WARNING 9 files: skipped, no object in it has any of the fields 'title', 'rhythmic', "
+                        f"'paragraphs': {tmp_path}/authors.0.json, {tmp_path}/authors.1.json, "
+                        f"{tmp_path}/authors.2.json, ... (each in meta.json 'warnings')"], err
+    assert "zh:en chars = 108 : 0" not in out and "(no English)" in out
+    assert prepare.zh_en(26040778, 1000) == "26,040,778 : 1,000 (almost only Chinese)"
