@@ -1,0 +1,18 @@
+# The poem model's RL stage (README: "A model that writes poems"): GRPO on the SFT model out_poem against
+# bench/poetry_rules.py's reward (form, Pingshui rhyme and tones; penalties for copied / repeated lines and stray text),
+# prompts from the training titles (bench/poetry.py build's rl_prompts.jsonl; the held-out titles are never seen).
+init_from = "out_poem"
+out_dir = "out_poem_rl"
+prompts = "data/poetry_raw/rl_prompts.jsonl"
+reward = "bench/poetry_rules.py:reward"
+group_size = 8
+prompts_per_step = 32
+max_new_tokens = 256
+temperature = 1.0
+max_steps = 200
+warmup_steps = 10
+decay_steps = 60
+muon_lr = 0.002
+adamw_lr = 2e-5
+micro_batch = 8
+ckpt_interval = 50
