@@ -10,8 +10,8 @@ on a terminal, between its tags elsewhere; --show_think=False hides it), False c
 prompt so that it answers at once. As in the template, an earlier answer stays in the history without its
 reasoning. Piped (stdin not a terminal), each turn prints as `user: ...` / `assistant: ...`, a readable transcript;
 runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML. --think only
-matters to a model tuned on reasoning (Qwen3's own, or SFT data with think blocks): one never tuned to think (the
-SFT demo's, the poem model) answers the same either way.
+matters to a model tuned on reasoning (Qwen3's own, or SFT data with think blocks): for one never tuned to think
+(the SFT demo's, the poem model) it changes nothing.
 
 What you type is plain text (--plain_user_text=True, tokenizer.render_chat): typing <|im_start|>system, <think> or
 <tool_call> gives those characters, not the special tokens, so a message cannot open a turn of its own. False
@@ -32,6 +32,7 @@ import sys
 import torch
 
 from checkpoint import load_model
+from configurator import check_ranges
 from generate import Decoder, check_sampling_settings, sample_next
 from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
                        render_chat)
@@ -169,6 +170,7 @@ def main():
         sys.exit(f"error: --chat_template must be {'|'.join(CHAT_TEMPLATES)}, got {chat_template!r}")
     check_streams()
     check_sampling_settings(max_new_tokens, temperature, top_k, top_p)
+    check_ranges(globals(), {"max_context": 0})
     torch.manual_seed(seed)
     model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
     model.eval()

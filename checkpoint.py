@@ -312,6 +312,22 @@ def compare_config(saved, current, same_run_keys, allow_change, master):
                  "is no longer the same run; pass --allow_config_change=True if that is what you want")
 
 
+def run_log(path):
+    """append(record) for a run's log.jsonl: None when written, else the one-line message of the failed write (a
+    full disk), then and ever after -- nothing more is appended to the torn line, which trim_log drops on resume."""
+    f, failed = open(path, "a"), []
+
+    def append(rec):
+        if not failed:
+            try:
+                f.write(json.dumps(rec) + "\n"), f.flush()
+            except OSError as e:
+                failed.append(no_space_message(path, len(json.dumps(rec)) + 1, e, "free space and resume with "
+                                               "--init_from=resume"))
+        return failed[0] if failed else None
+    return append
+
+
 def trim_log(path, step):
     """After a resume at `step`, drop the records the killed run wrote past it (and its evaluation at `step`,
     which the resumed run repeats on the same weights), so log.jsonl is one curve; a last line torn by a kill or

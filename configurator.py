@@ -129,5 +129,16 @@ def _apply_args(argv, g):
         sys.exit(f"config error: --dtype must be {'|'.join(_DTYPES)}, got {g['dtype']!r}")
 
 
+def check_ranges(g, at_least, unit=()):
+    """Numeric settings out of range are one line each, before any work (--log_interval=0 was a ZeroDivisionError
+    mid-run): g[key] >= at_least[key], and the keys of `unit` in [0, 1]; nan is never in range."""
+    for key, low in at_least.items():
+        if not g[key] >= low:   # False for nan as well
+            sys.exit(f"error: --{key} must be >= {low}, got {g[key]!r}")
+    for key in unit:
+        if not 0 <= g[key] <= 1:
+            sys.exit(f"error: --{key} must be in [0, 1], got {g[key]!r}")
+
+
 if __name__ != "configurator":   # exec'd by an entry point (imported as a module, e.g. by tests: only the functions)
     _apply_args(sys.argv[1:], globals())

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_model
+from configurator import check_ranges
 from data import make_writable_dir, no_space_message, val_loss_bpb, write_json
 from generate import Decoder, default_step
 from tokenizer import EOT, get_tokenizer
@@ -409,6 +410,8 @@ def main():
                  "--ppl_continuation letter|text|text_mean, --prompt_style ceval|opencompass")
     if not data_dir and not ceval_dir:
         sys.exit("error: give --data_dir (val loss / bpb) and/or --ceval_dir (C-Eval)")
+    check_ranges(globals(), {k: 1 for k in ("batch_size", "batch_tokens", "max_new_tokens", "seq_len", "val_tokens")
+                             if globals()[k] is not None})
     if ceval_dir:   # where the results go is checked before the work, not found unwritable after it
         folder = os.path.dirname(os.path.abspath(results))
         if not os.path.isdir(folder):

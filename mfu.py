@@ -36,6 +36,20 @@ def flops_per_token_6n(cfg, seq_len):
     return 6 * N * (1 + seq_len / (12 * h) + V / (16 * L * h))
 
 
+def describe_run(cfg, global_batch, seq_len, max_steps, world, dev):
+    """train.py's first line: the model, the tokens per step and, on a CPU, a rough time per step -- the reference
+    recipe there is hours a step, not the demo."""
+    tokens = global_batch * seq_len
+    line = (f"training a {count_params(cfg) / 1e6:,.0f}M-parameter Qwen3 ({cfg.num_hidden_layers} layers x "
+            f"{cfg.hidden_size}) on {world} x {dev}: {global_batch} x {seq_len} = {tokens:,} tokens a step, "
+            f"{max_steps:,} steps")
+    if dev.startswith("cuda"):
+        return line
+    hours = flops_per_token_6n(cfg, seq_len) * tokens / 1e11 / 3600   # a CPU does ~100 GFLOP/s at best
+    return line + f"; on a CPU about {hours:,.1f} h a step" + (
+        " -- for the CPU demo run `python train.py config/tiny.py`" if hours > 0.1 else "")
+
+
 def flops_per_token_matmul(cfg, seq_len):
     """6 FLOPs per matmul weight per token (tied embedding once, as the lm_head) + attention 12*L*heads*head_dim*s."""
     h, L, d = cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim

@@ -21,10 +21,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, lock_out_dir,
-                        save_checkpoint, start_out_dir, trim_log)
-from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, no_space_message,
-                  sft_batches, sft_chat_template, sft_val_loss, val_loss_bpb)
-from mfu import count_params, flops_per_token_6n, peak_tflops
+                        run_log, save_checkpoint, start_out_dir, trim_log)
+from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
+                  sft_chat_template, sft_val_loss, val_loss_bpb)
+from mfu import describe_run, flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer, wsd_lr_factor
 from prepare import DEMO_DIR, build_demo
@@ -109,15 +109,11 @@ def setup_processes():
 def check_settings(world):
     """Refuse what would silently train wrongly (or stop on a ZeroDivisionError later); returns the gradient
     accumulation."""
-    for key, low in (("seq_len", 1), ("micro_batch", 1), ("global_batch", 1), ("max_steps", 0), ("log_interval", 1),
-                     ("warmup_steps", 0), ("decay_steps", 0), ("eval_interval", 0), ("ckpt_interval", 0),
-                     ("keep_ckpts", 1), ("val_tokens", 1), ("log_seconds", 0), ("grad_clip", 0), ("pg_timeout_s", 1),
-                     ("muon_lr", 0), ("adamw_lr", 0), ("weight_decay", 0), ("peak_tflops_override", 0)):
-        if not globals()[key] >= low or globals()[key] != globals()[key]:   # the second: nan
-            sys.exit(f"error: --{key} must be >= {low}, got {globals()[key]!r}")
-    for key in ("beta1", "beta2", "muon_momentum", "min_lr_frac"):
-        if not 0 <= globals()[key] <= 1:
-            sys.exit(f"error: --{key} must be in [0, 1], got {globals()[key]!r}")
+    at_least_1 = ("seq_len", "micro_batch", "global_batch", "log_interval", "keep_ckpts", "val_tokens", "pg_timeout_s")
+    at_least_0 = ("max_steps", "warmup_steps", "decay_steps", "eval_interval", "ckpt_interval", "log_seconds",
+                  "grad_clip", "muon_lr", "adamw_lr", "weight_decay", "peak_tflops_override")
+    check_ranges(globals(), {**dict.fromkeys(at_least_1, 1), **dict.fromkeys(at_least_0, 0)},   # configurator.py's
+                 ("beta1", "beta2", "muon_momentum", "min_lr_frac"))
     if global_batch % (micro_batch * world):  # e.g. 384 on 3 or 6 GPUs: say what would work
         fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
         sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
@@ -249,20 +245,16 @@ def open_log(master):
     if not master:
         return lambda rec, text=None: None
     LOG_FAILED.clear()
-    log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+    append = run_log(os.path.join(out_dir, "log.jsonl"))
     if wandb_log:
         import wandb
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     def log(rec, text=None):
         print(text) if text else None
-        if not LOG_FAILED:   # after a failed write nothing more is appended to the torn line (trim_log drops it)
-            try:
-                log_file.write(json.dumps(rec) + "\n"), log_file.flush()
-            except OSError as e:   # a full disk: stop after this step as on SIGTERM (a checkpoint is tried)
-                LOG_FAILED.append(no_space_message(log_file.name, len(json.dumps(rec)) + 1, e, "free space and "
-                                                   "resume with --init_from=resume"))
-                STOP_SIGNALS.append("a failed write to log.jsonl")
+        failed = append(rec)
+        if failed and not LOG_FAILED:   # a full disk: stop after the next step as on SIGTERM (a checkpoint is tried)
+            LOG_FAILED.append(failed), STOP_SIGNALS.append("a failed write to log.jsonl")
         if wandb_log:
             wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
     return log
@@ -272,7 +264,8 @@ def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
     if sft_data:  # loss per assistant token on the held-out conversations
         loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
-        return log({"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss}, f"step {step}: val loss {loss:.4f}") if loss is not None else None
+        rec = {"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss}
+        return log(rec, f"step {step}: val loss {loss:.4f}") if loss is not None else None
     loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
     log({"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
@@ -352,20 +345,6 @@ def on_signal(signum, _frame):
     STOP_SIGNALS.append(name)
 
 
-def announce(dev, world):
-    """What is about to run, before the minutes a large model takes to build: the model, the tokens per step and,
-    on a CPU, a rough time per step (the reference recipe there is hours a step, not the demo)."""
-    cfg, tokens = model_config(), global_batch * seq_len
-    params = count_params(cfg)
-    line = (f"training a {params / 1e6:,.0f}M-parameter Qwen3 ({num_hidden_layers} layers x {hidden_size}) on {world} x "
-            f"{dev}: {global_batch} x {seq_len} = {tokens:,} tokens a step, {max_steps:,} steps")
-    if not dev.startswith("cuda"):
-        hours = flops_per_token_6n(cfg, seq_len) * tokens / 1e11 / 3600   # a CPU does ~100 GFLOP/s at best
-        line += f"; on a CPU about {hours:,.1f} h a step" + (
-            " -- for the CPU demo run `python train.py config/tiny.py`" if hours > 0.1 else "")
-    print(line, flush=True)
-
-
 def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
@@ -379,8 +358,8 @@ def main(get_batch=None):
         make_writable_dir(out_dir)
     out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
-    if master and not export_only:
-        announce(dev, world)
+    if master and not export_only:   # before the minutes a large model takes to build
+        print(describe_run(model_config(), global_batch, seq_len, max_steps, world, dev), flush=True)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()

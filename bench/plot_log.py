@@ -5,8 +5,8 @@ other (rl.py's reward, kl, entropy, completion_len) -- one colour per run, in on
 
     python bench/plot_log.py out/log.jsonl out_sft/log.jsonl --png curves.png [--labels base sft]
 
-The x-axis is tokens seen, from each record's cumulative "tokens" (train.py writes step x global_batch x seq_len),
-else the step; a log from before train.py wrote tokens takes --tokens_per_step (one value, or one per log).
+The x-axis is tokens seen, from each record's cumulative "tokens" (step x global_batch x seq_len in a train.py
+log), else the step; an older log without tokens takes --tokens_per_step (one value, or one per log).
 """
 import argparse
 import json

@@ -92,3 +92,11 @@ def test_bytes_that_are_not_utf8_are_replaced_not_a_traceback(chat_dir):
                        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stdout.decode().startswith("user: caf\ufffd \ufffd\n")
+
+
+def test_chat_max_context_below_0_is_one_line(chat_dir, monkeypatch):
+    import chat
+    for key, value in (("init_from", chat_dir), ("max_context", -1), ("device", "cpu"), ("dtype", "float32")):
+        monkeypatch.setattr(chat, key, value, raising=False)
+    with pytest.raises(SystemExit, match=r"^error: --max_context must be >= 0, got -1$"):
+        chat.main()

@@ -300,3 +300,11 @@ def test_results_path_is_checked_before_the_work_and_a_bad_subject_mapping_is_on
         (d / "subject_mapping.json").write_text(text)
         with pytest.raises(SystemExit, match=says):
             ev.subject_names(str(d))
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--batch_tokens=-1", "--max_new_tokens=0", "--seq_len=0"])
+def test_eval_numeric_settings_out_of_range_are_one_line(trained, monkeypatch, flag):
+    """Issue 36 point 10: every entry point's numeric settings are checked before the work."""
+    code = run_script(monkeypatch, "eval.py", f"--init_from={trained['model_dir']}", f"--ceval_dir={trained['dir']}",
+                      flag)
+    assert code.startswith(f"error: {flag.split('=')[0]} must be >= 1, got "), code
