@@ -53,14 +53,15 @@ class _ZstdFrames(io.RawIOBase):
     its first half as the file."""
 
     def __init__(self, raw, decompressor):
-        self.raw, self.decompressor, self.dobj, self.buf = raw, decompressor, decompressor.decompressobj(), b""
+        self.raw, self.decompressor, self.dobj = raw, decompressor, decompressor.decompressobj()
+        self.buf, self.at = b"", 0   # decompressed bytes and how many of them are read (no re-slicing of the rest)
 
     def readable(self):
         return True
 
     def readinto(self, b):
-        while not self.buf:
-            chunk = self.raw.read(1 << 16)
+        while self.at == len(self.buf):
+            chunk, self.buf, self.at = self.raw.read(1 << 16), b"", 0
             if not chunk:
                 if not self.dobj.eof:
                     raise EOFError("the file ends in the middle of a zstd frame (cut off)")
@@ -70,8 +71,9 @@ class _ZstdFrames(io.RawIOBase):
                     self.dobj = self.decompressor.decompressobj()
                 self.buf += self.dobj.decompress(chunk)
                 chunk = self.dobj.unused_data if self.dobj.eof else b""
-        n = min(len(b), len(self.buf))
-        b[:n], self.buf = self.buf[:n], self.buf[n:]
+        n = min(len(b), len(self.buf) - self.at)
+        b[:n] = self.buf[self.at:self.at + n]
+        self.at += n
         return n
 
 
