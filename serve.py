@@ -7,21 +7,20 @@ Serve a model behind an OpenAI-compatible API, with a chat page at `/`.
 
 GET /v1/models, POST /v1/chat/completions and /v1/completions (whole, or `"stream": true`: server-sent events ending
 in `data: [DONE]`), GET /health. Requests take temperature, top_p, top_k, max_tokens / max_completion_tokens, stop,
-seed, stream_options.include_usage, for a chat tools and chat_template_kwargs.enable_thinking; the rest comes from the
-model's generation_config.json. The prompt is tokenizer.render_chat's (what sft.py trains on); the answer is parsed
-as vLLM's qwen3 reasoning and hermes tool parsers do (<think> -> reasoning_content, <tool_call> -> tool_calls).
-Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 broken JSON or a value out of range, 422 a
-missing or wrongly typed field or an unknown role, 404 an unknown model or route, 413 a prompt that fills the
-context, 429 a full queue. No request can stop the server.
+seed, stream_options.include_usage, ignore_eos (vLLM's), for a chat tools and chat_template_kwargs.enable_thinking;
+the rest comes from the model's generation_config.json. The prompt is tokenizer.render_chat's (what sft.py trains
+on); the answer is parsed as vLLM's qwen3 reasoning and hermes tool parsers do (<think> -> reasoning_content,
+<tool_call> -> tool_calls).
+Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 broken JSON or a value out of range, 422
+a missing or wrongly typed field or an unknown role, 404 an unknown model or route, 413 a prompt filling the context,
+429 a full queue. No request can stop the server.
 
 Continuous batching: an engine thread owns a generate.Decoder of `slots` rows (on CUDA the Triton step in CUDA
 graphs). A request waits in a bounded queue, is prefilled into a free row between two decode steps (at most
 `prefill_tokens` prompt tokens between two steps: a long prompt stalls the others for its own prefill only), decodes
-with the other live rows in one batched step, each with its own sampling settings and seed, and leaves when it ends
-or its client goes away (its row is free at the next step). Step k+1 is launched before step k's tokens are handed
-out: the GPU does not wait for Python. FastAPI + uvicorn, the field's usual pair (vLLM, SGLang, `transformers
-serve`): keep-alive, streaming and disconnects handled by a maintained server, not by our code on http.server.
-"""
+with the other live rows in one step, with its own sampling settings and seed, and leaves when it ends or its client
+goes away. Step k+1 is launched before step k's tokens are handed out: the GPU does not wait for Python. FastAPI +
+uvicorn, the field's usual pair (vLLM, SGLang, `transformers serve`): keep-alive, streams, disconnects handled."""
 import asyncio, json, os, sys, threading, time, traceback, uuid
 from collections import deque
 
@@ -220,10 +219,9 @@ class Engine:
                 self.dec.release(slot)
 
     def _token(self, r, tok):
-        r.generated += 1
-        self.generated += 1
-        events = [] if tok in STOP else r.output.push(tok)
-        finish = "stop" if tok in STOP or r.output.hit else "length" if r.generated >= r.max_new else None
+        r.generated, self.generated = r.generated + 1, self.generated + 1
+        events = [] if tok in r.stops else r.output.push(tok)
+        finish = "stop" if tok in r.stops or r.output.hit else "length" if r.generated >= r.max_new else None
         if finish:
             events += r.output.close()
             finish = "tool_calls" if finish == "stop" and r.output.tool_calls else finish
@@ -338,6 +336,7 @@ def make_app(engine, name, vocab, defaults):
             raise ApiError(400, f"the prompt has ids past the vocabulary ({vocab})", "prompt", "invalid_value")
         max_new = min(max_new or (engine.context if chat else 16), engine.context - len(ids))   # OpenAI's defaults
         r = Request(ids, max_new, sampling, seed, Output(stop, raw=not chat))
+        r.stops = () if field(body, "ignore_eos", (bool,), False, None, "a boolean") else STOP   # (vLLM's extension)
         engine.submit(r)
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()), "model": name,
                 "object": "chat.completion" if chat else "text_completion"}

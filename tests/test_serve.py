@@ -166,6 +166,9 @@ def test_models_chat_and_completions_with_the_openai_client(server, client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens and not chunks[-1].choices
 
+    r = client.chat.completions.create(model="scripted", messages=messages, temperature=0, max_tokens=40,
+                                       extra_body={"ignore_eos": True})   # vLLM's extension: on past <|im_end|>
+    assert r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
     # thinking off: the prompt closes an empty think block, and this model then babbles until max_tokens
     r = client.chat.completions.create(model="scripted", messages=messages, temperature=0, max_tokens=20,
                                        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
