@@ -333,14 +333,13 @@ def main():
         signal.signal(sig, lambda signum, _: T.STOP_SIGNALS.append(signal.Signals(signum).name))
     rank, local_rank, world, dev = T.setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
-    for key, value, ok in (("group_size", group_size, group_size >= 2), ("max_new_tokens", max_new_tokens, max_new_tokens > 0),
-                           ("prompts_per_step", prompts_per_step, prompts_per_step > 0 and prompts_per_step % world == 0),
-                           ("updates_per_rollout", updates_per_rollout, updates_per_rollout >= 1),
-                           ("micro_batch", micro_batch, micro_batch > 0), ("max_steps", max_steps, max_steps > 0),
-                           ("temperature", temperature, temperature > 0), ("kl_coef", kl_coef, kl_coef >= 0)):
-        if not ok:
-            sys.exit(f"error: --{key}={value!r} is out of range (group_size >= 2; prompts_per_step a multiple of the "
-                     f"{world} process(es); temperature > 0; the others > 0)")
+    check_ranges(globals(), {"group_size": 2, **dict.fromkeys(("max_new_tokens", "prompts_per_step", "updates_per_rollout",
+                 "micro_batch", "max_steps", "seq_len", "log_interval", "keep_ckpts"), 1), **dict.fromkeys(("kl_coef",
+                 "warmup_steps", "decay_steps", "ckpt_interval", "grad_clip", "top_k", "clip_low", "clip_high",
+                 "muon_lr", "adamw_lr", "weight_decay"), 0)}, unit=("top_p", "min_lr_frac"))   # configurator.py's
+    if not temperature > 0 or prompts_per_step % world:
+        sys.exit(f"error: --temperature must be > 0 (got {temperature}) and --prompts_per_step a multiple of the "
+                 f"{world} process(es) (got {prompts_per_step})")
     rows, rewards = read_prompts(prompts), load_rewards(reward)
     if master:
         from data import make_writable_dir

@@ -156,3 +156,22 @@ def test_step_prompts_depend_on_the_step_alone_and_cover_every_prompt():
     assert a == [rl.step_prompts(10, s, 4, seed=1) for s in range(5)]
     flat = [i for s in a for i in s]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_prompts_and_train_together(toy, tmp_path):
+    """torchrun, 2 CPU processes (gloo): each rolls out half the step's prompts, DDP averages the gradients, rank 0
+    logs the rewards of all of them and checkpoints."""
+    from conftest import torchrun
+    out = tmp_path / "ddp"
+    r = torchrun(2, toy_args(toy, out, "--max_steps=2", "--ckpt_interval=2"), script="rl.py")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert [rec["step"] for rec in records(out)] == [1, 2] and (out / "ckpt-0000002").is_dir()
+    assert "2 process(es)" in r.stdout
+
+
+def test_numeric_settings_are_checked_before_any_work(toy, tmp_path, monkeypatch):
+    for arg, says in (("--group_size=1", "--group_size must be >= 2"), ("--top_p=1.5", "--top_p must be in [0, 1]"),
+                      ("--temperature=0.0", "--temperature must be > 0")):
+        msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", arg))
+        assert isinstance(msg, str) and says in msg and "\n" not in msg
