@@ -348,3 +348,18 @@ def test_chat_page_in_headless_chromium(server, tmp_path):
             shutil.copy(tmp_path / "serve_page.png", os.path.join(ROOT, "dev", "serve_page.png"))
     finally:
         browser.quit()
+
+
+def test_bench_serve_smoke_run_on_cpu():
+    """bench/serve.py's own code path (a tiny model on the CPU, 1 and 2 streams, our server only: transformers serve
+    takes ~30 s to start here; the GPU run starts it): valid JSON lines, tokens counted, the plot drawn."""
+    from conftest import run
+    r = run(["bench/serve.py", "--smoke=True", "--peer=False"], timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    levels = [l for l in lines if l["what"] == "level"]
+    assert [(l["server"], l["concurrency"]) for l in levels] == [("ours", 1), ("ours", 2)]
+    assert all(l["tokens"] == 8 * l["concurrency"] and l["tok_s"] > 0 and not l["errors"] for l in levels), levels
+    batch1 = next(l for l in lines if l["what"] == "batch1")
+    assert batch1["tokens"] == 16 and batch1["server_tok_s"] > 0 and batch1["sample_py_tok_s"] > 0
+    assert lines[-1]["what"] == "done" and os.path.isfile(lines[-1]["plot"])
