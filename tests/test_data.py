@@ -295,7 +295,7 @@ def test_empty_input_warns_by_name_and_bar_reaches_100(tmp_path, monkeypatch, ca
     code = run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--workers=1")
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "empty.jsonl yielded no tokens" in err and "100.0%" in err
+    assert "empty.jsonl: yielded no tokens" in err and "100.0%" in err
     assert "good.jsonl" not in err
     assert run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "in" / "empty.jsonl"), "--out", str(tmp_path / "o2")) == 1
     assert "empty.jsonl" in capsys.readouterr().err
