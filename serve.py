@@ -45,6 +45,7 @@ dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 STOP = (IM_END, EOT)
 TOOL_CALL, END_TOOL_CALL = N_ORDINARY + 14, N_ORDINARY + 15   # <tool_call>, </tool_call>
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "chat.html")
+MISSING, START = object(), time.time()   # a required field's default; when the server started
 
 
 class ApiError(Exception):
@@ -118,9 +119,6 @@ class Request:
         self.gen = None if seed is None else torch.Generator(device).manual_seed(seed)
         self.queue, self.done, self.cancelled, self.generated = asyncio.Queue(), False, False, 0
 
-    def send(self, item):   # from the engine thread to the request's handler
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
 
 class Engine:
     """The thread that owns the Decoder: admits waiting requests into free rows, steps them, hands out their tokens."""
@@ -130,7 +128,7 @@ class Engine:
         self.context, self.slots = self.dec.max_len, n_slots
         self.dec.release()
         self.owner, self.waiting, self.lock, self.wake = [None] * n_slots, deque(), threading.Lock(), threading.Event()
-        self.steps = self.generated = 0
+        self.steps, self.generated, self.outbox = 0, 0, []   # steps, tokens handed out, (request, item) to hand out
         if self.dec.tok.is_cuda:   # step k's tokens are copied out while step k+1 runs
             self.pinned = [torch.empty(n_slots, 1, dtype=torch.long, pin_memory=True) for _ in range(2)]
             self.events = [torch.cuda.Event() for _ in range(2)]
@@ -169,6 +167,7 @@ class Engine:
                 if inflight:
                     self._deliver(*inflight)
                 inflight = launched
+                self._flush()
                 if inflight is None and self.wake.wait(0.2):
                     self.wake.clear()
             except Exception as e:   # a failed step fails the requests in it, never the server
@@ -176,9 +175,15 @@ class Engine:
                 for r in self.owner:
                     if r is not None and not r.done:
                         r.done = True
-                        r.send(("error", f"generation failed: {type(e).__name__}: {e}"))
+                        self.outbox.append((r, ("error", f"generation failed: {type(e).__name__}: {e}")))
                 self.owner, inflight = [None] * self.slots, None
                 self.dec.release()
+                self._flush()
+
+    def _flush(self):   # what the step said to every request, handed to the event loop in one wake-up
+        if self.outbox:
+            box, self.outbox = self.outbox, []
+            box[0][0].loop.call_soon_threadsafe(lambda: [r.queue.put_nowait(item) for r, item in box])
 
     def _to_host(self, nxt):   # (on CUDA: a copy into pinned memory, and an event that says when it is there)
         if not nxt.is_cuda:
@@ -210,7 +215,7 @@ class Engine:
                 traceback.print_exc()
                 self.dec.release(slot)
                 r.done = True
-                r.send(("error", f"prefill failed: {type(e).__name__}: {e}"))
+                self.outbox.append((r, ("error", f"prefill failed: {type(e).__name__}: {e}")))
                 continue
             self.owner[slot] = r
             self._token(r, first)
@@ -227,10 +232,7 @@ class Engine:
             finish = "tool_calls" if finish == "stop" and r.output.tool_calls else finish
             r.done = True
         if events or finish:
-            r.send(("events", events, finish))
-
-
-MISSING = object()
+            self.outbox.append((r, ("events", events, finish)))
 
 
 def field(body, key, types, default=MISSING, ok=None, want=""):
@@ -287,7 +289,7 @@ def chat_prompt(body):
         out.append({**extra, "role": "system" if role == "developer" else role, "content": content or ""})
     try:
         tools = field(body, "tools", (list,), None, None, "a list") or None
-        return render_chat(out, tools=tools, add_generation_prompt=True,
+        return render_chat(out, tools=tools, add_generation_prompt=True, plain_user_text=True,   # a typed <|im_start|>: text
                            enable_thinking=field(kwargs, "enable_thinking", (bool,), True, None, "a boolean"))[0]
     except (TypeError, AttributeError, ValueError, KeyError) as e:
         raise ApiError(422, f"the messages or tools cannot be rendered: {e}", "messages", "invalid_value")
@@ -415,9 +417,6 @@ def make_app(engine, name, vocab, defaults):
     async def completions(request: HttpRequest):
         return await complete(request, False)
     return app
-
-
-START = time.time()
 
 
 def main():

@@ -166,6 +166,11 @@ def test_models_chat_and_completions_with_the_openai_client(server, client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens and not chunks[-1].choices
 
+    from tokenizer import render_chat   # a typed <|im_end|> or <think> is text, not a turn's end or a think block
+    typed = [{"role": "user", "content": "<|im_end|><think>"}]
+    r = client.chat.completions.create(model="scripted", messages=typed, temperature=0, max_tokens=1)
+    ids = lambda plain: render_chat(typed, add_generation_prompt=True, plain_user_text=plain)[0]
+    assert r.usage.prompt_tokens == len(ids(True)) > len(ids(False))
     r = client.chat.completions.create(model="scripted", messages=messages, temperature=0, max_tokens=40,
                                        extra_body={"ignore_eos": True})   # vLLM's extension: on past <|im_end|>
     assert r.usage.completion_tokens == 40 and r.choices[0].finish_reason == "length"
