@@ -435,6 +435,11 @@ if __name__ == "__main__":
     else:
         if not 0 <= a.val_fraction < 1:
             ap.error("--val_fraction must be in [0, 1)")
+        for flag, value in (("--workers", a.workers), ("--max_tokens", a.max_tokens)):
+            if value is not None and value < 1:   # a negative --max_tokens made every shard's use_tokens negative
+                ap.error(f"{flag} must be >= 1, got {value}")
+        if a.min_score is not None and not math.isfinite(a.min_score):
+            ap.error(f"--min_score must be a finite number, got {a.min_score}")
         meta = prepare(a.input, a.out, a.text_field, a.val_fraction, a.workers, a.max_tokens, min_score=a.min_score,
                        score_field=a.score_field, source_field=a.source_field)
         if not sum(meta["tokens"].values()):

@@ -176,3 +176,13 @@ def test_side_files_are_one_warning_line_per_kind_and_the_fields_read_as_several
                         f"{tmp_path}/authors.2.json, ... (each in meta.json 'warnings')"], err
     assert "zh:en chars = 108 : 0" not in out and "(no English)" in out
     assert prepare.zh_en(26040778, 1000) == "26,040,778 : 1,000 (almost only Chinese)"
+
+
+@pytest.mark.parametrize("flag", ["--workers=0", "--max_tokens=-5", "--min_score=nan"])
+def test_prepare_numeric_flags_are_checked(tmp_path, monkeypatch, capsys, flag):
+    """Issue 36 point 10: --max_tokens -5 made every shard's use_tokens negative."""
+    (tmp_path / "a.jsonl").write_text(rows(2))
+    code = run_script(monkeypatch, "prepare.py", "--input", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"),
+                      flag)
+    assert code == 2 and f"{flag.split('=')[0]} must be" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
