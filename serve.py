@@ -159,6 +159,7 @@ class Engine:
                         self.owner[slot], r.done = None, True
                         self.dec.release(slot)
                 self._admit()
+                self._flush()   # the first tokens, before the step
                 launched = None
                 if any(self.dec.live):
                     live = [r if r is not None and not r.done else None for r in self.owner]
