@@ -420,6 +420,30 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
 
 
 @cuda
+def test_cuda_decoder_slots_join_and_leave_like_each_prompt_alone_bf16():
+    """Continuous batching on the GPU in bf16: the Triton step replayed as CUDA graphs (one per row count and sampling
+    mode), prompts prefilled into single rows (prefill_slot on a row's cache view), rows joining and leaving: each
+    request's greedy tokens are its prompt's alone (plain path) up to bf16 near-ties; sampled rows with their own
+    generators repeat themselves when the schedule is repeated (a different schedule runs other row counts, whose
+    bf16 roundings may tip a near-tie)."""
+    model = peaky_model(seed=15, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                        head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 4096, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 12)]
+    dec = Decoder(model, 4, max_len=64)
+    assert dec.cuda_graph and dec.step_kind == "triton"
+    for p, toks in zip(prompts, run_slots(dec, prompts, 16)):
+        prompt = torch.tensor([p], device="cuda")
+        _same_greedy_up_to_bf16_ties(model, torch.cat([prompt, torch.tensor([toks], device="cuda")], 1),
+                                     generate(model, prompt, 16, temperature=0), len(p))
+    assert {1, 2, 4} <= {key[0] for key in dec.graphs}
+    settings = [(0.9, 20, 0.9)] * 5
+    gens = lambda: [torch.Generator("cuda").manual_seed(r) for r in range(5)]
+    first = run_slots(dec, prompts, 12, settings, gens())
+    assert run_slots(dec, prompts, 12, settings, gens()) == first and max(max(t) for t in first) < 4096
+
+
+@cuda
 def test_cuda_graph_capture_at_the_last_free_position_stays_inside_the_cache():
     """The first step (when the graph is captured) may come with one free position left: its warm-up runs must not
     write past the cache's end (a device-side assert), and the step computes the plain path's token."""
