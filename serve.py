@@ -15,12 +15,11 @@ Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 broken 
 a missing or wrongly typed field or an unknown role, 404 an unknown model or route, 413 a prompt filling the context,
 429 a full queue. No request can stop the server.
 
-Continuous batching: an engine thread owns a generate.Decoder of `slots` rows (on CUDA the Triton step in CUDA
-graphs). A request waits in a bounded queue, is prefilled into a free row between two decode steps (at most
-`prefill_tokens` prompt tokens between two steps: a long prompt stalls the others for its own prefill only), decodes
-with the other live rows in one step, with its own sampling settings and seed, and leaves when it ends or its client
-goes away. Step k+1 is launched before step k's tokens are handed out: the GPU does not wait for Python. FastAPI +
-uvicorn, the field's usual pair (vLLM, SGLang, `transformers serve`): keep-alive, streams, disconnects handled."""
+Continuous batching: an engine thread owns a generate.Decoder of `slots` rows (the Triton step in CUDA graphs). A
+request waits in a bounded queue, is prefilled into a free row between two steps (at most `prefill_tokens` prompt
+tokens between two: a long prompt stalls the others for its own prefill only), steps with the other rows with its
+own sampling settings and seed, and leaves when it ends or its client goes away. Step k+1 is launched before step
+k's tokens are read: the GPU never waits for Python. FastAPI + uvicorn: the field's usual pair (vLLM, SGLang)."""
 import asyncio, json, os, sys, threading, time, traceback, uuid
 from collections import deque
 
@@ -117,7 +116,7 @@ class Request:
         self.ids, self.max_new, self.sampling, self.output = ids, max_new, sampling, output
         self.loop = asyncio.get_running_loop()
         self.gen = None if seed is None else torch.Generator(device).manual_seed(seed)
-        self.queue, self.done, self.cancelled, self.generated = asyncio.Queue(), False, False, 0
+        self.queue, self.done, self.cancelled, self.generated, self.launched = asyncio.Queue(), False, False, 0, 1
 
 
 class Engine:
@@ -128,9 +127,10 @@ class Engine:
         self.context, self.slots = self.dec.max_len, n_slots
         self.dec.release()
         self.owner, self.waiting, self.lock, self.wake = [None] * n_slots, deque(), threading.Lock(), threading.Event()
-        self.steps, self.generated, self.outbox = 0, 0, []   # steps, tokens handed out, (request, item) to hand out
+        self.steps, self.generated = 0, 0
+        self.outbox, self.joined = [], []   # (request, what to hand it); (request, first token) prefilled since the last step
         if self.dec.tok.is_cuda:   # step k's tokens are copied out while step k+1 runs
-            self.pinned = [torch.empty(n_slots, 1, dtype=torch.long, pin_memory=True) for _ in range(2)]
+            self.pinned = [torch.empty(2 * n_slots, 1, dtype=torch.long, pin_memory=True) for _ in range(2)]
             self.events = [torch.cuda.Event() for _ in range(2)]
 
     def submit(self, req):
@@ -154,17 +154,19 @@ class Engine:
         inflight = None
         while True:
             try:
-                for slot, r in enumerate(self.owner):   # requests that ended or whose client left: their rows free
-                    if r is not None and (r.done or r.cancelled):
-                        self.owner[slot], r.done = None, True
+                for slot, r in enumerate(self.owner):   # rows free: requests ended, gone, or with every token launched
+                    if r is not None and (r.done or r.cancelled or r.launched >= r.max_new):
+                        self.owner[slot], r.done = None, r.done or r.cancelled   # (the last tokens still to hand out)
                         self.dec.release(slot)
                 self._admit()
-                self._flush()   # the first tokens, before the step
-                launched = None
-                if any(self.dec.live):
+                launched, joined, self.joined = None, self.joined, []
+                if any(self.dec.live):   # (a joined request's first token is read with the step's: no sync here)
                     live = [r if r is not None and not r.done else None for r in self.owner]
                     settings = zip(*[r.sampling if r else (0, 0, 1.0) for r in live])
-                    launched = self._to_host(self.dec.step(None, *settings, [r and r.gen for r in live])), live
+                    nxt = self.dec.step(None, *settings, [r and r.gen for r in live])
+                    for r in filter(None, live):
+                        r.launched += 1
+                    launched = self._to_host(torch.cat([nxt] + [f for _, f in joined])), live, [r for r, _ in joined]
                 if inflight:
                     self._deliver(*inflight)
                 inflight = launched
@@ -177,7 +179,7 @@ class Engine:
                     if r is not None and not r.done:
                         r.done = True
                         self.outbox.append((r, ("error", f"generation failed: {type(e).__name__}: {e}")))
-                self.owner, inflight = [None] * self.slots, None
+                self.owner, inflight, self.joined = [None] * self.slots, None, []
                 self.dec.release()
                 self._flush()
 
@@ -193,12 +195,14 @@ class Engine:
         buf, ev = self.pinned[self.steps % 2][:len(nxt)], self.events[self.steps % 2]
         return buf.copy_(nxt, non_blocking=True), ev.record() or ev
 
-    def _deliver(self, toks, live):
+    def _deliver(self, toks, live, joined):
         if toks[1] is not None:
             toks[1].synchronize()
-        for slot, tok in enumerate(toks[0][:, 0].tolist()):
-            if live[slot] is not None and not live[slot].done:
-                self._token(live[slot], tok)
+        toks = toks[0][:, 0].tolist()
+        n = len(toks) - len(joined)   # the step's rows, then the joined requests' first tokens
+        for r, tok in [*zip(joined, toks[n:]), *zip(live, toks[:n])]:
+            if r is not None and not r.done:
+                self._token(r, tok)
 
     def _admit(self):
         budget = prefill_tokens
@@ -211,7 +215,7 @@ class Engine:
                 continue
             slot, budget = self.owner.index(None), budget - len(r.ids)
             try:
-                first = self.dec.prefill_slot(slot, r.ids, *r.sampling, generator=r.gen).item()
+                first = self.dec.prefill_slot(slot, r.ids, *r.sampling, generator=r.gen)
             except Exception as e:
                 traceback.print_exc()
                 self.dec.release(slot)
@@ -219,10 +223,7 @@ class Engine:
                 self.outbox.append((r, ("error", f"prefill failed: {type(e).__name__}: {e}")))
                 continue
             self.owner[slot] = r
-            self._token(r, first)
-            if r.done:
-                self.owner[slot] = None
-                self.dec.release(slot)
+            self.joined.append((r, first))
 
     def _token(self, r, tok):
         r.generated, self.generated = r.generated + 1, self.generated + 1

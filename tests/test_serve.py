@@ -411,3 +411,17 @@ def test_serve_on_cuda_bf16(tmp_path, tokenizer_files):
         assert idle(url)["busy"] == 0
     finally:
         next(gen, None)
+
+
+def test_a_prompt_that_leaves_room_for_one_token(server):
+    """A prompt of context - 1 tokens (as ids) gets one token, finish_reason length (max_tokens cut to what fits),
+    alone and beside other streams; the server goes on answering."""
+    results = []
+    others = [threading.Thread(target=lambda: results.append(post(server + "/v1/completions", {
+        "model": "scripted", "prompt": "go", "max_tokens": 30}))) for _ in range(2)]
+    [t.start() for t in others]
+    for n in (511, 510):
+        code, j = post(server + "/v1/completions", {"model": "scripted", "prompt": [100] * n, "max_tokens": 5})
+        assert code == 200 and j["usage"]["completion_tokens"] == 512 - n and j["choices"][0]["finish_reason"] == "length"
+    [t.join(30) for t in others]
+    assert [c for c, _ in results] == [200, 200] and idle(server)["busy"] == 0
