@@ -259,7 +259,7 @@ def sampling_args(body, defaults):
     n = field(body, "max_tokens", (int,), n, lambda v: v > 0, "an integer > 0")
     stop = field(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (len(v) <= 4 and all(
         isinstance(s, str) and s for s in v)), "a string or a list of up to 4 non-empty strings")
-    seed = field(body, "seed", (int,), None, None, "an integer")
+    seed = field(body, "seed", (int,), None, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2^63)")
     field(body, "n", (int,), 1, lambda v: v == 1, "1 (one choice a request)")
     if field(body, "logprobs", (bool, int), False) or field(body, "echo", (bool,), False):
         raise ApiError(400, "logprobs and echo are not supported", "logprobs", "unsupported_parameter")

@@ -106,7 +106,8 @@ def level(port_, model, c, n_tokens):
 
 def start(cmd, port_, log):
     """A server process, once its /health answers."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")   # (offline: nothing to fetch, no hub timeouts)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     for _ in range(int(start_timeout * 10)):
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd[:3]} exited with {proc.returncode}: see {log.name}")
@@ -222,7 +223,8 @@ def main(argv=()):
     results["batch1"]["server_over_sample_py"] = round(results["batch1"]["server_tok_s"] / sample_tok_s, 3)
     emit("batch1", **results["batch1"])
     for i, args in enumerate(peer_args.split(";") if peer else []):
-        theirs = ["transformers", "serve", init_from, "--continuous-batching", "--host", "127.0.0.1", "--port",
+        cli = os.path.join(os.path.dirname(sys.executable), "transformers")   # this environment's, else PATH's
+        theirs = [cli if os.path.isfile(cli) else "transformers", "serve", init_from, "--continuous-batching", "--host", "127.0.0.1", "--port",
                   str(port + 1 + i), "--dtype", dtype, "--device", device, "--log-level", "warning"] + args.split()
         try:
             run_server("transformers" + (f" {args.strip()}" if args.strip() else ""), theirs, port + 1 + i, init_from,

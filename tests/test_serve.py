@@ -240,6 +240,9 @@ def test_eight_concurrent_streams_all_complete(server, client):
     ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, 422, "max_tokens"),
     ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
     ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}, 400, "stop"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "seed": 2 ** 70}, 400, "seed"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422, "messages[0].content"),
+    ({"model": "scripted", "messages": [{"role": "assistant", "content": None, "tool_calls": [7]}]}, 422, "messages"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, body, status, param):
     code, j = post(server + "/v1/chat/completions", body)
