@@ -262,12 +262,12 @@ def open_log(master):
 
 def evaluate(model, step, dev, autocast, log):
     """Validation loss (and bits per byte for pretraining) on the fixed held-out sample, logged at `step`."""
+    at = {"step": step, "tokens": step * global_batch * seq_len}   # bench/plot_log.py's x-axis
     if sft_data:  # loss per assistant token on the held-out conversations
         loss = data_or_exit(sft_val_loss, model, sft_data, seq_len, micro_batch, dev, autocast)
-        rec = {"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss}
-        return log(rec, f"step {step}: val loss {loss:.4f}") if loss is not None else None
+        return log({**at, "val_loss": loss}, f"step {step}: val loss {loss:.4f}") if loss is not None else None
     loss, bpb = data_or_exit(val_loss_bpb, model, data_dir, seq_len, val_tokens, micro_batch, dev, autocast, doc_mask)
-    log({"step": step, "tokens": step * global_batch * seq_len, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
+    log({**at, "val_loss": loss, "val_bpb": bpb}, f"step {step}: val loss {loss:.4f}, val bpb {bpb:.4f}")
 
 
 # ------------------------------------------------------------------------------------------------- loop
@@ -411,8 +411,6 @@ def main(get_batch=None):
         maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
     if stop and master:
         print(f"stopped by {(STOP_SIGNALS or ['a signal'])[0]} after step {step}: {list_checkpoints(out_dir)[-1]} written; --init_from=resume continues")
-    if LOG_FAILED:
-        sys.exit(LOG_FAILED[0])
 
     # ------------------------------------------------------------------------------------------ end
     if eval_interval and not stop:
@@ -424,6 +422,8 @@ def main(get_batch=None):
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down
         dist.destroy_process_group()
+    if LOG_FAILED:   # after the group is gone: the other ranks must not wait for a rank 0 that left
+        sys.exit(LOG_FAILED[0])
     return history
 
 
