@@ -45,9 +45,10 @@ def describe_run(cfg, global_batch, seq_len, max_steps, world, dev):
             f"{max_steps:,} steps")
     if dev.startswith("cuda"):
         return line
-    hours = flops_per_token_6n(cfg, seq_len) * tokens / 1e11 / 3600   # a CPU does ~100 GFLOP/s at best
-    return line + f"; on a CPU about {hours:,.1f} h a step" + (
-        " -- for the CPU demo run `python train.py config/tiny.py`" if hours > 0.1 else "")
+    seconds = flops_per_token_matmul(cfg, seq_len) * tokens / 1e11   # a CPU does ~100 GFLOP/s at best
+    took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+    return line + f"; on a CPU about {took} a step" + (
+        " -- for the CPU demo run `python train.py config/tiny.py`" if seconds > 360 else "")
 
 
 def flops_per_token_matmul(cfg, seq_len):
