@@ -300,7 +300,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     assert code == 200 and j["usage"]["completion_tokens"] == 3
 
 
-def test_chat_page_in_headless_chromium(server, tmp_path):
+def test_chat_page_in_headless_chromium(server, tmp_path, monkeypatch):
     """The page at / in Debian's chromium (selenium drives it; nothing is downloaded), at a phone's width: with
     thinking on, the scripted answer arrives with its reasoning folded and its tool call shown; with thinking off
     a long reply streams in (its text seen growing) until Stop, after which the text stays put and the server's
@@ -312,7 +312,7 @@ def test_chat_page_in_headless_chromium(server, tmp_path):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    os.environ["SE_OFFLINE"] = "true"   # selenium never looks for a driver or browser online
+    monkeypatch.setenv("SE_OFFLINE", "true")   # selenium never looks for a driver or browser online
     opts = Options()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
