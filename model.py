@@ -244,25 +244,6 @@ def chunked_cross_entropy(h, weight, targets, chunk_rows=None):
     return total / (targets != -100).sum()  # all-ignored -> nan, as F.cross_entropy
 
 
-def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
-    """rl.py's policy terms, per row of h [N, hidden] against targets [N]: log p(target) under softmax(h @ weight.T /
-    temperature) (differentiable) and the entropy of that distribution (no gradient: it is only logged). In chunks
-    under activation checkpointing, as chunked_cross_entropy, so [N, vocab] logits never exist at once."""
-    chunk_rows = chunk_rows or max(64, (1 << 27) // weight.shape[0])
-
-    def chunk_terms(h_c, t_c):
-        logits = F.linear(h_c, weight).float() / temperature
-        norm = logits.logsumexp(-1)
-        with torch.no_grad():
-            entropy = norm - (logits.softmax(-1) * logits).sum(-1)
-        return logits.gather(1, t_c[:, None])[:, 0] - norm, entropy
-
-    parts = [checkpoint(chunk_terms, h[i:i + chunk_rows], targets[i:i + chunk_rows], use_reentrant=False)
-             if h.requires_grad else chunk_terms(h[i:i + chunk_rows], targets[i:i + chunk_rows])
-             for i in range(0, h.shape[0], chunk_rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
 @torch.compiler.disable
 def liger_cross_entropy(h, weight, targets, chunk_mem_const=8):
     """liger-kernel's fused linear + cross-entropy (CUDA): logits are produced chunk by chunk and the gradients
@@ -343,20 +324,18 @@ class Qwen3(nn.Module):
             x = block(x, cos, sin, mode, mask, None if caches is None else caches[i], start)
         return self.model.norm(x)
 
-    def forward(self, idx, targets=None, doc_ids=None, per_token=False, temperature=1.0):
+    def forward(self, idx, targets=None, doc_ids=None, hidden_only=False):
         """nanoGPT convention: returns (logits, loss). Without targets: full logits [B, T, vocab], loss None.
         With targets ([B, T] next-token ids, -100 = ignore): logits None -- the loss is computed without
         materialising them -- and the mean cross-entropy over the targets that are not ignored. doc_ids: packed
         rows (see hidden_states); their ignored targets (SFT: everything but the assistant's tokens) skip the
-        lm_head altogether, which changes nothing but the cost. per_token (rl.py): instead of the loss, the pair
-        token_logprobs(...) of the targets that are not ignored, in row-major order, at `temperature` (through
-        forward, so that DDP sees the pass)."""
+        lm_head altogether, which changes nothing but the cost. hidden_only (rl.py): the hidden states of the kept
+        targets [N, hidden] in the loss's place (through forward, so that DDP sees the pass)."""
         h = self.hidden_states(idx, doc_ids=doc_ids)
         if targets is None:
             return F.linear(h, self.lm_head_weight), None
-        if per_token:
-            keep = targets != -100
-            return None, token_logprobs(h[keep], self.lm_head_weight, targets[keep], temperature)
+        if hidden_only:
+            return None, h[targets != -100]
         if doc_ids is not None:
             keep = targets != -100
             h, targets = h[keep], targets[keep]

@@ -28,7 +28,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from checkpoint import load_model
 from generate import Decoder
 from muon import wsd_lr_factor
@@ -79,7 +80,7 @@ SAME_RUN_KEYS = ("prompts", "reward", "group_size", "prompts_per_step", "max_new
 
 # ------------------------------------------------------------------------------------------------ rewards
 def load_rewards(spec):
-    """'module:function[,...]' -> [(name, function)]: a module importable from here (or a .py path)."""
+    """'module:function[,...]' -> [(name, function)]: a module importable from here, or a .py path."""
     fns = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         mod_name, _, fn_name = item.rpartition(":")
@@ -87,20 +88,16 @@ def load_rewards(spec):
             sys.exit(f"error: --reward={item!r}: expected module:function (e.g. rewards.py:concise)")
         try:
             if mod_name.endswith(".py"):
-                path = os.path.abspath(mod_name)
-                spec_ = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-                if spec_ is None or not os.path.isfile(path):
-                    raise FileNotFoundError(f"no such file {mod_name}")
+                spec_ = importlib.util.spec_from_file_location(os.path.basename(mod_name)[:-3], os.path.abspath(mod_name))
                 module = importlib.util.module_from_spec(spec_)
                 spec_.loader.exec_module(module)
             else:
                 module = importlib.import_module(mod_name)
         except (ImportError, OSError) as e:
             sys.exit(f"error: --reward={item!r}: cannot load {mod_name} ({e})")
-        fn = getattr(module, fn_name, None)
-        if not callable(fn):
+        if not callable(getattr(module, fn_name, None)):
             sys.exit(f"error: --reward={item!r}: {mod_name} has no function {fn_name}")
-        fns.append((fn_name, fn))
+        fns.append((fn_name, getattr(module, fn_name)))
     if not fns:
         sys.exit("error: --reward is empty: name at least one module:function")
     return fns
@@ -246,11 +243,31 @@ def sync_rollout_model(rollout_model, model, decoder):
 
 
 # ------------------------------------------------------------------------------------------------ the update
+def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
+    """The policy's terms, per row of h [N, hidden] against targets [N]: log p(target) under softmax(h @ weight.T /
+    temperature) (differentiable) and the entropy of that distribution (no gradient: it is only logged). In chunks
+    under activation checkpointing, as chunked_cross_entropy, so [N, vocab] logits never exist at once."""
+    chunk_rows = chunk_rows or max(64, (1 << 27) // weight.shape[0])
+
+    def chunk_terms(h_c, t_c):
+        logits = F.linear(h_c, weight).float() / temperature
+        norm = logits.logsumexp(-1)
+        with torch.no_grad():
+            entropy = norm - (logits.softmax(-1) * logits).sum(-1)
+        return logits.gather(1, t_c[:, None])[:, 0] - norm, entropy
+
+    parts = [checkpoint(chunk_terms, h[i:i + chunk_rows], targets[i:i + chunk_rows], use_reentrant=False)
+             if h.requires_grad else chunk_terms(h[i:i + chunk_rows], targets[i:i + chunk_rows])
+             for i in range(0, h.shape[0], chunk_rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def per_token_terms(model, batch, dev, autocast, grad):
-    """(log-probs, entropies) of a packed micro-batch's completion tokens."""
+    """(log-probs, entropies) of a packed micro-batch's completion tokens (model: the Qwen3, or its DDP wrapper)."""
     x, y, doc = (t.to(dev) for t in batch)
     with (nullcontext() if grad else torch.no_grad()), autocast:
-        return model(x, y, doc, per_token=True, temperature=temperature)[1]
+        h = model(x, y, doc, hidden_only=True)[1]
+        return token_logprobs(h, getattr(model, "module", model).lm_head_weight, y[y != -100], temperature)
 
 
 def micro_batches(x, y, doc, n_micro):
@@ -301,29 +318,23 @@ def update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocas
 def use_train_py():
     """train.py imported with this run's settings: its functions (processes, model + optimizer, checkpoints, log,
     export) read train.py's module globals, so they are pointed at ours."""
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import train as T
-    finally:
-        sys.argv = argv
+    argv, sys.argv = sys.argv, sys.argv[:1]   # train.py parses its command line on import: an empty one
+    import train as T
+    sys.argv = argv
     for k, v in config.items():
         if k in vars(T):
             setattr(T, k, v)
     T.config, T.SAME_RUN_KEYS = config, SAME_RUN_KEYS + T.MODEL_KEYS   # recorded in checkpoints, compared on resume
-    T.sft_data = ""
     return T
 
 
 def resumed_reference(T):
-    """The model a resumed run started from (its checkpoints record it): the KL term's reference."""
+    """The model a resumed run started from, which its checkpoints record: the KL term's reference."""
     ckpts = T.list_checkpoints(out_dir)
-    if not ckpts:
-        sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    try:
-        saved = torch.load(os.path.join(ckpts[-1], "state.pt"), weights_only=True, map_location="cpu", mmap=True)
-        return saved["train_config"].get("reference", "")
+    try:   # a missing or damaged checkpoint: build_model says so
+        return torch.load(os.path.join(ckpts[-1], "state.pt"), weights_only=True, mmap=True)["train_config"]["reference"]
     except Exception:
-        return ""   # build_model names the damaged checkpoint
+        return ""
 
 
 def main():
@@ -342,8 +353,7 @@ def main():
                  f"{world} process(es) (got {prompts_per_step})")
     rows, rewards = read_prompts(prompts), load_rewards(reward)
     if master:
-        from data import make_writable_dir
-        make_writable_dir(out_dir)
+        T.make_writable_dir(out_dir)
     lock = T.lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     torch.manual_seed(seed)
     T.use_cuda_kernels(cuda)

@@ -14,6 +14,9 @@ review -- is it positive or negative? -- and measure it on reviews it has never 
   how often the unconstrained greedy token is exactly the right label (0 for a model that does not follow the
   format).
 Training is config/sft_demo.py through train.py, in a subprocess, like any run.
+
+`python sft_demo.py rl` then tunes that SFT model further by reinforcement learning (rl.py, config/rl_demo.py) on the
+same training reviews with a verifiable reward, the true label (rewards.py:exact_answer), and measures it the same way.
 """
 import json, os, shutil, subprocess, sys, time, unicodedata
 
@@ -78,6 +81,8 @@ def build_data(demo_dir=DEMO_DIR, out_dir=SFT_DIR):
         for old in ("done", "train", "val"):
             shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
     sft.prepare([os.path.join(out_dir, "raw")], out_dir, max_len=256, val_fraction=0.02)
+    with open(os.path.join(out_dir, "rl_prompts.jsonl"), "w", encoding="utf-8") as f:   # rl.py's: prompt + answer
+        f.writelines(json.dumps({"prompt": INSTRUCTION + t, "answer": l}, ensure_ascii=False) + "\n" for t, l in rows)
     return heldout
 
 
@@ -106,11 +111,35 @@ def accuracy(model, examples, batch_size=32):
     return choice / len(examples), greedy / len(examples)
 
 
+def rl_stage(heldout):
+    """`python sft_demo.py rl`: out_sft -> out_rl_demo by rl.py, both measured on the held-out reviews."""
+    try:
+        tuned = find_model_dir(os.path.join(ROOT, "out_sft"))
+    except SystemExit:
+        sys.exit("error: the RL stage tunes the SFT demo model: run `python sft_demo.py` first")
+    before = accuracy(from_pretrained(tuned), heldout)
+    print(f"SFT model {tuned}: choice accuracy {100 * before[0]:.1f}%, greedy answers the right label {100 * before[1]:.1f}%")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "rl.py", "config/rl_demo.py", "--overwrite=True", f"--init_from={tuned}"], cwd=ROOT)
+    if r.returncode:
+        sys.exit(r.returncode)
+    after = accuracy(from_pretrained(find_model_dir(os.path.join(ROOT, "out_rl_demo"))), heldout)
+    print(f"RL model out_rl_demo ({time.time() - t0:.0f} s of RL): choice accuracy {100 * after[0]:.1f}%, greedy answers "
+          f"the right label {100 * after[1]:.1f}%")
+    print("DEMO_RL " + json.dumps({"heldout": len(heldout), "before": {"choice": round(before[0], 4), "greedy": round(before[1], 4)},
+                                   "after": {"choice": round(after[0], 4), "greedy": round(after[1], 4)}}))
+
+
 def main():
+    if sys.argv[1:] not in ([], ["rl"]):
+        sys.exit("usage: python sft_demo.py      (SFT of the demo model)\n       python sft_demo.py rl   (then RL)")
     try:
         base = find_model_dir(os.path.join(ROOT, "out"))
     except SystemExit:
         sys.exit("error: the demo fine-tunes the demo base model: train it first with `python train.py config/tiny.py`")
+    if sys.argv[1:] == ["rl"]:
+        torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+        return rl_stage(build_data())
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     heldout = build_data()
     pos = sum(l == LABELS[0] for _, l in heldout) / len(heldout)

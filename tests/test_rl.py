@@ -53,7 +53,7 @@ def test_packed_sequences_score_as_each_alone():
     x, y, doc, owner = rl.pack(seqs, n_prompt, row_len=24, pad=0)
     assert len(x) == 2 and owner.tolist() == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 6
     with torch.no_grad():
-        _, (logp, entropy) = model(x, y, doc, per_token=True, temperature=0.7)
+        logp, entropy = rl.token_logprobs(model(x, y, doc, hidden_only=True)[1], model.lm_head_weight, y[y != -100], 0.7)
         alone = []
         for s, p in zip(seqs, n_prompt):
             logits = model(torch.tensor([s[:-1]]))[0][0, p - 1:] / 0.7
