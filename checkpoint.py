@@ -312,20 +312,27 @@ def compare_config(saved, current, same_run_keys, allow_change, master):
                  "is no longer the same run; pass --allow_config_change=True if that is what you want")
 
 
-def run_log(path):
-    """append(record) for a run's log.jsonl: None when written, else the one-line message of the failed write (a
-    full disk), then and ever after -- nothing more is appended to the torn line, which trim_log drops on resume."""
+def run_log(path, on_failure, wandb_run=None):
+    """log(record, text=None) for rank 0: prints the text, appends the record to the run's log.jsonl and, with
+    wandb_run = (project, name, config), to wandb. A failed write (a full disk) calls on_failure(one-line message)
+    once, and nothing more is appended to the torn line, which trim_log drops on the resume."""
     f, failed = open(path, "a"), []
+    if wandb_run:
+        import wandb
+        wandb.init(project=wandb_run[0], name=wandb_run[1], config=wandb_run[2])
 
-    def append(rec):
+    def log(rec, text=None):
+        print(text) if text else None
         if not failed:
             try:
                 f.write(json.dumps(rec) + "\n"), f.flush()
             except OSError as e:
                 failed.append(no_space_message(path, len(json.dumps(rec)) + 1, e, "free space and resume with "
                                                "--init_from=resume"))
-        return failed[0] if failed else None
-    return append
+                on_failure(failed[0])
+        if wandb_run:
+            wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+    return log
 
 
 def trim_log(path, step):

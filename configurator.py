@@ -140,5 +140,12 @@ def check_ranges(g, at_least, unit=()):
             sys.exit(f"error: --{key} must be in [0, 1], got {g[key]!r}")
 
 
+def check_choices(g, choices):
+    """A setting that must be one of a few words: one line naming the key and the words."""
+    for key, allowed in choices.items():
+        if g[key] not in allowed:
+            sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {g[key]!r}")
+
+
 if __name__ != "configurator":   # exec'd by an entry point (imported as a module, e.g. by tests: only the functions)
     _apply_args(sys.argv[1:], globals())

@@ -49,10 +49,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no space, over quota, 
 
 
 def write_json(path, obj, **dump_kw):
-    """JSON written as a shard is: to a .tmp file that is flushed, fsynced and closed (each of which can report a
-    full disk) before it is renamed into place. json.dump into an open() never closed let a full disk pass unseen:
-    the rename then put a file cut at 4 KiB (or empty) where a reader trusts it. A failure removes the .tmp and
-    raises the OSError."""
+    """JSON written as a shard is: a .tmp file flushed, fsynced and closed (each can report a full disk), then renamed.
+    json.dump into an open() never closed let a full disk pass unseen: the rename put a file cut at 4 KiB (or empty)
+    where a reader trusts it. A failure removes the .tmp and raises the OSError."""
     text, tmp = json.dumps(obj, **dump_kw), path + ".tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -243,6 +242,26 @@ class DistributedBatches:
         if str(self.device).startswith("cuda"):
             xy = xy.pin_memory().to(self.device, non_blocking=True)
         return xy[:, :-1], xy[:, 1:]
+
+
+def data_or_exit(fn, *args):
+    """fn(*args), a data problem (this file names the file and what to do) as one line; every rank stops."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+def pretrain_batches(data_dir, seq_len, seed, vocab_size, micro_batch, world, rank, grad_accum, device, doc_mask):
+    """train.py's get_batch(step, micro_step) for pretraining: the split's windows as (x, y), plus doc_ids cut at
+    <|endoftext|> with doc_mask."""
+    windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=vocab_size)
+    windows_at = DistributedBatches(windows, micro_batch, world, rank, grad_accum, device).get
+
+    def get(step, micro_step):
+        x, y = windows_at(step, micro_step)
+        return (x, y, doc_ids_at_endoftext(x)) if doc_mask else (x, y)
+    return get
 
 
 VAL_SEED = 2024

@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, lock_out_dir,
                         run_log, save_checkpoint, start_out_dir, trim_log)
-from data import (DistributedBatches, TokenWindows, doc_ids_at_endoftext, make_writable_dir, sft_batches,
-                  sft_chat_template, sft_val_loss, val_loss_bpb)
+from data import (data_or_exit, make_writable_dir, pretrain_batches, sft_batches, sft_chat_template, sft_val_loss,
+                  val_loss_bpb)
 from mfu import describe_run, flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
 from muon import build_optimizer, wsd_lr_factor
@@ -87,7 +87,6 @@ MODEL_KEYS = tuple(f.name for f in fields(Qwen3Config))
 # a resume may change anything else (lr, schedule, intervals, GPU count...), but not what fixes the data order or model
 SAME_RUN_KEYS = ("seq_len", "global_batch", "seed", "data_dir", "sft_data", "doc_mask") + MODEL_KEYS
 STOP_SIGNALS = []   # SIGTERM / SIGINT received (main installs the handler): all ranks stop after the current step
-IN_LOOP = []        # non-empty once the first step has started: a signal before it stops at once (nothing to save)
 LOG_FAILED = []     # the one-line message of a failed log.jsonl write (a full disk): the run stops as on SIGTERM
 
 
@@ -107,13 +106,12 @@ def setup_processes():
 
 
 def check_settings(world):
-    """Refuse what would silently train wrongly (or stop on a ZeroDivisionError later); returns the gradient
-    accumulation."""
+    """Refuse what would silently train wrongly (or divide by zero later); returns the gradient accumulation."""
     at_least_1 = ("seq_len", "micro_batch", "global_batch", "log_interval", "keep_ckpts", "val_tokens", "pg_timeout_s")
     at_least_0 = ("max_steps", "warmup_steps", "decay_steps", "eval_interval", "ckpt_interval", "log_seconds",
                   "grad_clip", "muon_lr", "adamw_lr", "weight_decay", "peak_tflops_override")
-    check_ranges(globals(), {**dict.fromkeys(at_least_1, 1), **dict.fromkeys(at_least_0, 0)},   # configurator.py's
-                 ("beta1", "beta2", "muon_momentum", "min_lr_frac"))
+    check_ranges(globals(), {**dict.fromkeys(at_least_1, 1), **dict.fromkeys(at_least_0, 0)},
+                 ("beta1", "beta2", "muon_momentum", "min_lr_frac"))   # check_ranges, check_choices: configurator.py's
     if global_batch % (micro_batch * world):  # e.g. 384 on 3 or 6 GPUs: say what would work
         fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
         sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
@@ -121,11 +119,8 @@ def check_settings(world):
                     f"no micro_batch does: make global_batch a multiple of {world}"))
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
-    for key, allowed in (("sdpa_backend", ("auto", "cudnn", "flash", "efficient")),
-                         ("checkpointing", ("none", "block", "selective")),
-                         ("export_dtype", ("bfloat16", "float32"))):
-        if globals()[key] not in allowed:
-            sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {globals()[key]!r}")
+    check_choices(globals(), {"sdpa_backend": ("auto", "cudnn", "flash", "efficient"),
+                              "checkpointing": ("none", "block", "selective"), "export_dtype": ("bfloat16", "float32")})
     if export_only and init_from != "resume":
         sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
     return global_batch // (micro_batch * world)
@@ -223,41 +218,18 @@ def make_batches(model, world, rank, grad_accum, dev, master, ddp):
         build_demo()   # its summary line says what was made (files, tokens, skipped rows)
     if ddp:
         dist.barrier()
-    windows = TokenWindows(data_dir, "train", seq_len, seed, vocab_size=model.config.vocab_size)
-    windows_at = DistributedBatches(windows, micro_batch, world, rank, grad_accum, dev).get
-
-    def get(step, micro_step):   # a shard read mid-run (an id over the vocab that meta.json hid): one line
-        x, y = data_or_exit(windows_at, step, micro_step)
-        return (x, y, doc_ids_at_endoftext(x)) if doc_mask else (x, y)
-    return get
-
-
-def data_or_exit(fn, *args):
-    """fn(*args), a data problem (data.py names the file and what to do) as one line; every rank stops."""
-    try:
-        return fn(*args)
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    get = pretrain_batches(data_dir, seq_len, seed, model.config.vocab_size, micro_batch, world, rank, grad_accum, dev,
+                           doc_mask)
+    return lambda step, micro_step: data_or_exit(get, step, micro_step)   # a shard read mid-run: one line too
 
 
 def open_log(master):
-    """log(record, text=None): rank 0 prints the text and appends the record to out_dir/log.jsonl (and wandb)."""
-    if not master:
-        return lambda rec, text=None: None
+    """log(record, text=None): rank 0 prints the text and appends the record to out_dir/log.jsonl (and wandb); a
+    failed write (a full disk) stops the run after the next step as SIGTERM does, its checkpoint tried."""
     LOG_FAILED.clear()
-    append = run_log(os.path.join(out_dir, "log.jsonl"))
-    if wandb_log:
-        import wandb
-        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
-
-    def log(rec, text=None):
-        print(text) if text else None
-        failed = append(rec)
-        if failed and not LOG_FAILED:   # a full disk: stop after the next step as on SIGTERM (a checkpoint is tried)
-            LOG_FAILED.append(failed), STOP_SIGNALS.append("a failed write to log.jsonl")
-        if wandb_log:
-            wandb.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
-    return log
+    on_failure = lambda msg: (LOG_FAILED.append(msg), STOP_SIGNALS.append("a failed write to log.jsonl"))
+    return run_log(os.path.join(out_dir, "log.jsonl"), on_failure, (wandb_project, wandb_run_name, config)
+                   if wandb_log else None) if master else lambda rec, text=None: None
 
 
 def evaluate(model, step, dev, autocast, log):
@@ -335,23 +307,17 @@ def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
         dist.barrier()   # nobody runs ahead while rank 0 writes
 
 
-def on_signal(signum, _frame):
-    """SIGTERM / SIGINT: during training, all ranks stop after the current step and rank 0 checkpoints it; before
-    the first step (building the model, preparing data, compiling) there is nothing to save: stop now."""
-    name = signal.Signals(signum).name
-    if not IN_LOOP:
-        print(f"stopped by {name} before the first step: nothing to save", flush=True)
-        raise SystemExit(0)
-    STOP_SIGNALS.append(name)
+def stop_now(signum, _frame):
+    """SIGTERM / SIGINT before the first step (building the model, preparing data, compiling): nothing to save."""
+    print(f"stopped by {signal.Signals(signum).name} before the first step: nothing to save", flush=True)
+    raise SystemExit(0)
 
 
 def main(get_batch=None):
     """Train. `get_batch(step, micro_step) -> (x, y) or (x, y, doc_ids)` on the device replaces the dataset
     (bench/train_speed.py feeds random tokens through it). Returns the per-step records."""
     # ---------------------------------------------------------------------------------------- setup
-    IN_LOOP.clear()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
-        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGTERM, stop_now), signal.signal(signal.SIGINT, stop_now)   # until the loop starts
     rank, local_rank, world, dev = setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
     if master:   # a read-only out_dir: one line now, not Errno 30 at the lock, the log or the first checkpoint
@@ -389,7 +355,8 @@ def main(get_batch=None):
     history, t_start, first, last_line, stop = [], time.time(), step, time.time(), False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    IN_LOOP.append(True)
+    for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
+        signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
     while step < max_steps and not stop:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
