@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import sft
 from checkpoint import find_model_dir, from_pretrained
-from data import open_shard
+from data import open_shard, sft_chat_template
 from prepare import DEMO_DIR, build_demo
 from tokenizer import EOT, get_tokenizer, render_chat
 
@@ -76,7 +76,7 @@ def build_data(demo_dir=DEMO_DIR, out_dir=SFT_DIR):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     json.dump(heldout, open(os.path.join(out_dir, "heldout.json"), "w", encoding="utf-8"), ensure_ascii=False)
-    if os.path.exists(os.path.join(out_dir, "meta.json")) and data.sft_chat_template(out_dir) != "qwen3":
+    if os.path.exists(os.path.join(out_dir, "meta.json")) and sft_chat_template(out_dir) != "qwen3":
         os.remove(os.path.join(out_dir, "meta.json"))   # prepared in ChatML by an older version: prepare anew
         for old in ("done", "train", "val"):
             shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)

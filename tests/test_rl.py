@@ -170,7 +170,7 @@ def test_two_processes_split_the_prompts_and_train_together(toy, tmp_path):
     assert "2 process(es)" in r.stdout
 
 
-def test_numeric_settings_are_checked_before_any_work(toy, tmp_path, monkeypatch):
+def test_numeric_settings_are_checked_before_any_work(toy, tmp_path, train_module, monkeypatch):
     for arg, says in (("--group_size=1", "--group_size must be >= 2"), ("--top_p=1.5", "--top_p must be in [0, 1]"),
                       ("--temperature=0.0", "--temperature must be > 0")):
         msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", arg))

@@ -443,3 +443,15 @@ def test_sft_split_is_prepare_pys_rule_on_each_conversations_text(tmp_path):
     expected_val = sum(prepare._is_val(line, 0.5) for line in lines)
     assert 0 < expected_val < len(rows)   # the check below can tell the splits apart
     assert meta["conversations"] == {"train": len(rows) - expected_val, "val": expected_val}
+
+
+@pytest.mark.slow
+def test_sft_demo_data_builds_twice_and_writes_rl_prompts(demo_dir, tmp_path):
+    """sft_demo.build_data a second time (a rerun, or `python sft_demo.py rl` after the demo) reads the prepared
+    meta.json back (it named a module it had not imported); the RL stage's prompts carry each review's label."""
+    import sft_demo
+    out = str(tmp_path / "sft_demo")
+    first = sft_demo.build_data(demo_dir, out)
+    assert sft_demo.build_data(demo_dir, out) == first
+    rows = [json.loads(l) for l in open(os.path.join(out, "rl_prompts.jsonl"), encoding="utf-8")]
+    assert rows and all(r["prompt"].startswith(sft_demo.INSTRUCTION) and r["answer"] in sft_demo.LABELS for r in rows)

@@ -150,11 +150,14 @@ def test_numeric_settings_out_of_range_are_one_line(train_module, monkeypatch, k
     assert msg.startswith(f"error: --{key} must be") and repr(value) in msg, msg
 
 
-def test_every_config_file_sets_only_train_keys(train_module):
-    import glob
-    settings = {k: v for k, v in vars(train_module).items()}
+def test_every_config_file_sets_only_train_keys(train_module, monkeypatch):
+    """config/*.py are train.py's, except config/rl_*.py, rl.py's (checked against rl.py's settings)."""
+    import glob, sys
+    monkeypatch.setattr(sys, "argv", ["rl.py"])   # rl.py parses its command line on import
+    import rl
     for path in sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))):
-        _configure([path], **dict(settings))
+        rl_config = os.path.basename(path).startswith("rl_")
+        _configure([path], **dict(vars(rl) if rl_config else vars(train_module)))
 
 
 def test_global_batch_that_does_not_split_names_the_micro_batches_that_do(tmp_path, train_module):
