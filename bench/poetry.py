@@ -313,7 +313,10 @@ def main():
     a = ap.parse_args()
     if not os.path.exists(a.corpus):
         sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
+    print(f"reading the poems in {a.corpus} ...", file=sys.stderr, flush=True)   # ~10 s for the whole corpus
     rows = read_corpus(a.corpus)
+    print(f"{len(rows):,} poems read" + ("; splitting, holding titles out, writing ..." if a.command == "build" else ""),
+          file=sys.stderr, flush=True)
     if a.command == "build":
         pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form, multi_turn=a.multi_turn)
         os.makedirs(a.out, exist_ok=True)

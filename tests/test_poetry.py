@@ -67,7 +67,8 @@ def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
     assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3
 
 
-def test_the_npm_package_directory_is_read_as_it_ships(tmp_path):
+def package_dist(tmp_path):
+    """A small copy of the npm package's dist/: two poems, an authors file, a broken file, strains."""
     dist = tmp_path / "dist"
     for sub in ("quantangshi", "songci", "strains"):
         (dist / sub).mkdir(parents=True)
@@ -79,9 +80,24 @@ def test_the_npm_package_directory_is_read_as_it_ships(tmp_path):
     (dist / "songci" / "authors.song.json").write_text('[{"name": "晏殊", "desc": "..."}]', encoding="utf-8")
     (dist / "songci" / "broken.json").write_text("{not json", encoding="utf-8")
     (dist / "strains" / "x.json").write_text('[{"title": "t", "paragraphs": ["平平仄仄"]}]', encoding="utf-8")
-    rows = poetry.read_corpus(str(dist))
+    return dist
+
+
+def test_the_npm_package_directory_is_read_as_it_ships(tmp_path):
+    rows = poetry.read_corpus(str(package_dist(tmp_path)))
     assert rows == [{"text": "靜夜思\n李白\n" + JUEJU, "collection": "quantangshi"},
                     {"text": "浣溪沙\n晏殊\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。", "collection": "songci"}]
+
+
+def test_build_says_what_it_reads_and_writes_rl_prompts(tmp_path, monkeypatch, capsys):
+    """build spoke only at the end (~12 s of silence on the whole corpus); it also writes rl.py's prompts."""
+    dist = package_dist(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["poetry.py", "build", "--corpus", str(dist), "--out", str(tmp_path / "raw")])
+    poetry.main()
+    err = capsys.readouterr().err
+    assert err.startswith(f"reading the poems in {dist} ...\n2 poems read; splitting")
+    rl = [json.loads(l) for l in open(tmp_path / "raw" / "rl_prompts.jsonl", encoding="utf-8")]
+    assert all(r["messages"][-1]["role"] == "user" for r in rl)
 
 
 def test_multi_turn_chats_keep_every_pair_once_and_still_hold_out_the_titles():
