@@ -35,7 +35,8 @@ def test_readme_says_how_to_install_on_cpu_and_gpu():
 ENTRY_POINTS = {"train": "train.py", "sample": "sample.py", "chat": "chat.py", "eval": "eval.py", "mfu": None,
                 "sft_demo": None, "prepare": "prepare.py", "sft": "sft.py", "bench/train_speed": "train.py",
                 "bench/decode": "bench/decode.py", "bench/sft": "bench/sft.py", "bench/ceval": "bench/ceval.py",
-                "bench/fusions": "bench/fusions.py"}
+                "bench/fusions": "bench/fusions.py", "rl": "rl.py", "serve": "serve.py", "bench/poetry": "bench/poetry.py",
+                "bench/serve": "bench/serve.py"}
 
 
 def entry_point_keys(path):
