@@ -92,10 +92,20 @@ def records(out):
 @pytest.mark.slow
 def test_tiny_model_learns_a_toy_verifiable_reward(toy, tmp_path, train_module, monkeypatch):
     out = tmp_path / "out"
-    assert run_script(monkeypatch, "rl.py", *toy_args(toy, out, "--max_steps=40", "--ckpt_interval=0")) == 0
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, out, "--max_steps=40", "--ckpt_interval=0",
+                                                      "--export_at_end=True")) == 0
     rewards = [r["reward"] for r in records(out)]
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     assert last > 2 * first and last > 0.4, rewards
+    # the export is the tuned model, with the chat template: transformers and chat.py read it as they read SFT's
+    from transformers import AutoTokenizer
+    from checkpoint import from_pretrained
+    from tokenizer import render_chat
+    chat = [{"role": "user", "content": "Write about the cat."}]
+    ids = AutoTokenizer.from_pretrained(out / "hf").apply_chat_template(chat, add_generation_prompt=True, enable_thinking=False)
+    assert list(getattr(ids, "input_ids", ids)) == render_chat(chat, add_generation_prompt=True, enable_thinking=False)[0]
+    tuned, start = from_pretrained(str(out / "hf")), from_pretrained(str(toy / "tiny"))
+    assert not torch.equal(tuned.model.norm.weight, start.model.norm.weight)
     rec = records(out)[-1]
     for key in ("reward_han", "entropy", "completion_len", "rollout_tok_per_s", "train_tok_per_s", "eta_s", "skipped_groups"):
         assert key in rec
