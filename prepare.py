@@ -16,7 +16,8 @@ from collections import Counter
 import numpy as np
 
 from data import DISK_FULL, HEADER_BYTES, make_writable_dir, no_space_message, write_json, write_shard
-from readers import FORMATS, MissingFieldError, StructuralError, files_under, input_format, iter_rows, unique_files
+from readers import (FORMATS, TEXT_FORMATS, MissingFieldError, StructuralError, files_under, input_format, iter_rows,
+                     unique_files)
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
 
 
@@ -64,7 +65,7 @@ def prepare_file(path, out_dir, settings):
     if os.path.exists(sidecar_path):  # redoing with other settings: never leave old stats next to new shards
         os.remove(sidecar_path)
     fields = (settings["text_field"], settings["score_field"], settings["source_field"])
-    filtered = settings["min_score"] is not None and input_format(path)[0] != "txt"  # .txt has no score
+    filtered = settings["min_score"] is not None and input_format(path)[0] not in TEXT_FORMATS  # no score in them
     skips, stats, source_tokens = Counter(), Counter(zh_chars=0, en_chars=0, docs=0, dropped_by_score=0), Counter()
     train, val, batch, labels, reported = [], [], [], [], 0.0
 
@@ -166,8 +167,8 @@ def expand_inputs(specs):
         found = files_under(pattern) if os.path.isdir(pattern) else sorted(glob.glob(pattern, recursive=True))
         paths = [p for p in found if os.path.isfile(p) and input_format(p)[0] in FORMATS]
         if not paths:
-            raise SystemExit(f"error: --input {spec!r} matches no .parquet/.jsonl/.json/.txt file "
-                             f"(jsonl/json/txt may be compressed: .gz, .xz, .zst)")
+            raise SystemExit(f"error: --input {spec!r} matches no .{'/.'.join(FORMATS)} file "
+                             f"(all but parquet may be compressed: .gz, .xz, .zst)")
         out += [(p, source_index, weight) for p in paths]
     if len({w is None for _, _, w in out}) > 1:
         raise SystemExit("error: give a @weight to every --input or to none")
@@ -414,8 +415,8 @@ def build_demo(out_dir=DEMO_DIR, quiet=False):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Tokenize text files into shards for train.py (see README).")
-    ap.add_argument("--input", nargs="+", help="files, directories or globs of .parquet/.jsonl/.json/.txt (the "
-                    "last three also .gz/.xz/.zst compressed); "
+    ap.add_argument("--input", nargs="+", help="files, directories or globs of .parquet/.jsonl/.json/.txt/.py (one "
+                    ".txt/.py file is one document; all but parquet also .gz/.xz/.zst compressed); "
                     "append @W to give a source weight, e.g. 'zh/*.parquet@3' 'en/*.parquet@1'")
     ap.add_argument("--out", help="output directory (shards + meta.json)")
     ap.add_argument("--text_field", default="text", help="the text column/key; several, comma-separated, are "

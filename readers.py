@@ -1,6 +1,7 @@
 """
-Raw input files -> rows of text (what prepare.py tokenizes): parquet, jsonl, json and txt, the last three also
-compressed (.gz, .xz, .zst), and the text of a row from one field or several.
+Raw input files -> rows of text (what prepare.py tokenizes): parquet, jsonl, json, and plain text -- .txt and
+Python source .py, one file one document (a corpus of code: the standard library's .py files) -- the last three
+also compressed (.gz, .xz, .zst), and the text of a row from one field or several.
 
 Bad rows are counted by reason and skipped; a file that cannot be used at all raises StructuralError (one line,
 naming the file), and a file with none of the text fields raises its subclass MissingFieldError, which prepare.py
@@ -17,7 +18,8 @@ class MissingFieldError(StructuralError):
 
 
 COMPRESSED = ("gz", "xz", "zst")          # jsonl / json / txt inputs may be compressed with any of these
-FORMATS = ("parquet", "jsonl", "json", "txt")
+TEXT_FORMATS = ("txt", "py")               # one file = one document, no fields
+FORMATS = ("parquet", "jsonl", "json") + TEXT_FORMATS
 
 
 def input_format(path):
@@ -180,7 +182,7 @@ def iter_rows(path, fields, skips, progress):
                     progress(pos / size)
             if not seen_field and skips["missing_field"]:
                 raise MissingFieldError(f"{path}: no row has {fields_named(text_fields)} (--text_field)")
-        elif ext == "txt":  # one file = one document
+        elif ext in TEXT_FORMATS:  # one file = one document
             stream, raw = _open_input(path, compression)
             with stream, raw:
                 try:   # utf-8-sig: a byte-order mark is not part of the document
@@ -189,7 +191,7 @@ def iter_rows(path, fields, skips, progress):
                     skips["invalid_utf8"] += 1
         else:
             raise StructuralError(f"{path}: unsupported extension .{ext} ({', '.join(FORMATS)}; "
-                                  f"jsonl/json/txt may end in .{', .'.join(COMPRESSED)})")
+                                  f"jsonl/json/txt/py may end in .{', .'.join(COMPRESSED)})")
     except StructuralError:
         raise
     except ImportError:

@@ -186,3 +186,24 @@ def test_prepare_numeric_flags_are_checked(tmp_path, monkeypatch, capsys, flag):
                       flag)
     assert code == 2 and f"{flag.split('=')[0]} must be" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_python_source_files_are_a_corpus_of_one_document_each(tmp_path):
+    """The second real corpus (issue 34): source code, e.g. the standard library's .py files (PSF), one file one
+    document, read back exactly: its text, then <|endoftext|>."""
+    import json as json_module, shutil
+    import numpy as np
+    import prepare
+    from data import open_shard
+    from tokenizer import EOT, get_tokenizer
+    src = tmp_path / "src" / "json"
+    shutil.copytree(os.path.dirname(json_module.__file__), src, ignore=shutil.ignore_patterns("__pycache__"))
+    files = sorted(p for p in os.listdir(src) if p.endswith(".py"))
+    assert len(files) >= 4
+    meta = prepare.prepare([str(tmp_path / "src")], str(tmp_path / "out"), val_fraction=0.0, quiet=True)
+    assert len(meta["shards"]) == len(files) and meta["docs"] == len(files)
+    enc = get_tokenizer()
+    for s in meta["shards"]:
+        toks = np.asarray(open_shard(str(tmp_path / "out" / "train" / (s["name"] + ".bin")))).tolist()
+        assert toks[-1] == EOT and EOT not in toks[:-1]
+        assert enc.decode(toks[:-1]) == open(os.path.join(src, os.path.basename(s["input"])), encoding="utf-8").read()
