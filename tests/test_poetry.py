@@ -3,7 +3,7 @@ import json, os, sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))  # after the root: bench/serve.py, bench/sft.py must not shadow serve.py, sft.py
 import poetry  # noqa: E402
 
 JUEJU = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"

@@ -5,7 +5,7 @@ import json, os, sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))  # after the root: bench/serve.py, bench/sft.py must not shadow serve.py, sft.py
 import poetry_rules as R  # noqa: E402
 
 # 杜甫《登高》 (a 七言律诗 of the corpus, first line rhyming) and 王之涣《登鹳雀楼》 (a 五言绝句, first line not rhyming)
@@ -68,3 +68,13 @@ def test_reward_without_built_data_names_the_missing_file(tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError, match="forms.json is missing: run bench/poetry.py build"):
         R.reward("写一首题为《秋》的五言绝句", GUANQUELOU)
     R.poetry_data.cache_clear()
+
+
+def test_importing_the_rules_leaves_the_root_modules_first():
+    """rl.py loads bench/poetry_rules.py as a reward: bench/ (serve.py, sft.py, decode.py) must come after the repo
+    root on sys.path, or a later `import serve` / `import sft` gets the benchmark instead (it did, in the test suite)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bench = os.path.join(root, "bench")
+    assert sys.path.index(root) < sys.path.index(bench)
+    import serve
+    assert os.path.dirname(os.path.abspath(serve.__file__)) == root

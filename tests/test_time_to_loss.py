@@ -3,7 +3,7 @@ import json, os, sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))  # after the root: bench/serve.py, bench/sft.py must not shadow serve.py, sft.py
 import time_to_loss as ttl  # noqa: E402
 import plot_log  # noqa: E402
 
