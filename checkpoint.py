@@ -183,6 +183,19 @@ def find_model_dir(path):
     raise SystemExit(f"error: {path} holds no checkpoint (ckpt-*/) and no config.json")
 
 
+def starting_shape(init_from, out_dir):
+    """The Qwen3Config fields of the weights a run starts from (a model directory, or for a resume out_dir's newest
+    checkpoint), read from config.json before the model is built, so that the first line names the right model;
+    {} when it starts from scratch or the file is unreadable (building the model then says why)."""
+    try:
+        path = list_checkpoints(out_dir)[-1] if init_from == "resume" else find_model_dir(init_from)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        return {k.name: saved[k.name] for k in fields(Qwen3Config) if k.name in saved}
+    except (Exception, SystemExit):
+        return {}
+
+
 def start_out_dir(out_dir, init_from, overwrite, master):
     """A fresh run must not mix with another run's checkpoints, exported model or log in the same out_dir, nor
     delete the model it starts from."""

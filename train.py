@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (compare_config, export_hf, list_checkpoints, load_checkpoint, load_model, lock_out_dir,
-                        run_log, save_checkpoint, start_out_dir, trim_log)
+                        run_log, save_checkpoint, start_out_dir, starting_shape, trim_log)
 from data import (data_or_exit, make_writable_dir, pretrain_batches, sft_batches, sft_chat_template, sft_val_loss,
                   val_loss_bpb)
 from mfu import describe_run, flops_per_token_6n, peak_tflops
@@ -308,8 +308,9 @@ def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
 
 
 def stop_now(signum, _frame):
-    """SIGTERM / SIGINT before the first step (building the model, preparing data, compiling): nothing to save."""
-    print(f"stopped by {signal.Signals(signum).name} before the first step: nothing to save", flush=True)
+    """SIGTERM / SIGINT before the first step ends (building, data, compiling, the first evaluation and step, which
+    on a CPU can take hours): nothing new to save, so stop at once."""
+    print(f"stopped by {signal.Signals(signum).name} before the first step ended: nothing new to save", flush=True)
     raise SystemExit(0)
 
 
@@ -325,7 +326,8 @@ def main(get_batch=None):
     out_dir_lock = lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     grad_accum = check_settings(world)
     if master and not export_only:   # before the minutes a large model takes to build
-        print(describe_run(model_config(), global_batch, seq_len, max_steps, world, dev), flush=True)
+        shape = {**vars(model_config()), **({} if init_from == "scratch" else starting_shape(init_from, out_dir))}
+        print(describe_run(Qwen3Config(**shape), global_batch, seq_len, max_steps, world, dev), flush=True)
     torch.manual_seed(seed)
     use_liger = use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
@@ -355,13 +357,13 @@ def main(get_batch=None):
     history, t_start, first, last_line, stop = [], time.time(), step, time.time(), False
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    for sig in (signal.SIGTERM, signal.SIGINT):   # what schedulers send before a kill, and Ctrl-C: see train_step
-        signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))
     while step < max_steps and not stop:
         if eval_interval and step % eval_interval == 0:
             evaluate(model, step, dev, autocast, log)
         loss, grad_norm, dt, dt_opt, stop = train_step(step, model, train_model, optimizer, get_batch, grad_accum,
                                                        world, ddp, dev, autocast, master)
+        for sig in (signal.SIGTERM, signal.SIGINT) if step == first else ():   # from now on a stop has a step to save:
+            signal.signal(sig, lambda signum, _: STOP_SIGNALS.append(signal.Signals(signum).name))   # see train_step
         step += 1
         tok_s = tokens_per_step / dt
         mfu = tok_s / world * flops_per_token / (peak * 1e12) if peak else None   # None: peak unknown (e.g. CPU)

@@ -94,7 +94,10 @@ def main(argv=None):
 
 def draw(runs, layout, per_step, labels):
     """The figure: a panel per entry of `layout` (panels()), a colour per run."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("error: bench/plot_log.py draws with matplotlib: pip install matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     cols = min(3, len(layout))

@@ -243,4 +243,31 @@ def test_the_reference_recipe_on_a_cpu_says_what_it_starts_and_stops_at_once_on_
         stdout, stderr = p.communicate(timeout=60)
     finally:
         p.kill()
-    assert p.returncode == 0 and "stopped by SIGTERM before the first step: nothing to save" in stdout, stderr[-2000:]
+    assert p.returncode == 0 and "stopped by SIGTERM before the first step ended: nothing new to save" in stdout, stderr[-2000:]
+
+
+def test_sigterm_during_the_first_evaluation_or_step_stops_at_once_and_the_first_line_names_the_weights(tmp_path):
+    """A newcomer's `python train.py` on a CPU ran the 0.6B recipe's first evaluation for ~10 minutes after SIGTERM
+    (the handler that only records a stop for after the step was installed before the first step), and a run from
+    weights announced the default 0.6B model. Now SIGTERM stops at once until the first step has ended, and the
+    first line names the model the weights hold."""
+    from conftest import small_config
+    from checkpoint import save_pretrained
+    from model import Qwen3
+    d = synthetic_dataset(str(tmp_path / "ds"), val=1_000_000)   # an evaluation of many seconds
+    save_pretrained(Qwen3(small_config()), str(tmp_path / "w"), dtype=torch.float32)
+    p = _start(["train.py", f"--data_dir={d}", f"--out_dir={tmp_path / 'o'}", f"--init_from={tmp_path / 'w'}",
+                "--device=cpu", "--compile=False", "--seq_len=64", "--micro_batch=1", "--global_batch=1",
+                "--val_tokens=1000000"])   # the signal arrives during the first evaluation
+    try:
+        first = p.stdout.readline()
+        assert first.startswith("training a 0M-parameter Qwen3 (2 layers x 64)"), first
+        while not p.stdout.readline().startswith("params "):   # the last line before the loop
+            pass
+        time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "stopped by SIGTERM before the first step ended" in stdout, stderr[-2000:]
+    assert not [c for c in os.listdir(tmp_path / "o") if c.startswith("ckpt-")]

@@ -80,3 +80,12 @@ def test_plot_log_takes_tokens_from_the_log_draws_every_field_and_cuts_no_step(t
     png = tmp_path / "c.png"
     plot_log.main([str(log), "--png", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_log_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    """matplotlib comes with the test extras, not the quickstart's install: a newcomer got a ModuleNotFoundError."""
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 8.5}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    with pytest.raises(SystemExit, match=r"^error: bench/plot_log.py draws with matplotlib: pip install matplotlib$"):
+        plot_log.main([str(log), "--png", str(tmp_path / "c.png")])
