@@ -11,19 +11,18 @@ their group's mean and down those below -- no value network, no learned reward.
 prompts: a .jsonl file, one prompt a line: {"prompt": "..."} (one user turn) or {"messages": [...]} (a chat that
 ends with a user turn); any other fields of the line go to the reward as keyword arguments (an "answer" to check).
 reward: `module:function` (a module name or a .py path), several joined by commas; each is a plain function
-`reward(prompt, completion, **fields) -> float` or a dict of named float components (summed), where prompt is the
-line's "prompt" or "messages" and completion the model's text. rewards.py shows how to write one.
+`reward(prompt, completion, **fields) -> float` or a dict of named float parts (summed), prompt the line's "prompt"
+or "messages", completion the model's text (rewards.py shows how).
 
 One step: `prompts_per_step` prompts (chosen by the step number alone, so a resume repeats the step) are rolled out
 `group_size` times each through generate.Decoder -- one batch on the static KV cache and the Triton step (CUDA
 graphs) of a bf16 copy of the policy, refreshed in place after every update. Advantages are the rewards minus their
 group's mean (divided by the group's std with scale_rewards); groups whose answers all scored alike teach nothing and
 are skipped. The loss is PPO's clipped surrogate per token (DAPO's asymmetric clip), summed over tokens and divided by
-a constant -- sequences x max_new_tokens, as Dr. GRPO argues, so no answer's tokens weigh more for being short --
-plus kl_coef x the k3 estimate of KL to the frozen starting model. Training reuses train.py: its model/optimizer
-(Muon + AdamW), WSD schedule, checkpoints (exact resume, SIGTERM -> checkpoint), DDP, log and HF export.
+a constant (sequences x max_new_tokens, Dr. GRPO's: a short answer's tokens weigh no more), plus kl_coef x the k3
+estimate of KL to the starting model. The rest is train.py's: model/optimizer, WSD, checkpoints, DDP, log, export.
 """
-import importlib, importlib.util, json, math, os, random, sys, time
+import importlib, importlib.util, json, math, os, random, signal, sys, time
 from contextlib import nullcontext
 
 import torch
@@ -76,6 +75,7 @@ config = {k: v for k, v in globals().items() if not k.startswith("_") and isinst
 # what fixes the prompts of a step and the model: a resume that changes them is another run
 SAME_RUN_KEYS = ("prompts", "reward", "group_size", "prompts_per_step", "max_new_tokens", "temperature", "top_k",
                  "top_p", "seed", "chat_template", "enable_thinking")
+STATS = ("loss", "clip_frac", "kl", "entropy", "tokens", "grad_norm")   # an update's sums, for the log
 
 
 # ------------------------------------------------------------------------------------------------ rewards
@@ -178,12 +178,13 @@ def read_prompts(path):
 def step_prompts(n_prompts, step, per_step, seed):
     """The prompt indices of `step`: consecutive slices of a seeded permutation, a new permutation each epoch. A
     function of the step alone, so a resumed run (on any number of GPUs) continues with the same prompts."""
-    out = []
+    orders, out = {}, []   # a step spans at most a few epochs: each permutation is shuffled once, not once a prompt
     for i in range(step * per_step, (step + 1) * per_step):
         epoch, j = divmod(i, n_prompts)
-        order = list(range(n_prompts))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        out.append(order[j])
+        if epoch not in orders:
+            orders[epoch] = list(range(n_prompts))
+            random.Random(seed * 100_003 + epoch).shuffle(orders[epoch])
+        out.append(orders[epoch][j])
     return out
 
 
@@ -284,7 +285,7 @@ def micro_batches(x, y, doc, n_micro):
 
 def update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocast, normalizer, master, step):
     """updates_per_rollout optimizer steps, one per part [(micro-batches, per-token advantages)]. Returns stats."""
-    stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0, "grad_norm": 0.0}
+    stats = dict.fromkeys(STATS, 0.0)
     old = None
     if len(parts) > 1:   # the policy before any of this rollout's updates: what the ratios are taken against
         old = [[per_token_terms(model, mb, dev, autocast, False)[0] for mb in mbs] for mbs, _ in parts]
@@ -339,7 +340,6 @@ def resumed_reference(T):
 
 def main():
     T = use_train_py()
-    import signal
     for sig in (signal.SIGTERM, signal.SIGINT):   # stop after the current step, with a checkpoint
         signal.signal(sig, lambda signum, _: T.STOP_SIGNALS.append(signal.Signals(signum).name))
     rank, local_rank, world, dev = T.setup_processes()
@@ -408,7 +408,7 @@ def main():
             dist.all_reduce(shared), dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
         stop = shared[4].item() > 0
         t1 = time.time()
-        stats = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0, "grad_norm": 0.0}
+        stats = dict.fromkeys(STATS, 0.0)   # a step with no group to learn from makes no update
         if shared[3].item() > 0:   # some group, on some rank, has answers that differ
             parts = [(micro_batches(x, y, doc, int(n)), adv[torch.tensor(c, dtype=torch.long)][owner] if c else torch.zeros(0))
                      for (x, y, doc, owner), c, n in zip(packed, chunks, n_micro.tolist())]
