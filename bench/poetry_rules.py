@@ -21,7 +21,7 @@ The rules, for 五言/七言 绝句/律诗 (n sentences of k characters, poetry.
 import functools, glob, importlib.util, json, os, re, sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))   # poetry.py; after the root, whose serve.py / sft.py bench/ must not shadow
-from poetry import (HAN, NOISE, PUNCT, SHI_FORMS, check_form, copied_lines, corpus_lines, sentences)  # noqa: E402
+from poetry import HAN, NOISE, SHI_FORMS, check_form, copied_lines, corpus_lines, sentences  # noqa: E402
 
 LEVEL, OBLIQUE = "平", "仄"
 
