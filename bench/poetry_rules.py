@@ -151,7 +151,9 @@ def poetry_data(data_dir=None):
 
 def reward(prompt, completion, **fields):
     """The poem model's reward, as named components (rl.py sums them): form 0/1 (sentences x characters, or the ci
-    tune's pattern); rhyme and tone, each the share of its rules kept (0 when the form is wrong; shi only); and
+    tune's pattern); rhyme and tone, each the share of its rules kept (0 when the form is wrong; shi only); kept 0/1,
+    every rule at once (shi: rhyme and tone; ci: its form) -- the shares alone left a repeated rhyme character, one
+    condition of nine, in a fifth of the poems after RL (LOG 24), and "every rule" is what the poem is judged by; and
     penalties of -1 for a line copied from the corpus (>= 7 characters), a repeated sentence, or text that is not
     part of a poem (letters, notes in brackets, a second poem)."""
     form = form_of(prompt)
@@ -164,5 +166,6 @@ def reward(prompt, completion, **fields):
     lines = [s for s in shi_lines(poem) if len(s) >= 2]
     return {"form": float(ok), "rhyme": rules["rhyme_score"] if rules else 0.0,
             "tone": rules["tone_score"] if rules else 0.0,
+            "kept": float(rules["rhyme"] and rules["tone"]) if rules else float(ok and form.startswith("ci:")),
             "copied": -float(bool(copied_lines(poem, seen))), "repeated": -float(len(set(lines)) < len(lines)),
             "extra": -float(bool(NOISE.search(poem)) or not all(ALLOWED.match(c) for c in poem))}

@@ -14,5 +14,6 @@ warmup_steps = 10
 decay_steps = 60
 muon_lr = 0.002
 adamw_lr = 2e-5
+kl_coef = 0.04      # GRPO's beta (DeepSeekMath): holds the poems near the SFT model's language (fluency, LOG 24: +9.9% without)
 micro_batch = 8
 ckpt_interval = 50
