@@ -134,3 +134,17 @@ def test_generate_poems_takes_prompts_and_whole_chats():
                                     batch_size=2)
     second = poetry.generate_poems(model, poetry.second_turns(prompts, [JUEJU, JUEJU]), max_new_tokens=8, batch_size=2)
     assert as_text == as_chat and len(second) == 2 and all(isinstance(p, str) for p in second)
+
+
+def test_rl_prompts_repeat_the_ci_chats_up_to_their_share():
+    """ci were 4% of rl.py's prompts (the chats' own share) but 23% of the held-out prompts, and RL lost ci form."""
+    chat = lambda ask, turns=1: {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": "詩"}] * turns}
+    sft = [chat(f"写一首题为《題{i}》的七言绝句", 1 + i % 2) for i in range(380)]
+    sft += [chat(f"填一首词，词牌为《浣溪沙{i}》") for i in range(20)]
+    rows = poetry.rl_prompts(sft, limit=200)
+    asks = [r["messages"][-1]["content"] for r in rows]
+    assert len(rows) == 200 and all(r["messages"][-1]["role"] == "user" for r in rows)
+    assert sum("词牌" in a for a in asks) == 50 and len({a for a in asks if "词牌" in a}) == 20   # every tune, repeated
+    assert len({a for a in asks if "绝句" in a}) == 150 and any(len(r["messages"]) == 3 for r in rows)
+    ci_only = poetry.rl_prompts(sft[380:], limit=200)
+    assert len(ci_only) == 20 and poetry.rl_prompts(sft[:380], limit=200, ci_share=0.25) == poetry.rl_prompts(sft[:380], limit=200, ci_share=0)
