@@ -54,8 +54,7 @@ reference = ""                # the model KL is taken to: "" = the one init_from
 updates_per_rollout = 1       # optimizer steps per rollout batch (> 1: the clip matters, old log-probs are kept)
 max_steps, warmup_steps, decay_steps, min_lr_frac = 200, 10, 50, 0.0
 muon_lr = 0.002               # hidden 2-D matrices
-muon_lr_rule = "original"
-muon_momentum = 0.95
+muon_lr_rule, muon_momentum = "original", 0.95
 adamw_lr = 3e-6               # embedding and norm gains
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.0
@@ -340,8 +339,7 @@ def resumed_reference(T):
 
 def main():
     T = use_train_py()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # stop after the current step, with a checkpoint
-        signal.signal(sig, lambda signum, _: T.STOP_SIGNALS.append(signal.Signals(signum).name))
+    signal.signal(signal.SIGTERM, T.stop_now), signal.signal(signal.SIGINT, T.stop_now)   # as train.py: nothing to save yet
     rank, local_rank, world, dev = T.setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
     check_ranges(globals(), {"group_size": 2, **dict.fromkeys(("max_new_tokens", "prompts_per_step", "updates_per_rollout",
@@ -418,6 +416,8 @@ def main():
             torch.cuda.synchronize(dev)
         t2 = time.time()
         step += 1
+        for sig in (signal.SIGTERM, signal.SIGINT) if step == first + 1 else ():   # now a stop has a step to save:
+            signal.signal(sig, lambda signum, _: T.STOP_SIGNALS.append(signal.Signals(signum).name))   # after this one
         n_all, n_tok = prompts_per_step * group_size, max(stats["tokens"], 1)
         eta = (t2 - t_start) / (step - first) * (max_steps - step)
         rec = {"step": step, "loss": stats["loss"], "reward": shared[0].item() / n_all,

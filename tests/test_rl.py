@@ -22,6 +22,10 @@ def broken(prompt, completion):
     raise KeyError("no_such_field")
 def nan(prompt, completion):
     return float("nan")
+def slow(prompt, completion):
+    import time
+    time.sleep(0.5)   # a first step of seconds: a signal lands inside it
+    return 0.0
 '''
 
 
@@ -185,3 +189,23 @@ def test_numeric_settings_are_checked_before_any_work(toy, tmp_path, train_modul
                       ("--temperature=0.0", "--temperature must be > 0")):
         msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", arg))
         assert isinstance(msg, str) and says in msg and "\n" not in msg
+
+
+def test_sigterm_before_the_first_step_ends_stops_at_once_without_a_checkpoint(toy, tmp_path):
+    """As train.py (issue 36 point 18): rl.py recorded a stop for after the step from the start, so a signal during
+    loading, compiling or the first step (minutes on a GPU) waited for that step and wrote a checkpoint of it."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([PY, "rl.py", *toy_args(toy, out, "--max_steps=4", "--ckpt_interval=1",
+                                                  f"--reward={toy / 'toy.py'}:slow")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not p.stdout.readline().startswith("rl: "):   # the line before the first step
+            assert p.poll() is None, p.stderr.read()[-2000:]
+        time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and "stopped by SIGTERM before the first step ended" in stdout, (stdout, stderr[-2000:])
+    assert not [c for c in os.listdir(out) if c.startswith("ckpt-")]
