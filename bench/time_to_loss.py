@@ -6,6 +6,9 @@ tokenizer and the same held-out documents. Each system gets its best of several 
     python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
     python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
     python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X] [--out_dir D]
+    python bench/time_to_loss.py export_titan --dcp DUMP/checkpoint --out titan_hf   # every step-N -> titan_hf/step-N
+    python bench/time_to_loss.py score --system titan --model titan_hf --protocol both --results results.jsonl
+    python bench/time_to_loss.py score --system ours --model OUT_DIR --protocol both --results results.jsonl
     python bench/time_to_loss.py report --results results.jsonl --png time_to_loss.png
 
 Every run prints one JSON line (and appends it to --results): its val loss / bits per byte against training
@@ -14,6 +17,16 @@ training steps only, validation excluded). `final` without --lr takes the sweep'
 step count is the budget times the system's step rate measured in the sweep, so each system trains for the same
 wall-clock time and its WSD schedule ends exactly there. `report` prints the speed-up: torchtitan's time to its
 best final val loss divided by ours to the same loss, and draws val bpb against seconds (matplotlib).
+
+Those val losses are each system's own (issue 34): torchtitan's over packed windows, ours per document with
+--doc_mask -- two protocols. `export_titan` turns torchtitan's DCP checkpoints (a step-N folder, or its
+checkpoint/ folder of them) into Hugging Face directories through torchtitan's own name map; `score` scores model
+directories -- an export, our out_dir/hf, ckpt-NNNNNNN/, or a folder of them: every intermediate point -- with one
+loader and one evaluator (bench/score_lm.py) under --protocol packed (torchtitan's windows), doc (each document
+alone, [EOT] + doc -> doc + [EOT]) or both, on prep's val documents (--max_docs / --max_windows for a quick run),
+and appends a line per model and protocol to --results. `report` then also gives, per protocol, each system's
+speed-up to its peer's final scored loss (ours_doc_mask's peer: torchtitan_doc_mask if scored, else torchtitan);
+a scored step is put on the clock of that system's final run (exact at its evaluation steps).
 
 torchtitan runs through bench/peers/titan/run.sh (TITAN_WHEELS: its wheels, for an offline machine). Its c4_test
 loader reads a directory's jsonl as split "train", so prep writes the training and the validation documents
@@ -180,11 +193,65 @@ def time_to(curve_pts, loss):
     return None
 
 
+def train_s_at(run, step):
+    """Training seconds of a final run at `step` (None: its last step): its curve's clock, linear between its
+    evaluations, a median step time a step past the last."""
+    step = run["steps"] if step is None else step
+    pts = [(0, 0.0)] + [(p["step"], p["train_s"]) for p in run["curve"]]
+    for (s0, t0), (s1, t1) in zip(pts, pts[1:]):
+        if s0 <= step <= s1:
+            return t0 if s1 == s0 else t0 + (step - s0) / (s1 - s0) * (t1 - t0)
+    return pts[-1][1] + (step - pts[-1][0]) * run["step_s"]
+
+
+def peer_of(system, systems):
+    """Whom a system races: plain torchtitan, or for a doc-masked run the doc-masked torchtitan when scored."""
+    return "torchtitan_doc_mask" if system.endswith("doc_mask") and "torchtitan_doc_mask" in systems else "torchtitan"
+
+
+def scored_report(recs, finals):
+    """Per protocol, from `score` lines only: each system's scored curve on the clock of its best final run (a
+    scored lr other than that run's is left out; a step scored twice: the later line), its final scored loss, and
+    its speed-up to its peer's final scored loss. No ratio ever mixes two protocols."""
+    scores = [r for r in recs if r.get("stage") == "score"]
+    out = {}
+    for protocol in dict.fromkeys(r["protocol"] for r in scores):
+        curves = {}
+        for system in dict.fromkeys(r["system"] for r in scores):
+            run = best(finals, system)
+            pts = {}
+            for r in scores:
+                if run and r["protocol"] == protocol and r["system"] == system and r.get("lr") in (None, run["lr"]):
+                    step = run["steps"] if r["step"] is None else r["step"]
+                    pts[step] = {"step": step, "train_s": round(train_s_at(run, step), 2), "val_loss": r["val_loss"],
+                                 "val_bpb": r["val_bpb"]}
+            if pts:
+                curves[system] = [pts[s] for s in sorted(pts)]
+        res = {f"final_val_loss_{s}": c[-1]["val_loss"] for s, c in curves.items()}
+        unclocked = sorted({r["system"] for r in scores if r["protocol"] == protocol} - set(curves))
+        if unclocked:   # a time needs the system's final run in the results
+            res["no_final_run"] = unclocked
+        for system, c in curves.items():
+            peer = curves.get(peer_of(system, curves))
+            if peer:
+                target = peer[-1]["val_loss"]
+                t, t_peer = time_to(c, target), time_to(peer, target)
+                res[f"speedup_{system}"] = round(t_peer / t, 3) if t and t_peer is not None else None
+                res[f"time_to_peer_final_{system}_s"] = round(t, 1) if t else None
+        out[protocol] = {**res, "curves": curves}
+    return out
+
+
 def report(recs, png=None):
+    """Speed-ups from each system's own logged val losses (torchtitan: packed windows; ours: its --doc_mask
+    setting's windows -- not one protocol), and, once `score` lines exist, per protocol from the one evaluator
+    ("scored")."""
     finals = [r for r in recs if r.get("stage") == "final" and r["rc"] == 0]
     titan = best(finals, "torchtitan")
     out = {"runs": [{k: r[k] for k in ("system", "stage", "lr", "steps", "train_s", "compile_s", "tok_per_s",
-                                       "final_val_loss", "final_val_bpb")} for r in recs if "stage" in r]}
+                                       "final_val_loss", "final_val_bpb")} for r in recs if r.get("stage") in ("sweep", "final")]}
+    if any(r.get("stage") == "score" for r in recs):
+        out["scored"] = scored_report(recs, finals)
     if titan:
         target = titan["final_val_loss"]
         t_titan = time_to(titan["curve"], target)
@@ -222,7 +289,7 @@ def report(recs, png=None):
 def main():
     global BATCH, SEQ
     ap = argparse.ArgumentParser(description="time to loss: ours vs torchtitan on chinese-poetry (see docstring)")
-    ap.add_argument("stage", choices=("prep", "sweep", "final", "report"))
+    ap.add_argument("stage", choices=("prep", "sweep", "final", "export_titan", "score", "report"))
     ap.add_argument("--work", default="/tmp/ttl", help="data and run directories")
     ap.add_argument("--results", default="", help="jsonl file the runs are appended to (and read by final/report)")
     ap.add_argument("--corpus", help="prep: chinese-poetry's dist/ directory, or poetry.jsonl(.xz)")
@@ -232,11 +299,21 @@ def main():
     ap.add_argument("--doc_mask_lrs", default="", help="sweep: Muon lrs for ours with --doc_mask")
     ap.add_argument("--steps", type=int, default=150, help="sweep: steps per run")
     ap.add_argument("--evals", type=int, default=10, help="validations per run")
-    ap.add_argument("--system", choices=("titan", "ours", "ours_doc_mask"), help="final: which system")
-    ap.add_argument("--lr", type=float, default=None, help="final: the lr (default: the sweep's best)")
+    ap.add_argument("--system", choices=("titan", "ours", "ours_doc_mask", "titan_doc_mask"),
+                    help="final, score: which system (titan_doc_mask: score only)")
+    ap.add_argument("--lr", type=float, default=None, help="final: the lr (default: the sweep's best); score: the run's")
     ap.add_argument("--budget_s", type=float, default=300.0, help="final: training seconds")
     ap.add_argument("--out_dir", default=None, help="final, ours: keep the run (checkpoint + hf export) here")
     ap.add_argument("--png", default="", help="report: the plot")
+    ap.add_argument("--dcp", help="export_titan: a torchtitan step-N checkpoint folder, or its folder of them")
+    ap.add_argument("--out", help="export_titan: the HF directory (a folder of step-N/ for a folder of them)")
+    ap.add_argument("--rope_theta", type=float, default=None, help="export_titan: if not this project's 1e4")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="export_titan: weights")
+    ap.add_argument("--model", nargs="+", default=[], help="score: model directories, or folders of them")
+    ap.add_argument("--protocol", choices=("packed", "doc", "both"), default="both", help="score: see docstring")
+    ap.add_argument("--val", default="", help="score: val documents, jsonl (default: prep's titan_val/train.jsonl)")
+    ap.add_argument("--max_docs", type=int, default=None, help="score: the first N val documents only")
+    ap.add_argument("--max_windows", type=int, default=None, help="score: the first N packed windows only")
     ap.add_argument("--batch", type=int, default=BATCH, help="sequences per optimizer step")
     ap.add_argument("--seq", type=int, default=SEQ, help="tokens per sequence")
     ap.add_argument("--ours_args", default="", help="extra train.py flags, space-separated (e.g. a tiny model)")
@@ -256,6 +333,8 @@ def main():
             emit({**run_ours(a.work, lr, a.steps, a.evals, True, extra_args=ours_args), "stage": "sweep"}, a.results)
     elif a.stage == "final":
         system = "torchtitan" if a.system == "titan" else a.system
+        if a.system == "titan_doc_mask":
+            sys.exit("error: final --system titan_doc_mask: no runner yet (issue 34); score such a run with `score`")
         lr, steps = final_plan([r for r in load(a.results) if r.get("stage") == "sweep"], system, a.lr, a.budget_s)
         if steps is None:
             sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
@@ -264,6 +343,28 @@ def main():
         else:
             rec = run_ours(a.work, lr, steps, a.evals, a.system == "ours_doc_mask", a.out_dir, ours_args)
         emit({**rec, "stage": "final"}, a.results)
+    elif a.stage == "export_titan":
+        import score_lm, torch
+        if not a.dcp or not os.path.isdir(a.dcp) or not a.out:
+            sys.exit(f"error: export_titan needs --dcp (an existing folder; got {a.dcp!r}) and --out")
+        theta = {} if a.rope_theta is None else {"rope_theta": a.rope_theta}
+        print(json.dumps({"exported": score_lm.export_titan(a.dcp, a.out, getattr(torch, a.dtype), **theta)}))
+    elif a.stage == "score":
+        import score_lm
+        if not a.model or not a.system:
+            sys.exit("error: score needs --system and --model DIR [DIR ...]")
+        val = a.val or os.path.join(paths(a.work)["titan_val"], "train.jsonl")
+        if not os.path.isfile(val):
+            sys.exit(f"error: --val {val}: no such file (run prep, or pass a jsonl of {{\"text\": ...}} lines)")
+        docs = score_lm.read_docs(val, a.max_docs)
+        system = a.system.replace("titan", "torchtitan")
+        for path in a.model:
+            for model_dir, step in score_lm.model_dirs(path):
+                model = score_lm.load_for_scoring(model_dir)
+                for protocol in score_lm.PROTOCOLS if a.protocol == "both" else (a.protocol,):
+                    emit({"stage": "score", "system": system, "lr": a.lr, "model": model_dir, "step": step,
+                          "seq_len": SEQ, "docs": len(docs),
+                          **score_lm.score(model, docs, SEQ, protocol, max_windows=a.max_windows)}, a.results)
     else:
         print(json.dumps({"time_to_loss": report(load(a.results), a.png)}))
 

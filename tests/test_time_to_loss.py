@@ -1,5 +1,5 @@
 """bench/time_to_loss.py: the steady-state clock, the time at which a curve reaches a loss, and the speed-up."""
-import json, os, sys
+import json, os, re, sys, warnings
 
 import pytest
 
@@ -89,3 +89,160 @@ def test_plot_log_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
     with pytest.raises(SystemExit, match=r"^error: bench/plot_log.py draws with matplotlib: pip install matplotlib$"):
         plot_log.main([str(log), "--png", str(tmp_path / "c.png")])
+
+
+# ------------------------------------------------------------------ one evaluator (bench/score_lm.py), issue 34
+import score_lm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8)
+DOCS = [[5, 9, 17, 3, 40, 41], [22, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]   # ids < 63; 63 plays <|endoftext|>
+EOS = 63
+
+
+def tiny_model(seed=0):
+    from model import Qwen3, Qwen3Config
+    torch.manual_seed(seed)
+    model = Qwen3(Qwen3Config(**TINY))
+    with torch.no_grad():   # norm gains off 1, so a swapped norm name changes the loss too
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+# HF name -> torchtitan's, written out here apart from score_lm's map (from torchtitan 0.2.2's
+# Qwen3StateDictAdapter.from_hf_map), so that a wrong entry there fails these tests
+HF_TO_TITAN = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+               **{f"model.layers.{{}}.{hf}.weight": f"layers.{{}}.{titan}.weight" for hf, titan in (
+                   ("self_attn.q_proj", "attention.wq"), ("self_attn.k_proj", "attention.wk"),
+                   ("self_attn.v_proj", "attention.wv"), ("self_attn.o_proj", "attention.wo"),
+                   ("self_attn.q_norm", "attention.q_norm"), ("self_attn.k_norm", "attention.k_norm"),
+                   ("mlp.gate_proj", "feed_forward.w1"), ("mlp.up_proj", "feed_forward.w3"),
+                   ("mlp.down_proj", "feed_forward.w2"), ("input_layernorm", "attention_norm"),
+                   ("post_attention_layernorm", "ffn_norm"))}}
+
+
+def save_as_titan(model, path, rename=None):
+    """The model as torchtitan saves it: its names, flat, DCP on the CPU, plus a non-model state."""
+    import torch.distributed.checkpoint as dcp
+    sd = {HF_TO_TITAN[re.sub(r"\.\d+\.", ".{}.", k, count=1)].format(*re.findall(r"\.(\d+)\.", k)[:1]): v.clone()
+          for k, v in model.state_dict().items()}
+    sd["output.weight"] = sd["tok_embeddings.weight"]   # tied: torchtitan keeps both names for one tensor
+    sd["optimizer.state.norm.weight.exp_avg"] = torch.zeros(3)
+    for old, new in (rename or {}).items():
+        sd[new] = sd.pop(old)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(sd, checkpoint_id=str(path), no_dist=True)
+
+
+def hand_loss(model, seqs):
+    """Mean next-token loss over the sequences, each alone, by the definition."""
+    nats, n = 0.0, 0
+    with torch.no_grad():
+        for seq in seqs:
+            x, y = torch.tensor([seq[:-1]]), torch.tensor([seq[1:]])
+            logits, _ = model(x)
+            nats += F.cross_entropy(logits[0].float(), y[0], reduction="sum").item()
+            n += y.numel()
+    return nats / n
+
+
+def test_titan_export_scores_equal_our_export_and_both_protocols_are_their_definitions(tmp_path):
+    from checkpoint import export_hf
+    model = tiny_model()
+    save_as_titan(model, tmp_path / "titan" / "step-40")
+    save_as_titan(model, tmp_path / "titan" / "step-8")
+    dirs = score_lm.export_titan(str(tmp_path / "titan"), str(tmp_path / "titan_hf"), dtype=torch.float32)
+    assert dirs == [str(tmp_path / "titan_hf" / "step-8"), str(tmp_path / "titan_hf" / "step-40")]
+    assert [s for _, s in score_lm.model_dirs(str(tmp_path / "titan_hf"))] == [8, 40]
+    export_hf(model, str(tmp_path / "ours" / "hf"), dtype=torch.float32)
+    ours = score_lm.load_for_scoring(str(tmp_path / "ours" / "hf"))
+    titan = score_lm.load_for_scoring(dirs[1])
+    assert titan.config.tie_word_embeddings and titan.config == ours.config
+    seq_len = 5
+    stream = [t for d in DOCS for t in d + [EOS]]   # 22 tokens: 3 windows of 6, the last 4 tokens dropped
+    windows = [stream[i:i + seq_len + 1] for i in range(0, 3 * (seq_len + 1), seq_len + 1)]
+    alone = []
+    for d in DOCS:   # [EOT] + doc + [EOT], cut into seq_len + 1 windows sharing one token when longer
+        seq = [EOS] + d + [EOS]
+        alone += [seq[i:i + seq_len + 1] for i in range(0, len(seq) - 1, seq_len)]
+    for protocol, rows in (("packed", windows), ("doc", alone)):
+        a = score_lm.score(titan, DOCS, seq_len, protocol, eot=EOS, batch_tokens=12)
+        b = score_lm.score(ours, DOCS, seq_len, protocol, eot=EOS)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5) and a["targets"] == b["targets"]
+        assert a["val_loss"] == pytest.approx(hand_loss(model, rows), abs=1e-5), protocol
+        assert a["targets"] == sum(len(r) - 1 for r in rows)
+    assert score_lm.score(ours, DOCS, seq_len, "packed", eot=EOS, max_windows=1)["targets"] == seq_len
+
+
+@pytest.mark.parametrize("swap", [("layers.0.attention.wq.weight", "layers.0.attention.wk.weight"),
+                                  ("layers.1.feed_forward.w1.weight", "layers.1.feed_forward.w3.weight"),
+                                  ("layers.0.attention_norm.weight", "layers.0.ffn_norm.weight")])
+def test_a_wrong_name_map_fails_the_test_above(tmp_path, monkeypatch, swap):
+    """Two torchtitan names swapped in score_lm's map: the export is refused (shapes) or scores another model, so
+    the equality the test above asserts breaks."""
+    generic = [re.sub(r"\.\d+\.", ".{}.", k, count=1) for k in swap]
+    wrong = dict(score_lm.TITAN_TO_HF)
+    wrong[generic[0]], wrong[generic[1]] = wrong[generic[1]], wrong[generic[0]]
+    monkeypatch.setattr(score_lm, "TITAN_TO_HF", wrong)
+    with pytest.raises((AssertionError, SystemExit)):
+        test_titan_export_scores_equal_our_export_and_both_protocols_are_their_definitions(tmp_path)
+
+
+def test_a_missing_or_unknown_name_in_the_checkpoint_is_one_line(tmp_path):
+    model = tiny_model()
+    save_as_titan(model, tmp_path / "unknown", rename={"layers.1.attention.wv.weight": "layers.1.attention.wv2.weight"})
+    with pytest.raises(SystemExit, match=r"^error: .*unknown: layers\.1\.attention\.wv2\.weight is not a weight"):
+        score_lm.titan_model(str(tmp_path / "unknown"))
+    save_as_titan(model, tmp_path / "missing", rename={"layers.1.ffn_norm.weight": "optimizer.gone"})
+    with pytest.raises(SystemExit, match=r"^error: .*missing: no layers\.1\.ffn_norm\.weight \(torchtitan's name of "
+                                         r"model\.layers\.1\.post_attention_layernorm\.weight\)$"):
+        score_lm.titan_model(str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match=r"^error: .* is not a DCP checkpoint \(no \.metadata\)"):
+        score_lm.titan_model(str(tmp_path))
+    save_as_titan(model, tmp_path / "no_output", rename={"output.weight": "optimizer.output"})   # tied, one name
+    assert score_lm.titan_model(str(tmp_path / "no_output")).config.tie_word_embeddings
+
+
+def test_report_takes_ratios_within_one_protocol_on_the_final_runs_clock():
+    mk = lambda system, scale: {**ttl.curve(system, 1.0, 20, [1.0 * scale] * 20, {0: 10.0, 10: 6.0, 20: 4.0}, INFO,
+                                            {"rc": 0}), "stage": "final"}
+    sc = lambda system, step, protocol, loss: {"stage": "score", "system": system, "lr": None, "step": step,
+                                               "protocol": protocol, "val_loss": loss, "val_bpb": loss}
+    recs = [mk("torchtitan", 2.0), mk("ours", 1.0),
+            sc("torchtitan", 10, "packed", 5.0), sc("torchtitan", None, "packed", 4.0),
+            sc("ours", 10, "packed", 4.0), sc("ours", None, "packed", 3.5),
+            sc("torchtitan", None, "doc", 4.4), sc("ours", 10, "doc", 5.0), sc("ours", 20, "doc", 4.6)]
+    out = ttl.report(recs)["scored"]
+    assert out["packed"]["speedup_ours"] == 4.0    # titan reaches 4.0 at 40 s (step 20 x 2 s); ours at step 10, 10 s
+    assert out["packed"]["final_val_loss_torchtitan"] == 4.0 and out["packed"]["curves"]["ours"][1]["train_s"] == 20.0
+    assert out["doc"]["speedup_ours"] is None and out["doc"]["final_val_loss_ours"] == 4.6   # never reached 4.4
+    assert ttl.train_s_at(recs[0], 15) == 30.0 and ttl.train_s_at(recs[0], 25) == 50.0
+    assert ttl.peer_of("ours_doc_mask", {"torchtitan", "torchtitan_doc_mask"}) == "torchtitan_doc_mask"
+
+
+def test_export_titan_and_score_stages_write_one_line_per_model_and_protocol(tmp_path, monkeypatch):
+    """The command line: a torchtitan checkpoint folder of step-N -> HF directories -> scored lines in --results
+    (a Qwen-sized vocabulary, so the real tokenizer's ids and <|endoftext|> fit)."""
+    from model import Qwen3, Qwen3Config
+    monkeypatch.setattr(ttl, "SEQ", ttl.SEQ), monkeypatch.setattr(ttl, "BATCH", ttl.BATCH)   # main() sets them
+    torch.manual_seed(0)
+    save_as_titan(Qwen3(Qwen3Config(**{**TINY, "vocab_size": 151669})), tmp_path / "checkpoint" / "step-10")
+    val, results = tmp_path / "val.jsonl", tmp_path / "results.jsonl"
+    val.write_text("".join(json.dumps({"text": f"床前明月光，疑是地上霜。第{i}首 poem {i}."}) + "\n" for i in range(12)))
+    run = lambda *args: (monkeypatch.setattr(sys, "argv", ["time_to_loss.py", *args]), ttl.main())
+    run("export_titan", "--dcp", str(tmp_path / "checkpoint"), "--out", str(tmp_path / "titan_hf"))
+    assert (tmp_path / "titan_hf" / "step-10" / "tokenizer.json").exists()
+    run("score", "--system", "titan", "--model", str(tmp_path / "titan_hf"), "--val", str(val), "--seq", "32",
+        "--max_docs", "10", "--results", str(results))
+    recs = ttl.load(str(results))
+    assert [(r["system"], r["step"], r["protocol"], r["docs"]) for r in recs] == \
+        [("torchtitan", 10, "packed", 10), ("torchtitan", 10, "doc", 10)]
+    assert all(10 < r["val_loss"] < 13 and r["val_bpb"] > 0 for r in recs)   # ~ln(151669) = 11.9: an untrained model
+    assert ttl.report(recs)["scored"]["doc"]["no_final_run"] == ["torchtitan"]
+    with pytest.raises(SystemExit, match=r"^error: --val .*nope\.jsonl: no such file"):
+        run("score", "--system", "ours", "--model", str(tmp_path), "--val", str(tmp_path / "nope.jsonl"))
