@@ -4,6 +4,7 @@ Time to loss on real text: this recipe (Muon + AdamW, WSD, with and without --do
 tokenizer and the same held-out documents. Each system gets its best of several learning rates.
 
     python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
+    python bench/time_to_loss.py prep  --corpus stdlib --work /tmp/ttl_code   # the second corpus: Python's own .py files
     python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
     python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X] [--out_dir D]
     python bench/time_to_loss.py export_titan --dcp DUMP/checkpoint --out titan_hf   # every step-N -> titan_hf/step-N
@@ -45,13 +46,37 @@ def paths(work):
                                                      titan_val="titan_val", runs="runs", info="prep.json").items()}
 
 
+def code_documents(root, out_dir, parts=16, seed=0):
+    """The second corpus, source code: every .py file under `root` one document ("stdlib": the standard library of
+    the Python running this, PSF license, site-packages left out), shuffled once (torchtitan streams in file order)
+    into `parts` jsonl files as poetry.py build writes its pretraining parts. Returns the document count."""
+    import random, sysconfig
+    root = sysconfig.get_paths()["stdlib"] if root == "stdlib" else root
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) if "site-packages" not in d
+                   for f in fs if f.endswith(".py"))
+    docs = [t for t in (open(f, encoding="utf-8", errors="replace").read() for f in files) if t.strip()]
+    if not docs:
+        sys.exit(f"error: --corpus py:{root}: no .py file with text in it")
+    random.Random(seed).shuffle(docs)
+    os.makedirs(out_dir, exist_ok=True)
+    for i in range(parts):
+        with open(os.path.join(out_dir, f"part-{i:02d}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[i::parts])
+    return len(docs)
+
+
 def prep(corpus, work, val_fraction):
-    """Poetry build (held-out titles removed), our shards, torchtitan's train/val directories, the val set's
-    tokens-per-byte (to turn a loss into bits per byte the same way for both)."""
+    """The documents (chinese-poetry: poetry.py build, held-out titles removed; "stdlib" or a directory of .py
+    files as py:DIR: code_documents), our shards, torchtitan's train/val directories, the val set's tokens-per-byte (to turn
+    a loss into bits per byte the same way for both)."""
     import prepare
     p = paths(work)
-    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "poetry.py"), "build", "--corpus", corpus,
-                    "--out", p["raw"]], check=True)
+    if corpus == "stdlib" or corpus.startswith("py:"):
+        n = code_documents(corpus.removeprefix("py:"), os.path.join(p["raw"], "pretrain"))
+        print(f"prep: {n:,} source files", file=sys.stderr)
+    else:
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "poetry.py"), "build", "--corpus", corpus,
+                        "--out", p["raw"]], check=True)
     subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--input", os.path.join(p["raw"], "pretrain"),
                     "--out", p["shards"], "--val_fraction", str(val_fraction)], check=True)
     os.makedirs(p["titan_train"], exist_ok=True), os.makedirs(p["titan_val"], exist_ok=True)
@@ -292,7 +317,8 @@ def main():
     ap.add_argument("stage", choices=("prep", "sweep", "final", "export_titan", "score", "report"))
     ap.add_argument("--work", default="/tmp/ttl", help="data and run directories")
     ap.add_argument("--results", default="", help="jsonl file the runs are appended to (and read by final/report)")
-    ap.add_argument("--corpus", help="prep: chinese-poetry's dist/ directory, or poetry.jsonl(.xz)")
+    ap.add_argument("--corpus", help="prep: chinese-poetry's dist/ directory or poetry.jsonl(.xz); stdlib or "
+                    "py:DIR (a directory of .py files): source code, a file a document")
     ap.add_argument("--val_fraction", type=float, default=0.01)
     ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
@@ -321,7 +347,7 @@ def main():
     BATCH, SEQ = a.batch, a.seq
     ours_args = a.ours_args.split()
     if a.stage == "prep":
-        if not a.corpus or not os.path.exists(a.corpus):
+        if not a.corpus or not (a.corpus == "stdlib" or os.path.exists(a.corpus.removeprefix("py:"))):
             sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
         print(json.dumps({"prep": prep(a.corpus, a.work, a.val_fraction)}))
     elif a.stage == "sweep":

@@ -246,3 +246,25 @@ def test_export_titan_and_score_stages_write_one_line_per_model_and_protocol(tmp
     assert ttl.report(recs)["scored"]["doc"]["no_final_run"] == ["torchtitan"]
     with pytest.raises(SystemExit, match=r"^error: --val .*nope\.jsonl: no such file"):
         run("score", "--system", "ours", "--model", str(tmp_path), "--val", str(tmp_path / "nope.jsonl"))
+
+
+def test_prep_reads_source_code_as_the_second_corpus_a_file_a_document(tmp_path):
+    """Issue 34's second corpus: .py files (the standard library, or a directory of them), one file one document,
+    through the same shards, torchtitan split and tokens-per-byte as the poetry corpus."""
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    files = {f"m{i}.py": f"def f{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n    return x + {i}\n" * (i + 1) for i in range(12)}
+    for name, text in files.items():
+        (src / "pkg" / name).write_text(text)
+    (src / "pkg" / "empty.py").write_text("\n")
+    (src / "pkg" / "notes.txt").write_text("not code")
+    info = ttl.prep(f"py:{src}", str(tmp_path / "w"), val_fraction=0.25)
+    p = ttl.paths(str(tmp_path / "w"))
+    docs = [json.loads(l)["text"] for f in sorted(os.listdir(os.path.join(p["raw"], "pretrain")))
+            for l in open(os.path.join(p["raw"], "pretrain", f), encoding="utf-8")]
+    assert sorted(docs) == sorted(files.values())   # every file once, whole; the empty one and the .txt left out
+    split = [json.loads(l)["text"] for d in ("titan_train", "titan_val") for l in open(os.path.join(p[d], "train.jsonl"))]
+    assert sorted(split) == sorted(docs) and info["val_tokens"] > 0 and info["train_tokens"] > info["val_tokens"]
+    with pytest.raises(SystemExit, match="no .py file with text in it"):
+        ttl.code_documents(str(tmp_path / "w" / "titan_val"), str(tmp_path / "x"))
+    assert ttl.code_documents("stdlib", str(tmp_path / "std"), parts=2) > 500   # this Python's own library
