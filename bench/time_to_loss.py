@@ -6,7 +6,8 @@ tokenizer and the same held-out documents. Each system gets its best of several 
     python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
     python bench/time_to_loss.py prep  --corpus stdlib --work /tmp/ttl_code   # the second corpus: Python's own .py files
     python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
-    python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask [--lr X] [--out_dir D]
+    python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask|titan_doc_mask [--lr X] \
+        [--out_dir D] [--ckpt_every N]          # N: checkpoints kept for `score` (intermediate points)
     python bench/time_to_loss.py export_titan --dcp DUMP/checkpoint --out titan_hf   # every step-N -> titan_hf/step-N
     python bench/time_to_loss.py score --system titan --model titan_hf --protocol both --results results.jsonl
     python bench/time_to_loss.py score --system ours --model OUT_DIR --protocol both --results results.jsonl
@@ -120,11 +121,19 @@ def curve(name, lr, steps, step_dts, vals, info, extra):
             "final_val_bpb": points[-1]["val_bpb"] if points else None, "curve": points, **extra}
 
 
-def run_titan(work, lr, steps, evals):
+def run_titan(work, lr, steps, evals, doc_mask=False, ckpt_every=0):
+    """torchtitan at 16 x 2048 tokens a step; doc_mask: its block-causal document masking (flex attention, the
+    flavor titan_flavor.py registers); ckpt_every > 0: a DCP checkpoint every that many steps, all kept, for
+    export_titan + score (each holds the AdamW state too: ~7 GB at 0.6B)."""
     p, info = paths(work), paths_info(work)
-    log = os.path.join(p["runs"], f"titan_lr{lr}_s{steps}.log")
+    tag = f"titan{'_dm' if doc_mask else ''}_lr{lr}_s{steps}"
+    log = os.path.join(p["runs"], tag + ".log")
     warm, decay = max(1, round(WARMUP_FRAC * steps)), DECAY_FRAC
-    args = ["bash", os.path.join(ROOT, "bench", "peers", "titan", "run.sh"),
+    extra = ["--model.flavor", "0.6B-bench-doc"] if doc_mask else []
+    if ckpt_every:
+        extra += ["--checkpoint.enable", "--checkpoint.folder", os.path.join(p["runs"], tag + "_ckpt"),
+                  "--checkpoint.interval", str(ckpt_every), "--checkpoint.keep_latest_k", "0"]
+    args = ["bash", os.path.join(ROOT, "bench", "peers", "titan", "run.sh"), *extra,
             "--training.dataset_path", p["titan_train"], "--optimizer.lr", str(lr), "--training.steps", str(steps),
             "--training.seq_len", str(SEQ), "--lr_scheduler.warmup_steps", str(warm), "--lr_scheduler.decay_ratio", str(decay),
             "--validation.enable", "--validation.dataset", "c4_test", "--validation.dataset_path", p["titan_val"],
@@ -137,13 +146,14 @@ def run_titan(work, lr, steps, evals):
     vals = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([\d.]+)", text)}
     if r.returncode or not dts:
         print(text[-3000:], file=sys.stderr)
-    return curve("torchtitan", lr, steps, dts, vals, info,
-                 {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW"})
+    return curve("torchtitan_doc_mask" if doc_mask else "torchtitan", lr, steps, dts, vals, info,
+                 {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW",
+                  **({"ckpt_dir": os.path.join(p["runs"], tag + "_ckpt")} if ckpt_every else {})})
 
 
-def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=()):
-    """train.py with the reference config at 16 x 2048 tokens a step; out_dir given: keep the model as out_dir/hf
-    (an export, no checkpoint: the optimizer state would cost seconds of a timed call to write)."""
+def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=(), ckpt_every=0):
+    """train.py with the reference config at 16 x 2048 tokens a step; out_dir given: keep the model as out_dir/hf;
+    ckpt_every > 0: a checkpoint every that many steps, all kept, for score (off the clock: step times only)."""
     p = paths(work)
     info = paths_info(work)
     keep = out_dir is not None
@@ -153,7 +163,8 @@ def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=())
             f"--micro_batch={BATCH}", f"--seq_len={SEQ}", f"--max_steps={steps}", f"--warmup_steps={max(1, round(WARMUP_FRAC * steps))}",
             f"--decay_steps={round(DECAY_FRAC * steps)}", f"--muon_lr={muon_lr}", f"--doc_mask={doc_mask}",
             f"--eval_interval={max(1, steps // evals)}", f"--val_tokens={info['val_windows'] * SEQ}",
-            "--ckpt_interval=0", f"--export_at_end={keep}", "--log_interval=1", *extra_args]
+            f"--ckpt_interval={ckpt_every}", f"--keep_ckpts={max(1, steps // max(1, ckpt_every))}",
+            f"--export_at_end={keep}", "--log_interval=1", *extra_args]
     t0 = time.time()
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     recs = [json.loads(l) for l in open(os.path.join(out_dir, "log.jsonl"))] if os.path.exists(
@@ -194,10 +205,10 @@ def best(recs, system):
 
 
 def final_plan(sweeps, system, lr, budget_s):
-    """(lr, steps) of a final run: lr given, or the system's best in the sweep (doc_mask takes the best without
-    it: the mask changes what is attended, not the optimizer); steps = the budget at the step rate of this very
+    """(lr, steps) of a final run: lr given, or the system's best in the sweep (a doc_mask system takes the best of
+    its system without it: the mask changes what is attended, not the optimizer); steps = the budget at the step rate of this very
     system's sweep (doc_mask steps are faster), so its WSD schedule ends at the budget. (lr, None): no sweep."""
-    swept_lr = best(sweeps, "ours" if system == "ours_doc_mask" else system)
+    swept_lr = best(sweeps, system.removesuffix("_doc_mask"))
     swept_rate = best(sweeps, system) or swept_lr
     lr = lr if lr is not None else swept_lr and swept_lr["lr"]
     if lr is None or swept_rate is None:
@@ -323,10 +334,12 @@ def main():
     ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
     ap.add_argument("--doc_mask_lrs", default="", help="sweep: Muon lrs for ours with --doc_mask")
+    ap.add_argument("--titan_doc_mask_lrs", default="", help="sweep: AdamW lrs for torchtitan with document masking")
+    ap.add_argument("--ckpt_every", type=int, default=0, help="final: a checkpoint every N steps, kept for score")
     ap.add_argument("--steps", type=int, default=150, help="sweep: steps per run")
     ap.add_argument("--evals", type=int, default=10, help="validations per run")
     ap.add_argument("--system", choices=("titan", "ours", "ours_doc_mask", "titan_doc_mask"),
-                    help="final, score: which system (titan_doc_mask: score only)")
+                    help="final, score: which system")
     ap.add_argument("--lr", type=float, default=None, help="final: the lr (default: the sweep's best); score: the run's")
     ap.add_argument("--budget_s", type=float, default=300.0, help="final: training seconds")
     ap.add_argument("--out_dir", default=None, help="final, ours: keep the run (checkpoint + hf export) here")
@@ -357,17 +370,18 @@ def main():
             emit({**run_ours(a.work, lr, a.steps, a.evals, False, extra_args=ours_args), "stage": "sweep"}, a.results)
         for lr in [float(x) for x in a.doc_mask_lrs.split(",") if x]:
             emit({**run_ours(a.work, lr, a.steps, a.evals, True, extra_args=ours_args), "stage": "sweep"}, a.results)
+        for lr in [float(x) for x in a.titan_doc_mask_lrs.split(",") if x]:
+            emit({**run_titan(a.work, lr, a.steps, a.evals, doc_mask=True), "stage": "sweep"}, a.results)
     elif a.stage == "final":
-        system = "torchtitan" if a.system == "titan" else a.system
-        if a.system == "titan_doc_mask":
-            sys.exit("error: final --system titan_doc_mask: no runner yet (issue 34); score such a run with `score`")
+        system = a.system.replace("titan", "torchtitan")
         lr, steps = final_plan([r for r in load(a.results) if r.get("stage") == "sweep"], system, a.lr, a.budget_s)
         if steps is None:
             sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
-        if a.system == "titan":
-            rec = run_titan(a.work, lr, steps, a.evals)
+        doc_mask = a.system.endswith("_doc_mask")
+        if a.system.startswith("titan"):
+            rec = run_titan(a.work, lr, steps, a.evals, doc_mask, a.ckpt_every)
         else:
-            rec = run_ours(a.work, lr, steps, a.evals, a.system == "ours_doc_mask", a.out_dir, ours_args)
+            rec = run_ours(a.work, lr, steps, a.evals, doc_mask, a.out_dir, ours_args, a.ckpt_every)
         emit({**rec, "stage": "final"}, a.results)
     elif a.stage == "export_titan":
         import score_lm, torch

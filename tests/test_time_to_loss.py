@@ -39,6 +39,41 @@ def test_final_takes_the_lr_of_the_best_sweep_and_the_step_rate_of_its_own_syste
     assert ttl.final_plan(sweeps, "torchtitan", None, 320) == (5e-4, 1000)
     assert ttl.final_plan(sweeps, "torchtitan", 2e-3, 320) == (2e-3, 1000)
     assert ttl.final_plan(sweeps[4:], "ours", None, 300) == (None, None)
+    sweeps.append(rec("torchtitan_doc_mask", 1e-3, 6.0, 0.40))   # its lr: plain torchtitan's best; its steps: its own
+    assert ttl.final_plan(sweeps, "torchtitan_doc_mask", None, 320) == (5e-4, 800)
+
+
+def test_the_runners_ask_for_document_masking_and_kept_checkpoints(tmp_path, monkeypatch):
+    """Issue 34: the peer of --doc_mask is torchtitan with block-causal document masking, and intermediate points
+    are checkpoints kept for the one evaluator (score), from both systems."""
+    work = tmp_path / "w"
+    os.makedirs(work / "runs")
+    (work / "prep.json").write_text(json.dumps({"val_windows": 8, "tokens_per_byte": 0.5}))
+    calls = []
+    monkeypatch.setattr(ttl.subprocess, "run", lambda args, **kw: calls.append(args) or
+                        type("R", (), {"returncode": 1, "stdout": "", "stderr": ""})())
+    monkeypatch.setattr(ttl, "curve", lambda name, *a, **k: {"system": name, **a[-1]})
+    rec = ttl.run_titan(str(work), 1e-3, 100, 5, doc_mask=True, ckpt_every=20)
+    flags = calls[-1][calls[-1].index("--model.flavor"):]
+    assert rec["system"] == "torchtitan_doc_mask" and flags[1] == "0.6B-bench-doc"
+    assert flags[flags.index("--checkpoint.interval") + 1] == "20" and "--checkpoint.enable" in flags
+    assert flags[flags.index("--checkpoint.keep_latest_k") + 1] == "0" and rec["ckpt_dir"].endswith("_ckpt")
+    ttl.run_titan(str(work), 1e-3, 100, 5)
+    assert "--model.flavor" not in calls[-1] and "--checkpoint.enable" not in calls[-1]
+    ttl.run_ours(str(work), 0.02, 100, 5, True, ckpt_every=25)
+    assert "--ckpt_interval=25" in calls[-1] and "--keep_ckpts=4" in calls[-1] and "--doc_mask=True" in calls[-1]
+    # the flavors titan_flavor.py registers, on a stand-in for torchtitan's qwen3 module (torchtitan is not installed)
+    import dataclasses, types, importlib.util
+    Args = dataclasses.make_dataclass("Args", [("dim", int), ("rope_theta", float), ("attn_type", str),
+                                               ("attn_mask_type", str)])
+    qwen3 = types.SimpleNamespace(qwen3_args={"0.6B": Args(1024, 1e6, "sdpa", "causal")})
+    monkeypatch.setitem(sys.modules, "torchtitan", types.ModuleType("torchtitan"))
+    monkeypatch.setitem(sys.modules, "torchtitan.models", types.SimpleNamespace(qwen3=qwen3))
+    flavor = os.path.join(os.path.dirname(ttl.__file__), "peers", "titan", "titan_flavor.py")
+    spec = importlib.util.spec_from_file_location("titan_flavor", flavor)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert qwen3.qwen3_args["0.6B-bench"] == Args(1024, 10000, "sdpa", "causal")
+    assert qwen3.qwen3_args["0.6B-bench-doc"] == Args(1024, 10000, "flex", "block_causal")
 
 
 def test_plot_log_draws_train_and_val_curves_and_names_a_bad_line(tmp_path, capsys):
