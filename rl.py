@@ -124,9 +124,7 @@ def group_advantages(rewards, group_size, scale=True):
     """rewards [n_groups * group_size] (groups consecutive) -> (advantages, mask of the groups that differ).
     A = r - mean(group), / (std(group) + 1e-4) with scale (TRL's and DAPO's normalisation; unbiased std)."""
     r = rewards.view(-1, group_size)
-    adv = r - r.mean(1, keepdim=True)
-    if scale:
-        adv = adv / (r.std(1, keepdim=True) + 1e-4)
+    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4 if scale else 1)
     return adv.reshape(-1), (r.max(1).values > r.min(1).values)
 
 
@@ -140,8 +138,7 @@ def policy_loss(logp, old_logp, adv, normalizer, clip_low=0.2, clip_high=0.28, r
     loss = -surrogate.sum() / normalizer
     stats = {"clip_frac": ((ratio - clipped).abs() > 0).float().sum().item()}
     if ref_logp is not None:
-        d = ref_logp - logp
-        kl = torch.exp(d) - d - 1
+        kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
         stats["kl"] = kl.detach().sum().item()
         loss = loss + kl_coef * kl.sum() / normalizer
     return loss, stats
@@ -392,7 +389,9 @@ def main():
         t_roll = time.time() - t0
         scores = [score(rewards, rows[mine[j // group_size]][0], t, rows[mine[j // group_size]][2])
                   for j, t in enumerate(texts)]
-        names = sorted({k for s in scores for k in s})
+        names = sorted(scores[0])   # ranks sum the parts by position: every answer must name the same parts
+        if (odd := next((sorted(s) for s in scores if sorted(s) != names), None)) is not None:
+            sys.exit(f"error: --reward={reward}: parts {names} for one answer, {odd} for another: name the same parts every time")
         total = torch.tensor([sum(s.values()) for s in scores])
         adv, differ = group_advantages(total, group_size, scale_rewards)
         keep = [j for j in range(len(ids)) if differ[j // group_size]]

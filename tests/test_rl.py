@@ -22,6 +22,9 @@ def broken(prompt, completion):
     raise KeyError("no_such_field")
 def nan(prompt, completion):
     return float("nan")
+def parts(prompt, completion):
+    parts.calls = getattr(parts, "calls", 0) + 1   # a part only every other call: ranks could not sum them
+    return {"han": 1.0} if parts.calls % 2 else {"han": 1.0, "length": len(completion) / 10}
 def slow(prompt, completion):
     import time
     time.sleep(0.5)   # a first step of seconds: a signal lands inside it
@@ -140,7 +143,8 @@ def test_resume_after_kill_9_repeats_the_uninterrupted_runs_next_step(toy, tmp_p
         assert [r[key] for r in a[2:]] == [r[key] for r in b[2:]], key
 
 
-@pytest.mark.parametrize("fn, says", [("broken", "reward broken raised KeyError"), ("nan", "reward nan returned nan=nan")])
+@pytest.mark.parametrize("fn, says", [("broken", "reward broken raised KeyError"), ("nan", "reward nan returned nan=nan"),
+                                      ("parts", "parts ['han'] for one answer, ['han', 'length'] for another")])
 def test_a_reward_that_raises_or_returns_nan_is_named(toy, tmp_path, train_module, monkeypatch, fn, says):
     msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", "--max_steps=1", f"--reward={toy / 'toy.py'}:{fn}"))
     assert isinstance(msg, str) and msg.startswith("error: ") and says in msg and "\n" not in msg
