@@ -36,7 +36,7 @@ ENTRY_POINTS = {"train": "train.py", "sample": "sample.py", "chat": "chat.py", "
                 "sft_demo": None, "prepare": "prepare.py", "sft": "sft.py", "bench/train_speed": "train.py",
                 "bench/decode": "bench/decode.py", "bench/sft": "bench/sft.py", "bench/ceval": "bench/ceval.py",
                 "bench/fusions": "bench/fusions.py", "rl": "rl.py", "serve": "serve.py", "bench/poetry": "bench/poetry.py",
-                "bench/serve": "bench/serve.py"}
+                "bench/serve": "bench/serve.py", "bench/time_to_loss": "bench/time_to_loss.py"}
 
 
 def entry_point_keys(path):
