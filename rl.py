@@ -60,7 +60,7 @@ beta1, beta2 = 0.9, 0.95
 weight_decay = 0.0
 grad_clip = 1.0
 seq_len = 2048                # rollouts are packed into rows of this many tokens for the update
-micro_batch = 8               # rows per forward/backward
+micro_batch, checkpointing = 8, "none"   # rows per forward/backward; activations: none | block | selective (less memory)
 log_interval, log_seconds, ckpt_interval, keep_ckpts = 1, 30.0, 50, 3
 export_at_end = True
 export_dtype = "bfloat16"
@@ -343,6 +343,7 @@ def main():
                  "micro_batch", "max_steps", "seq_len", "log_interval", "keep_ckpts"), 1), **dict.fromkeys(("kl_coef",
                  "warmup_steps", "decay_steps", "ckpt_interval", "grad_clip", "top_k", "clip_low", "clip_high",
                  "muon_lr", "adamw_lr", "weight_decay"), 0)}, unit=("top_p", "min_lr_frac"))   # configurator.py's
+    check_choices(globals(), {"checkpointing": ("none", "block", "selective")})   # train.py's, applied by its build_model
     if not temperature > 0 or prompts_per_step % world:
         sys.exit(f"error: --temperature must be > 0 (got {temperature}) and --prompts_per_step a multiple of the "
                  f"{world} process(es) (got {prompts_per_step})")

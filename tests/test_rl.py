@@ -213,3 +213,19 @@ def test_sigterm_before_the_first_step_ends_stops_at_once_without_a_checkpoint(t
         p.kill()
     assert p.returncode == 0 and "stopped by SIGTERM before the first step ended" in stdout, (stdout, stderr[-2000:])
     assert not [c for c in os.listdir(out) if c.startswith("ckpt-")]
+
+
+def test_activation_checkpointing_reaches_train_py_and_trains_the_same_steps(toy, tmp_path, train_module, monkeypatch):
+    """--checkpointing (train.py's: recompute each block in the backward) for RL on a smaller card: the same
+    steps as without it; a value that is not a choice is one line."""
+    runs = {}
+    for mode in ("none", "block"):
+        out = tmp_path / mode
+        assert run_script(monkeypatch, "rl.py", *toy_args(toy, out, "--max_steps=2", "--ckpt_interval=0",
+                                                          f"--checkpointing={mode}")) == 0
+        assert sys.modules["train"].checkpointing == mode   # what train.py's build_model put on each block
+        runs[mode] = records(out)
+    for key in ("reward", "loss", "grad_norm", "entropy"):
+        assert [r[key] for r in runs["block"]] == pytest.approx([r[key] for r in runs["none"]], rel=1e-5), key
+    msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "bad", "--max_steps=1", "--checkpointing=all"))
+    assert isinstance(msg, str) and "checkpointing" in msg and "\n" not in msg
