@@ -278,6 +278,32 @@ def scored_report(recs, finals):
     return out
 
 
+def plot_scored(scored, png):
+    """One panel per protocol: each system's scored val bits per byte against its training seconds, its peer's final
+    as a dotted line. What the one evaluator measured, never two protocols in one panel. Returns what was drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(scored), figsize=(6 * len(scored), 4.5), squeeze=False)
+    drawn = {}
+    for ax, (protocol, res) in zip(axes[0], scored.items()):
+        for system, c in res["curves"].items():
+            titan, speedup = system.startswith("torchtitan"), res.get(f"speedup_{system}")
+            color = {"torchtitan": "C0", "ours": "C1", "ours_doc_mask": "C2", "torchtitan_doc_mask": "C3"}.get(system)
+            line, = ax.plot([p["train_s"] for p in c], [p["val_bpb"] for p in c], "o-", ms=3, color=color, label=system + (
+                f": {speedup}x sooner to {peer_of(system, res['curves'])}'s final" if speedup and not titan else ""))
+            if titan:   # the losses the others race to
+                ax.axhline(c[-1]["val_bpb"], color=line.get_color(), ls=":", lw=1)
+        ax.set_title({"packed": "packed 2048-token windows (torchtitan's protocol)",
+                      "doc": "each document alone ([EOT] + doc)"}.get(protocol, protocol))
+        ax.set_xlabel("training seconds (compile excluded)"), ax.set_ylabel("val bits per byte"), ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        drawn[protocol] = sorted(res["curves"])
+    fig.suptitle("time to loss, one evaluator: Qwen3-0.6B shape, 16 x 2048 tokens a step")
+    fig.tight_layout(), fig.savefig(png, dpi=120)
+    return {"png": png, "panels": drawn}
+
+
 def report(recs, png=None):
     """Speed-ups from each system's own logged val losses (torchtitan: packed windows; ours: its --doc_mask
     setting's windows -- not one protocol), and, once `score` lines exist, per protocol from the one evaluator
@@ -296,7 +322,9 @@ def report(recs, png=None):
             out[f"speedup_{r['system']}"] = round(t_titan / t, 3) if t else None
             out[f"time_to_titan_final_{r['system']}_s"] = round(t, 1) if t else None
         out["titan_final_val_loss"] = target
-    if png:
+    if png and "scored" in out:
+        out["plot"] = plot_scored(out["scored"], png)
+    elif png:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

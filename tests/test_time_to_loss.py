@@ -260,6 +260,22 @@ def test_report_takes_ratios_within_one_protocol_on_the_final_runs_clock():
     assert ttl.peer_of("ours_doc_mask", {"torchtitan", "torchtitan_doc_mask"}) == "torchtitan_doc_mask"
 
 
+def test_the_report_plot_has_one_panel_per_protocol_once_scored(tmp_path):
+    """Issue 34: per-protocol plots replace the one that put each system's own protocol side by side."""
+    pytest.importorskip("matplotlib")
+    mk = lambda system: {**ttl.curve(system, 1.0, 20, [1.0] * 20, {0: 10.0, 20: 4.0}, INFO, {"rc": 0}), "stage": "final"}
+    sc = lambda system, protocol, loss: {"stage": "score", "system": system, "lr": None, "step": None,
+                                         "protocol": protocol, "val_loss": loss, "val_bpb": loss}
+    recs = [mk("torchtitan"), mk("ours"), mk("ours_doc_mask"), sc("torchtitan", "packed", 4.0), sc("ours", "packed", 3.7),
+            sc("ours_doc_mask", "packed", 4.6), sc("torchtitan", "doc", 4.2), sc("ours_doc_mask", "doc", 3.6)]
+    out = ttl.report(recs, str(tmp_path / "ttl.png"))
+    assert out["plot"]["panels"] == {"packed": ["ours", "ours_doc_mask", "torchtitan"],
+                                     "doc": ["ours_doc_mask", "torchtitan"]}
+    assert (tmp_path / "ttl.png").stat().st_size > 10_000
+    unscored = ttl.report(recs[:3], str(tmp_path / "own.png"))   # no score lines: the systems' own logs, as before
+    assert "plot" not in unscored and (tmp_path / "own.png").exists()
+
+
 def test_export_titan_and_score_stages_write_one_line_per_model_and_protocol(tmp_path, monkeypatch):
     """The command line: a torchtitan checkpoint folder of step-N -> HF directories -> scored lines in --results
     (a Qwen-sized vocabulary, so the real tokenizer's ids and <|endoftext|> fit)."""
