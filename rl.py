@@ -148,7 +148,7 @@ def policy_loss(logp, old_logp, adv, normalizer, clip_low=0.2, clip_high=0.28, r
 def read_prompts(path):
     """[(prompt, messages, fields)] from the prompts .jsonl; a bad line stops with one line naming it."""
     if not path or not os.path.isfile(path):
-        sys.exit(f"error: --prompts={path!r}: no such file (a .jsonl of {{\"prompt\": ...}} lines)")
+        sys.exit(f"error: --prompts={path!r}: " + ("no such file" if path else "required") + " (a .jsonl of {\"prompt\": ...} lines)")
     rows = []
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):

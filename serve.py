@@ -439,7 +439,7 @@ def main():
     threading.Thread(target=engine.run, daemon=True, name="engine").start()
     name = model_name or os.path.basename(os.path.normpath(init_from))
     print(f"[{model_dir}] serving {name!r} on http://{host}:{port}/ : {slots} slots of {engine.context} tokens, "
-          f"{engine.dec.step_kind} step, defaults {defaults or 'OpenAI'}", file=sys.stderr, flush=True)
+          f"{engine.dec.step_kind} step, sampling defaults {defaults or 'of OpenAI (none in generation_config.json)'}", file=sys.stderr, flush=True)
     import uvicorn
     uvicorn.run(make_app(engine, name, model.config.vocab_size, defaults), host=host, port=port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=3)

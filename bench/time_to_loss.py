@@ -4,7 +4,7 @@ Time to loss on real text: this recipe (Muon + AdamW, WSD, with and without --do
 tokenizer and the same held-out documents. Each system gets its best of several learning rates.
 
     python bench/time_to_loss.py prep  --corpus poetry.jsonl.xz           # data for both systems (~1 min)
-    python bench/time_to_loss.py prep  --corpus stdlib --work /tmp/ttl_code   # the second corpus: Python's own .py files
+    python bench/time_to_loss.py prep  --corpus stdlib --work /tmp/ttl_code --val_fraction 0.05   # Python's own .py files
     python bench/time_to_loss.py sweep --titan_lrs 5e-4,1e-3,2e-3 --muon_lrs 0.01,0.02,0.04 --steps 150
     python bench/time_to_loss.py final --budget_s 300 --system titan|ours|ours_doc_mask|titan_doc_mask [--lr X] \
         [--out_dir D] [--ckpt_every N]          # N: checkpoints kept for `score` (intermediate points)
@@ -358,7 +358,7 @@ def main():
     ap.add_argument("--results", default="", help="jsonl file the runs are appended to (and read by final/report)")
     ap.add_argument("--corpus", help="prep: chinese-poetry's dist/ directory or poetry.jsonl(.xz); stdlib or "
                     "py:DIR (a directory of .py files): source code, a file a document")
-    ap.add_argument("--val_fraction", type=float, default=0.01)
+    ap.add_argument("--val_fraction", type=float, default=0.01, help="prep: documents held out (0.05 for stdlib: ~1,800 files)")
     ap.add_argument("--titan_lrs", default="5e-4,1e-3,2e-3")
     ap.add_argument("--muon_lrs", default="0.01,0.02,0.04")
     ap.add_argument("--doc_mask_lrs", default="", help="sweep: Muon lrs for ours with --doc_mask")
@@ -388,7 +388,9 @@ def main():
     BATCH, SEQ = a.batch, a.seq
     ours_args = a.ours_args.split()
     if a.stage == "prep":
-        if not a.corpus or not (a.corpus == "stdlib" or os.path.exists(a.corpus.removeprefix("py:"))):
+        if not a.corpus:
+            sys.exit("error: prep needs --corpus (chinese-poetry's dist/ or poetry.jsonl.xz; stdlib; py:DIR)")
+        if not (a.corpus == "stdlib" or os.path.exists(a.corpus.removeprefix("py:"))):
             sys.exit(f"error: --corpus {a.corpus}: no such file or directory")
         print(json.dumps({"prep": prep(a.corpus, a.work, a.val_fraction)}))
     elif a.stage == "sweep":

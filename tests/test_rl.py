@@ -159,6 +159,8 @@ def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
     with pytest.raises(SystemExit, match=r"p.jsonl:2: needs"):
         rl.read_prompts(str(bad))
+    with pytest.raises(SystemExit, match=r"^error: --prompts='': required \(a .jsonl"):   # not "no such file"
+        rl.read_prompts("")
 
 
 def test_example_rewards():

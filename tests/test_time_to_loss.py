@@ -299,7 +299,7 @@ def test_export_titan_and_score_stages_write_one_line_per_model_and_protocol(tmp
         run("score", "--system", "ours", "--model", str(tmp_path), "--val", str(tmp_path / "nope.jsonl"))
 
 
-def test_prep_reads_source_code_as_the_second_corpus_a_file_a_document(tmp_path):
+def test_prep_reads_source_code_as_the_second_corpus_a_file_a_document(tmp_path, monkeypatch):
     """Issue 34's second corpus: .py files (the standard library, or a directory of them), one file one document,
     through the same shards, torchtitan split and tokens-per-byte as the poetry corpus."""
     src = tmp_path / "src"
@@ -319,3 +319,6 @@ def test_prep_reads_source_code_as_the_second_corpus_a_file_a_document(tmp_path)
     with pytest.raises(SystemExit, match="no .py file with text in it"):
         ttl.code_documents(str(tmp_path / "w" / "titan_val"), str(tmp_path / "x"))
     assert ttl.code_documents("stdlib", str(tmp_path / "std"), parts=2) > 500   # this Python's own library
+    monkeypatch.setattr(sys, "argv", ["time_to_loss.py", "prep", "--work", str(tmp_path / "w2")])
+    with pytest.raises(SystemExit, match=r"^error: prep needs --corpus"):   # not "--corpus None: no such file"
+        ttl.main()
