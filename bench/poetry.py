@@ -205,9 +205,9 @@ def second_turns(prompts, poems):
              {"role": "user", "content": p}] for i, p in enumerate(prompts)]
 
 
-def sft_form(row):
-    """The form an SFT row asks for: a SHI_FORMS name, or 'ci'."""
-    prompt = row["messages"][0]["content"]
+def sft_form(row, turn=0):
+    """The form a chat's message `turn` (its first request by default) asks for: a SHI_FORMS name, or 'ci'."""
+    prompt = row["messages"][turn]["content"]
     return next((f for f in SHI_FORMS if prompt.endswith(f)), "ci")
 
 
@@ -217,8 +217,8 @@ def rl_prompts(sft, limit=20000, ci_share=0.25, seed=0):
     of them. Ci are ~4% of the chats but 23% of the held-out prompts (240 of 1,060); at 4% RL practised the tunes
     about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26)."""
     chats = [{"messages": r["messages"][:-1]} for r in sft]
-    ci = [c for c in chats if not c["messages"][-1]["content"].endswith(tuple(SHI_FORMS))]
-    shi = [c for c in chats if c["messages"][-1]["content"].endswith(tuple(SHI_FORMS))]
+    ci = [c for c in chats if sft_form(c, -1) == "ci"]
+    shi = [c for c in chats if sft_form(c, -1) != "ci"]
     n = min(limit, len(chats))
     n_ci = min(n, max(round(n * ci_share), n - len(shi))) if ci else 0   # never fewer ci than the chats hold
     rows = [ci[i % len(ci)] for i in range(n_ci)] + shi[:n - n_ci]

@@ -127,11 +127,11 @@ def run_titan(work, lr, steps, evals, doc_mask=False, ckpt_every=0):
     export_titan + score (each holds the AdamW state too: ~7 GB at 0.6B)."""
     p, info = paths(work), paths_info(work)
     tag = f"titan{'_dm' if doc_mask else ''}_lr{lr}_s{steps}"
-    log = os.path.join(p["runs"], tag + ".log")
+    log, ckpt_dir = os.path.join(p["runs"], tag + ".log"), os.path.join(p["runs"], tag + "_ckpt")
     warm, decay = max(1, round(WARMUP_FRAC * steps)), DECAY_FRAC
     extra = ["--model.flavor", "0.6B-bench-doc"] if doc_mask else []
     if ckpt_every:
-        extra += ["--checkpoint.enable", "--checkpoint.folder", os.path.join(p["runs"], tag + "_ckpt"),
+        extra += ["--checkpoint.enable", "--checkpoint.folder", ckpt_dir,
                   "--checkpoint.interval", str(ckpt_every), "--checkpoint.keep_latest_k", "0"]
     args = ["bash", os.path.join(ROOT, "bench", "peers", "titan", "run.sh"), *extra,
             "--training.dataset_path", p["titan_train"], "--optimizer.lr", str(lr), "--training.steps", str(steps),
@@ -148,7 +148,7 @@ def run_titan(work, lr, steps, evals, doc_mask=False, ckpt_every=0):
         print(text[-3000:], file=sys.stderr)
     return curve("torchtitan_doc_mask" if doc_mask else "torchtitan", lr, steps, dts, vals, info,
                  {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW",
-                  **({"ckpt_dir": os.path.join(p["runs"], tag + "_ckpt")} if ckpt_every else {})})
+                  **({"ckpt_dir": ckpt_dir} if ckpt_every else {})})
 
 
 def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=(), ckpt_every=0):
@@ -387,6 +387,7 @@ def main():
     a = ap.parse_args()
     BATCH, SEQ = a.batch, a.seq
     ours_args = a.ours_args.split()
+    system = a.system and a.system.replace("titan", "torchtitan")   # the name the records carry
     if a.stage == "prep":
         if not a.corpus:
             sys.exit("error: prep needs --corpus (chinese-poetry's dist/ or poetry.jsonl.xz; stdlib; py:DIR)")
@@ -403,7 +404,6 @@ def main():
         for lr in [float(x) for x in a.titan_doc_mask_lrs.split(",") if x]:
             emit({**run_titan(a.work, lr, a.steps, a.evals, doc_mask=True), "stage": "sweep"}, a.results)
     elif a.stage == "final":
-        system = a.system.replace("titan", "torchtitan")
         lr, steps = final_plan([r for r in load(a.results) if r.get("stage") == "sweep"], system, a.lr, a.budget_s)
         if steps is None:
             sys.exit(f"error: no sweep of {system} in {a.results!r} to take the lr and step rate from")
@@ -427,7 +427,6 @@ def main():
         if not os.path.isfile(val):
             sys.exit(f"error: --val {val}: no such file (run prep, or pass a jsonl of {{\"text\": ...}} lines)")
         docs = score_lm.read_docs(val, a.max_docs)
-        system = a.system.replace("titan", "torchtitan")
         for path in a.model:
             for model_dir, step in score_lm.model_dirs(path):
                 model = score_lm.load_for_scoring(model_dir)
