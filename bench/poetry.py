@@ -215,9 +215,16 @@ def rl_prompts(sft, limit=20000, ci_share=0.25, seed=0):
     """rl.py's prompts: SFT chats cut before their last answer (a multi-turn chat keeps its earlier poems, so RL also
     sees second requests), at most `limit` of them, the chats whose last request is a ci repeated up to `ci_share`
     of them. Ci are ~4% of the chats but 23% of the held-out prompts (240 of 1,060); at 4% RL practised the tunes
-    about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26)."""
+    about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26). The ci take
+    their tunes in turn, each tune as often as the next: a tune is a form, and the rare long ones (洞仙歌: 9 of the
+    ~5,000 ci chats) were the ones RL left broken (LOG 29)."""
     chats = [{"messages": r["messages"][:-1]} for r in sft]
-    ci = [c for c in chats if sft_form(c, -1) == "ci"]
+    by_tune = collections.defaultdict(list)
+    for c in chats:
+        if sft_form(c, -1) == "ci":
+            by_tune[c["messages"][-1]["content"]].append(c)
+    tunes = list(by_tune.values())
+    ci = [t[i % len(t)] for i in range(max(map(len, tunes), default=0)) for t in tunes]  # round robin over the tunes
     shi = [c for c in chats if sft_form(c, -1) != "ci"]
     n = min(limit, len(chats))
     n_ci = min(n, max(round(n * ci_share), n - len(shi))) if ci else 0   # never fewer ci than the chats hold

@@ -18,10 +18,10 @@ The rules, for 五言/七言 绝句/律诗 (n sentences of k characters, poetry.
     python rl.py ... --reward=bench/poetry_rules.py:reward    # the data directory: $POETRY_DATA, default
                                                                 # data/poetry_raw (bench/poetry.py build)
 """
-import functools, glob, importlib.util, json, os, re, sys
+import difflib, functools, glob, importlib.util, json, os, re, sys
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))   # poetry.py; after the root, whose serve.py / sft.py bench/ must not shadow
-from poetry import HAN, NOISE, SHI_FORMS, check_form, copied_lines, corpus_lines, sentences  # noqa: E402
+from poetry import HAN, NOISE, SHI_FORMS, check_form, copied_lines, corpus_lines, length_pattern, sentences  # noqa: E402
 
 LEVEL, OBLIQUE = "平", "仄"
 
@@ -149,9 +149,18 @@ def poetry_data(data_dir=None):
     return json.load(open(forms, encoding="utf-8")), corpus_lines(rows)
 
 
+def shape_score(poem, form, ci):
+    """How near the poem's sentence lengths come to the form's (the nearest of a ci tune's patterns): difflib's ratio
+    of the two sequences, 1.0 exactly when the form holds. Form alone is 0/1, and a long tune (洞仙歌, 18 sentences)
+    that all of a group's answers missed by a sentence or two gave the group nothing to learn from (LOG 29)."""
+    got = length_pattern(poem)
+    wants = ci.get(form[3:], []) if form.startswith("ci:") else [(SHI_FORMS[form][0],) * SHI_FORMS[form][1]]
+    return max((difflib.SequenceMatcher(None, got, tuple(w), autojunk=False).ratio() for w in wants), default=0.0)
+
+
 def reward(prompt, completion, **fields):
     """The poem model's reward, as named components (rl.py sums them): form 0/1 (sentences x characters, or the ci
-    tune's pattern); rhyme and tone, each the share of its rules kept (0 when the form is wrong; shi only); kept 0/1,
+    tune's pattern); shape, the share of the form's sentence lengths kept (shape_score); rhyme and tone, each the share of its rules kept (0 when the form is wrong; shi only); kept 0/1,
     every rule at once (shi: rhyme and tone; ci: its form) -- the shares alone left a repeated rhyme character, one
     condition of nine, in a fifth of the poems after RL (LOG 24), and "every rule" is what the poem is judged by; and
     penalties of -1 for a line copied from the corpus (>= 7 characters), a repeated sentence, or text that is not
@@ -164,7 +173,7 @@ def reward(prompt, completion, **fields):
     ok = check_form(poem, form, ci)
     rules = check_rules(poem, form) if ok else None
     lines = [s for s in shi_lines(poem) if len(s) >= 2]
-    return {"form": float(ok), "rhyme": rules["rhyme_score"] if rules else 0.0,
+    return {"form": float(ok), "shape": shape_score(poem, form, ci), "rhyme": rules["rhyme_score"] if rules else 0.0,
             "tone": rules["tone_score"] if rules else 0.0,
             "kept": float(rules["rhyme"] and rules["tone"]) if rules else float(ok and form.startswith("ci:")),
             "copied": -float(bool(copied_lines(poem, seen))), "repeated": -float(len(set(lines)) < len(lines)),

@@ -1,5 +1,5 @@
 """bench/poetry.py: the form / novelty checker on hand-made poems, and the held-out split of the SFT builder."""
-import json, os, sys
+import collections, json, os, sys
 
 import torch
 
@@ -148,3 +148,14 @@ def test_rl_prompts_repeat_the_ci_chats_up_to_their_share():
     assert len({a for a in asks if "绝句" in a}) == 150 and any(len(r["messages"]) == 3 for r in rows)
     ci_only = poetry.rl_prompts(sft[380:], limit=200)
     assert len(ci_only) == 20 and poetry.rl_prompts(sft[:380], limit=200, ci_share=0.25) == poetry.rl_prompts(sft[:380], limit=200, ci_share=0)
+
+
+def test_rl_prompts_ask_every_tune_alike():
+    """The long rare tunes (洞仙歌: 9 of ~5,000 ci chats) were the ones RL left broken (LOG 29): a tune is a form, so
+    the ci prompts take the tunes in turn, however many chats each tune has."""
+    chat = lambda ask: {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": "詞"}]}
+    sft = [chat(f"写一首题为《題{i}》的七言绝句") for i in range(300)]
+    sft += [chat("填一首词，词牌为《浣溪沙》")] * 90 + [chat("填一首词，词牌为《洞仙歌》")] * 3 + [chat("填一首词，词牌为《摸鱼儿》")] * 7
+    asks = [r["messages"][-1]["content"] for r in poetry.rl_prompts(sft, limit=200, ci_share=0.3)]
+    counts = collections.Counter(a for a in asks if "词牌" in a)
+    assert sum(counts.values()) == 60 and sorted(counts.values()) == [20, 20, 20]

@@ -50,7 +50,7 @@ def poetry_data(tmp_path, monkeypatch):
 def test_reward_components(poetry_data):
     ask = lambda form: [{"role": "user", "content": f"写一首题为《秋》的{form}"}]
     good = R.reward(ask("五言绝句"), GUANQUELOU)
-    assert good == {"form": 1.0, "rhyme": 1.0, "tone": 1.0, "kept": 1.0, "copied": 0.0, "repeated": 0.0, "extra": 0.0}
+    assert good == {"form": 1.0, "shape": 1.0, "rhyme": 1.0, "tone": 1.0, "kept": 1.0, "copied": 0.0, "repeated": 0.0, "extra": 0.0}
     twice = R.reward(ask("七言律诗"), DENGGAO.replace("酒杯", "酒哀"))    # a rhyme character repeated: one rule broken
     assert twice["form"] == 1.0 and 0.8 < twice["rhyme"] < 1.0 and twice["kept"] == 0.0
     assert R.reward(ask("七言绝句"), GUANQUELOU)["form"] == 0.0 and R.reward(ask("七言绝句"), GUANQUELOU)["rhyme"] == 0.0
@@ -61,6 +61,10 @@ def test_reward_components(poetry_data):
     ci = "一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。"
     assert R.reward("填一首词，词牌为《浣溪沙》", ci)["form"] == R.reward("填一首词，词牌为《浣溪沙》", ci)["kept"] == 1.0
     assert R.reward("填一首词，词牌为《浣溪沙》", GUANQUELOU)["kept"] == 0.0
+    # a sentence short of the tune is nearer the form than half of it: a group that all missed still has a gradient
+    short, half = (R.reward("填一首词，词牌为《浣溪沙》", ci.rsplit("。", k)[0] + "。") for k in (2, 4))
+    assert short["form"] == half["form"] == 0.0 and 0.0 < half["shape"] < short["shape"] < 1.0
+    assert R.reward(ask("七言律诗"), GUANQUELOU)["shape"] == 0.0 and 0 < R.reward(ask("七言律诗"), DENGGAO[:32])["shape"] < 1
     with pytest.raises(ValueError, match="not a poetry prompt"):
         R.reward("hello", GUANQUELOU)
 
