@@ -9,6 +9,8 @@ thinks, included), and `fields` the line's other keys -- an "answer" to check, t
 deterministic and cheap (it runs for every answer of every step, on the CPU, in the training process) and it must
 never be gameable by something other than what you want: RL finds every hole in a reward (an answer checker that
 accepts "the answer is 3 or 4" is a hole). A reward that raises or returns NaN stops the run with one line naming it.
+One that names a parameter `group_completions` also gets every answer to the same prompt (itself included): a
+reward may then compare them (the poem reward's `variety` marks down answers that all rhyme alike).
 
     {"prompt": "What is 17 * 23? Answer with the number only.", "answer": "391"}     # a line of prompts.jsonl
     python rl.py --init_from=out_sft --prompts=prompts.jsonl --reward=rewards.py:exact_answer,rewards.py:concise

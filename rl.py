@@ -12,7 +12,8 @@ prompts: a .jsonl file, one prompt a line: {"prompt": "..."} (one user turn) or 
 ends with a user turn); any other fields of the line go to the reward as keyword arguments (an "answer" to check).
 reward: `module:function` (a module name or a .py path), several joined by commas; each is a plain function
 `reward(prompt, completion, **fields) -> float` or a dict of named float parts (summed), prompt the line's "prompt"
-or "messages", completion the model's text (rewards.py shows how).
+or "messages", completion the model's text (rewards.py shows how); one that names a parameter `group_completions`
+also gets the texts of the prompt's whole group, itself included, to compare answers (the poem reward's variety).
 
 One step: `prompts_per_step` prompts (chosen by the step number alone, so a resume repeats the step) are rolled out
 `group_size` times each through generate.Decoder -- one batch on the static KV cache and the Triton step (CUDA
@@ -22,7 +23,7 @@ are skipped. The loss is PPO's clipped surrogate per token (DAPO's asymmetric cl
 a constant (sequences x max_new_tokens, Dr. GRPO's: a short answer's tokens weigh no more), plus kl_coef x the k3
 estimate of KL to the starting model. The rest is train.py's: model/optimizer, WSD, checkpoints, DDP, log, export.
 """
-import importlib, importlib.util, json, math, os, random, signal, sys, time
+import importlib, importlib.util, inspect, json, math, os, random, signal, sys, time
 from contextlib import nullcontext
 
 import torch
@@ -57,13 +58,11 @@ muon_lr = 0.002               # hidden 2-D matrices
 muon_lr_rule, muon_momentum = "original", 0.95
 adamw_lr = 3e-6               # embedding and norm gains
 beta1, beta2 = 0.9, 0.95
-weight_decay = 0.0
-grad_clip = 1.0
+weight_decay, grad_clip = 0.0, 1.0
 seq_len = 2048                # rollouts are packed into rows of this many tokens for the update
 micro_batch, checkpointing = 8, "none"   # rows per forward/backward; activations: none | block | selective (less memory)
 log_interval, log_seconds, ckpt_interval, keep_ckpts = 1, 30.0, 50, 3
-export_at_end = True
-export_dtype = "bfloat16"
+export_at_end, export_dtype = True, "bfloat16"
 wandb_log, wandb_project, wandb_run_name = False, "qwen3-rl", "rl"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
@@ -102,13 +101,14 @@ def load_rewards(spec):
     return fns
 
 
-def score(rewards, prompt, completion, fields):
+def score(rewards, prompt, completion, fields, group=()):
     """{component: value} for one completion: each function's float under its name, or its dict's entries. A reward
     that raises or gives a non-finite or non-number value stops the run with one line naming it."""
     out = {}
     for name, fn in rewards:
         try:
-            value = fn(prompt, completion, **fields)
+            asks = "group_completions" in inspect.signature(fn).parameters
+            value = fn(prompt, completion, **fields, **({"group_completions": list(group)} if asks else {}))
         except Exception as e:
             sys.exit(f"error: reward {name} raised {type(e).__name__}: {e} (on the completion {completion[:80]!r})")
         for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
@@ -388,8 +388,8 @@ def main():
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step * 7919 + rank)
         completions, texts, cut = rollout(decoder, ids, gen, enc)
         t_roll = time.time() - t0
-        scores = [score(rewards, rows[mine[j // group_size]][0], t, rows[mine[j // group_size]][2])
-                  for j, t in enumerate(texts)]
+        scores = [score(rewards, rows[mine[j // group_size]][0], t, rows[mine[j // group_size]][2],
+                        texts[j - j % group_size:][:group_size]) for j, t in enumerate(texts)]
         names = sorted(scores[0])   # ranks sum the parts by position: every answer must name the same parts
         if (odd := next((sorted(s) for s in scores if sorted(s) != names), None)) is not None:
             sys.exit(f"error: --reward={reward}: parts {names} for one answer, {odd} for another: name the same parts every time")

@@ -7,6 +7,7 @@ sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 import poetry  # noqa: E402
 
 JUEJU = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"
+GUANQUELOU = "白日依山盡，黃河入海流。\n欲窮千里目，更上一層樓。"
 CI = {"浣溪沙": [[7, 7, 7, 7, 7, 7]]}
 
 
@@ -62,9 +63,13 @@ def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
     heldout = [{"form": "五言绝句"}, {"form": "五言绝句"}, {"form": "ci:浣溪沙"}]
     res = poetry.evaluate([JUEJU, "無題，有。", JUEJU], heldout, CI, set())
     # 床前明月光 rhymes (霜/鄉, 七陽) but breaks the tone rules (a 古绝): rhyme 1 of 2, tone 0; the wrong form keeps neither
-    assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0, "rhyme": 0.5, "tone": 0.0, "both": 0.0}
+    assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0, "rhyme": 0.5, "tone": 0.0, "both": 0.0,
+                          "rhyme_groups": 1, "top_rhyme_group_share": 1.0}
     assert res["distinct_lines"] == 0.6   # 6 distinct of 10: JUEJU's 4 sentences twice, 無題 and 有
     assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3
+    # the rhyme groups the rhyming poems use: 七陽 twice, 十一尤 once (登鸛雀樓); the unrhymed poem counts in neither
+    res = poetry.evaluate([JUEJU, GUANQUELOU, JUEJU, "無題，有。"], [{"form": "五言绝句"}] * 4, CI, set())
+    assert res["shi"]["rhyme"] == 0.75 and res["shi"]["rhyme_groups"] == 2 and res["shi"]["top_rhyme_group_share"] == 0.6667
 
 
 def package_dist(tmp_path):

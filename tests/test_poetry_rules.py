@@ -15,8 +15,8 @@ GUANQUELOU = "白日依山盡，黃河入海流。\n欲窮千里目，更上一�
 
 
 def test_regular_poems_keep_rhyme_and_tones_in_both_scripts():
-    for poem, form in ((DENGGAO, "七言律诗"), (DENGGAO_SIMPLIFIED, "七言律诗"), (GUANQUELOU, "五言绝句")):
-        assert R.check_rules(poem, form) == {"rhyme": True, "tone": True, "rhyme_score": 1.0, "tone_score": 1.0}
+    for poem, form, group in ((DENGGAO, "七言律诗", "十灰"), (DENGGAO_SIMPLIFIED, "七言律诗", "十灰"), (GUANQUELOU, "五言绝句", "十一尤")):
+        assert R.check_rules(poem, form) == {"rhyme": True, "tone": True, "rhyme_score": 1.0, "tone_score": 1.0, "group": group}
 
 
 def test_a_swapped_rhyme_or_tone_fails_and_simplified_scores_as_traditional():
@@ -50,7 +50,7 @@ def poetry_data(tmp_path, monkeypatch):
 def test_reward_components(poetry_data):
     ask = lambda form: [{"role": "user", "content": f"写一首题为《秋》的{form}"}]
     good = R.reward(ask("五言绝句"), GUANQUELOU)
-    assert good == {"form": 1.0, "shape": 1.0, "rhyme": 1.0, "tone": 1.0, "kept": 1.0, "copied": 0.0, "repeated": 0.0, "extra": 0.0}
+    assert good == {"form": 1.0, "shape": 1.0, "rhyme": 1.0, "tone": 1.0, "kept": 1.0, "variety": 0.0, "copied": 0.0, "repeated": 0.0, "extra": 0.0}
     twice = R.reward(ask("七言律诗"), DENGGAO.replace("酒杯", "酒哀"))    # a rhyme character repeated: one rule broken
     assert twice["form"] == 1.0 and 0.8 < twice["rhyme"] < 1.0 and twice["kept"] == 0.0
     assert R.reward(ask("七言绝句"), GUANQUELOU)["form"] == 0.0 and R.reward(ask("七言绝句"), GUANQUELOU)["rhyme"] == 0.0
@@ -85,3 +85,15 @@ def test_importing_the_rules_leaves_the_root_modules_first():
     assert sys.path.index(root) < sys.path.index(bench)
     import serve
     assert os.path.dirname(os.path.abspath(serve.__file__)) == root
+
+
+def test_variety_counts_the_other_answers_in_the_same_rhyme_group(poetry_data):
+    """RL bought its rhyme score with one wide group (68% 十一真, LOG 29): an answer loses the share of the prompt's
+    other answers that rhyme where it does."""
+    ask = [{"role": "user", "content": "写一首题为《秋》的五言绝句"}]
+    jueju = "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"                  # 七陽 (rhyme kept, tones not)
+    group = [GUANQUELOU, GUANQUELOU, jueju, "無題，有。"]                     # 十一尤 twice, 七陽 once, no form
+    got = [R.reward(ask, c, group_completions=group)["variety"] for c in group]
+    assert got == [pytest.approx(-1 / 3), pytest.approx(-1 / 3), 0.0, 0.0]
+    assert R.reward(ask, GUANQUELOU)["variety"] == 0.0                       # without the group: nothing to compare
+    assert R.reward("填一首词，词牌为《浣溪沙》", GUANQUELOU, group_completions=[GUANQUELOU] * 3)["variety"] == 0.0

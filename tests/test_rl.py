@@ -25,6 +25,11 @@ def nan(prompt, completion):
 def parts(prompt, completion):
     parts.calls = getattr(parts, "calls", 0) + 1   # a part only every other call: ranks could not sum them
     return {"han": 1.0} if parts.calls % 2 else {"han": 1.0, "length": len(completion) / 10}
+def grouped(prompt, completion, group_completions):
+    import json, os
+    with open(os.environ["GROUP_LOG"], "a") as f:
+        f.write(json.dumps({"prompt": prompt, "completion": completion, "group": group_completions}) + "\\n")
+    return 0.0
 def slow(prompt, completion):
     import time
     time.sleep(0.5)   # a first step of seconds: a signal lands inside it
@@ -148,6 +153,15 @@ def test_resume_after_kill_9_repeats_the_uninterrupted_runs_next_step(toy, tmp_p
 def test_a_reward_that_raises_or_returns_nan_is_named(toy, tmp_path, train_module, monkeypatch, fn, says):
     msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", "--max_steps=1", f"--reward={toy / 'toy.py'}:{fn}"))
     assert isinstance(msg, str) and msg.startswith("error: ") and says in msg and "\n" not in msg
+
+
+def test_a_reward_that_names_group_completions_gets_its_prompts_whole_group(toy, tmp_path, train_module, monkeypatch):
+    monkeypatch.setenv("GROUP_LOG", str(tmp_path / "calls.jsonl"))
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", "--max_steps=1", f"--reward={toy / 'toy.py'}:grouped")) == 0
+    calls = [json.loads(l) for l in open(tmp_path / "calls.jsonl")]
+    groups = {c["prompt"]: c["group"] for c in calls}
+    assert len(calls) == 16 and len(groups) == 2 and all(len(g) == 8 for g in groups.values())
+    assert all(c["group"] == groups[c["prompt"]] and c["completion"] in c["group"] for c in calls)
 
 
 def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
