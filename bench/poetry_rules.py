@@ -152,8 +152,8 @@ def poetry_data(data_dir=None):
 
 
 def shape_score(poem, form, ci):
-    """How near the poem's sentence lengths come to the form's (the nearest of a ci tune's patterns): difflib's ratio
-    of the two sequences, 1.0 exactly when the form holds. Form alone is 0/1, and a long tune (洞仙歌, 18 sentences)
+    """How near the poem's sequence of sentence lengths comes to the form's (the nearest of a ci tune's patterns):
+    difflib's similarity ratio of the two sequences, in [0, 1], 1.0 exactly when the form holds. Form alone is 0/1, and a long tune (洞仙歌, 18 sentences)
     that all of a group's answers missed by a sentence or two gave the group nothing to learn from (LOG 29)."""
     got = length_pattern(poem)
     wants = ci.get(form[3:], []) if form.startswith("ci:") else [(SHI_FORMS[form][0],) * SHI_FORMS[form][1]]
@@ -169,7 +169,7 @@ def rhyme_group(poem, form):
 def variety(completion, form, group_completions):
     """Minus the share of the other answers to the same prompt that rhyme in this answer's group (0 for a ci, or
     without the group). Rhyme and tone alone paid as well for one wide group: after RL, 68% of the rhyming poems
-    rhymed in 十一真 (the SFT model: 12%, the corpus: 9%; LOG 29)."""
+    rhymed in 十一真 (the SFT model: 10%, the corpus: 8%; LOG 29)."""
     mine, others = rhyme_group(completion.strip(), form), list(group_completions or [])
     if mine is None or completion not in others or len(others) < 2:
         return 0.0
@@ -179,7 +179,7 @@ def variety(completion, form, group_completions):
 
 def reward(prompt, completion, group_completions=None, **fields):
     """The poem model's reward, as named components (rl.py sums them): form 0/1 (sentences x characters, or the ci
-    tune's pattern); shape, the share of the form's sentence lengths kept (shape_score); rhyme and tone, each the
+    tune's pattern); shape, how near its sentence lengths come to the form's (shape_score); rhyme and tone, each the
     share of its rules kept (0 when the form is wrong; shi only); kept 0/1, every rule at once (shi: rhyme and tone;
     ci: its form) -- the shares alone left a repeated rhyme character, one condition of nine, in a fifth of the
     poems after RL (LOG 24), and "every rule" is what the poem is judged by; variety, up to -1 for rhyming in the

@@ -147,3 +147,15 @@ def test_exported_config_names_the_first_transformers_with_qwen3(tmp_path):
     save_pretrained(Qwen3(small_config()), tmp_path, dtype=torch.float32)
     written = json.load(open(tmp_path / "config.json"))["transformers_version"]
     assert Version("4.51.0") <= Version(written) < Version("5.0.0")
+
+
+def test_the_first_line_warns_of_long_cpu_steps_only():
+    """The CPU time-per-step guess was 3x off either way for small models (LOG 28): said only when a step will take
+    minutes or hours (the reference recipe on a CPU), never for the demo, whose step lines time it."""
+    from mfu import describe_run
+    from model import Qwen3Config
+    big = describe_run(Qwen3Config(), 384, 2048, 100, 1, "cpu")
+    tiny = describe_run(small_config(), 4, 128, 200, 1, "cpu")
+    assert big.endswith("h a step -- for the CPU demo run `python train.py config/tiny.py`"), big
+    assert tiny.endswith("4 x 128 = 512 tokens a step, 200 steps") and "on a CPU" not in tiny, tiny
+    assert "on a CPU" not in describe_run(Qwen3Config(), 384, 2048, 100, 1, "cuda:0")
