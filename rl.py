@@ -347,7 +347,7 @@ def main():
     if not temperature > 0 or prompts_per_step % world:
         sys.exit(f"error: --temperature must be > 0 (got {temperature}) and --prompts_per_step a multiple of the "
                  f"{world} process(es) (got {prompts_per_step})")
-    rows, rewards = read_prompts(prompts), load_rewards(reward)
+    rows, rewards, enc = read_prompts(prompts), load_rewards(reward), get_tokenizer()
     if master:
         T.make_writable_dir(out_dir)
     lock = T.lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
@@ -356,7 +356,6 @@ def main():
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
     config["reference"] = reference or (init_from if init_from != "resume" else resumed_reference(T))
     model, optimizer, step = T.build_model(dev, False, master)
-    enc = get_tokenizer()
     prompt_ids = [render_chat(m, add_generation_prompt=True, enable_thinking=enable_thinking, template=chat_template)[0]
                   for _, m, _ in rows]
     longest = max(map(len, prompt_ids)) + max_new_tokens
@@ -422,7 +421,7 @@ def main():
         eta = (t2 - t_start) / (step - first) * (max_steps - step)
         rec = {"step": step, "loss": stats["loss"], "reward": shared[0].item() / n_all,
                **{f"reward_{n}": shared[5 + i].item() / n_all for i, n in enumerate(names)},
-               "kl": stats["kl"] / n_tok if ref_model is not None else None, "entropy": stats["entropy"] / n_tok,
+               "kl": stats["kl"] / n_tok if ref_model is not None else None, "entropy": stats["entropy"] / n_tok if stats["tokens"] else None,
                "completion_len": shared[1].item() / n_all, "truncated": shared[2].item() / n_all,
                "skipped_groups": 1 - shared[3].item() / n_all, "clip_frac": stats["clip_frac"] / n_tok,
                "grad_norm": stats["grad_norm"], "lr": optimizer.param_groups[0]["lr"],
@@ -432,7 +431,8 @@ def main():
             last_line = time.time()
             log(rec, f"step {step}/{max_steps} | reward {rec['reward']:.3f} ("
                      + ", ".join(f"{n} {rec['reward_' + n]:.3f}" for n in names) + f") | len {rec['completion_len']:.0f} | "
-                     f"skipped {rec['skipped_groups']:.0%} | entropy {rec['entropy']:.3f} | rollout "
+                     f"skipped {rec['skipped_groups']:.0%} | entropy "
+                     f"{'n/a (no update)' if rec['entropy'] is None else format(rec['entropy'], '.3f')} | rollout "
                      f"{rec['rollout_tok_per_s']:,.0f} tok/s | {rec['step_s']:.2f} s | ETA {int(eta) // 60}:{int(eta) % 60:02d}")
         T.maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop)
     if stop and master:

@@ -162,6 +162,8 @@ def test_a_reward_that_names_group_completions_gets_its_prompts_whole_group(toy,
     groups = {c["prompt"]: c["group"] for c in calls}
     assert len(calls) == 16 and len(groups) == 2 and all(len(g) == 8 for g in groups.values())
     assert all(c["group"] == groups[c["prompt"]] and c["completion"] in c["group"] for c in calls)
+    # every answer scored 0: no group to learn from, no update -- the entropy of no tokens is not 0 (newcomer, LOG 29)
+    assert records(tmp_path / "o")[0]["skipped_groups"] == 1.0 and records(tmp_path / "o")[0]["entropy"] is None
 
 
 def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
