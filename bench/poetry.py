@@ -216,8 +216,8 @@ def rl_prompts(sft, limit=20000, ci_share=0.25, seed=0):
     sees second requests), at most `limit` of them, the chats whose last request is a ci repeated up to `ci_share`
     of them. Ci are ~4% of the chats but 23% of the held-out prompts (240 of 1,060); at 4% RL practised the tunes
     about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26). The ci take
-    their tunes in turn, each tune as often as the next: a tune is a form, and the rare long ones (洞仙歌: 9 of the
-    ~5,000 ci chats) were the ones RL left broken (LOG 29)."""
+    their tunes in turn, each tune as often as the next: a tune is a form, and the rare long ones (洞仙歌), asked a
+    handful of times in a whole run, were the ones RL left broken (LOG 29)."""
     chats = [{"messages": r["messages"][:-1]} for r in sft]
     by_tune = collections.defaultdict(list)
     for c in chats:

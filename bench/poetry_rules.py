@@ -168,8 +168,9 @@ def rhyme_group(poem, form):
 
 def variety(completion, form, group_completions):
     """Minus the share of the other answers to the same prompt that rhyme in this answer's group (0 for a ci, or
-    without the group). Rhyme and tone alone paid as well for one wide group: after RL, 68% of the rhyming poems
-    rhymed in 十一真 (the SFT model: 10%, the corpus: 8%; LOG 29)."""
+    without the group). Rhyme and tone alone pay as well for one wide group of common characters as for any, and RL
+    found it: most of its poems rhymed in 十一真, where the corpus and the SFT model use it about as often as any
+    other group (LOG 29)."""
     mine, others = rhyme_group(completion.strip(), form), list(group_completions or [])
     if mine is None or completion not in others or len(others) < 2:
         return 0.0

@@ -156,7 +156,7 @@ def test_rl_prompts_repeat_the_ci_chats_up_to_their_share():
 
 
 def test_rl_prompts_ask_every_tune_alike():
-    """The long rare tunes (洞仙歌: 9 of ~5,000 ci chats) were the ones RL left broken (LOG 29): a tune is a form, so
+    """The long rare tunes (洞仙歌) were the ones RL left broken (LOG 29): a tune is a form, so
     the ci prompts take the tunes in turn, however many chats each tune has."""
     chat = lambda ask: {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": "詞"}]}
     sft = [chat(f"写一首题为《題{i}》的七言绝句") for i in range(300)]
