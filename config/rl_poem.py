@@ -9,7 +9,8 @@ group_size = 8
 prompts_per_step = 32
 max_new_tokens = 256
 temperature = 1.0
-max_steps = 350        # LOG 26: at 200 the rules-kept share was still rising (0.61 -> 0.74 over the last 120 steps), KL level
+max_steps = 320        # LOG 26: at 200 the rules-kept share was still rising; LOG 29: 350 steps took 14 min 23 s of the
+                       # stage's 15, and variety and shape leave fewer groups skipped (more tokens to update a step)
 warmup_steps = 10
 decay_steps = 100
 muon_lr = 0.002
