@@ -153,8 +153,9 @@ def poetry_data(data_dir=None):
 
 def shape_score(poem, form, ci):
     """How near the poem's sequence of sentence lengths comes to the form's (the nearest of a ci tune's patterns):
-    difflib's similarity ratio of the two sequences, in [0, 1], 1.0 exactly when the form holds. Form alone is 0/1, and a long tune (洞仙歌, 18 sentences)
-    that all of a group's answers missed by a sentence or two gave the group nothing to learn from (LOG 29)."""
+    difflib's similarity ratio of the two sequences, in [0, 1], 1.0 exactly when the form holds. Form alone is 0/1,
+    and a long tune (洞仙歌, 18 sentences) that all of a group's answers missed by a sentence or two gave the group
+    nothing to learn from (LOG 29)."""
     got = length_pattern(poem)
     wants = ci.get(form[3:], []) if form.startswith("ci:") else [(SHI_FORMS[form][0],) * SHI_FORMS[form][1]]
     return max((difflib.SequenceMatcher(None, got, tuple(w), autojunk=False).ratio() for w in wants), default=0.0)
