@@ -78,7 +78,7 @@ STATS = ("loss", "clip_frac", "kl", "entropy", "tokens", "grad_norm")   # an upd
 
 # ------------------------------------------------------------------------------------------------ rewards
 def load_rewards(spec):
-    """'module:function[,...]' -> [(name, function)]: a module importable from here, or a .py path."""
+    """'module:function[,...]' -> [(name, function, takes group_completions)]: a module importable here, or a .py."""
     fns = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         mod_name, _, fn_name = item.rpartition(":")
@@ -95,7 +95,8 @@ def load_rewards(spec):
             sys.exit(f"error: --reward={item!r}: cannot load {mod_name} ({e})")
         if not callable(getattr(module, fn_name, None)):
             sys.exit(f"error: --reward={item!r}: {mod_name} has no function {fn_name}")
-        fns.append((fn_name, getattr(module, fn_name)))
+        fn = getattr(module, fn_name)
+        fns.append((fn_name, fn, "group_completions" in inspect.signature(fn).parameters))
     if not fns:
         sys.exit("error: --reward is empty: name at least one module:function")
     return fns
@@ -105,9 +106,8 @@ def score(rewards, prompt, completion, fields, group=()):
     """{component: value} for one completion: each function's float under its name, or its dict's entries. A reward
     that raises or gives a non-finite or non-number value stops the run with one line naming it."""
     out = {}
-    for name, fn in rewards:
+    for name, fn, asks in rewards:
         try:
-            asks = "group_completions" in inspect.signature(fn).parameters
             value = fn(prompt, completion, **fields, **({"group_completions": list(group)} if asks else {}))
         except Exception as e:
             sys.exit(f"error: reward {name} raised {type(e).__name__}: {e} (on the completion {completion[:80]!r})")

@@ -219,13 +219,11 @@ def rl_prompts(sft, limit=20000, ci_share=0.25, seed=0):
     their tunes in turn, each tune as often as the next: a tune is a form, and the rare long ones (洞仙歌), asked a
     handful of times in a whole run, were the ones RL left broken (LOG 29)."""
     chats = [{"messages": r["messages"][:-1]} for r in sft]
-    by_tune = collections.defaultdict(list)
+    by_tune, shi = collections.defaultdict(list), []
     for c in chats:
-        if sft_form(c, -1) == "ci":
-            by_tune[c["messages"][-1]["content"]].append(c)
+        (by_tune[c["messages"][-1]["content"]] if sft_form(c, -1) == "ci" else shi).append(c)
     tunes = list(by_tune.values())
     ci = [t[i % len(t)] for i in range(max(map(len, tunes), default=0)) for t in tunes]  # round robin over the tunes
-    shi = [c for c in chats if sft_form(c, -1) != "ci"]
     n = min(limit, len(chats))
     n_ci = min(n, max(round(n * ci_share), n - len(shi))) if ci else 0   # never fewer ci than the chats hold
     rows = [ci[i % len(ci)] for i in range(n_ci)] + shi[:n - n_ci]
