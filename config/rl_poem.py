@@ -9,13 +9,13 @@ group_size = 8
 prompts_per_step = 32
 max_new_tokens = 256
 temperature = 1.0
-max_steps = 320        # LOG 26: at 200 the rules-kept share was still rising; LOG 29: 350 steps took 14 min 23 s of the
-                       # stage's 15, and variety and shape leave fewer groups skipped (more tokens to update a step)
+max_steps = 370        # LOG 30: at 320 the rules-kept share still rose (~0.03 per 100 steps) and the stage took 12 min
+                       # 33 s of its 15 (2.08 s a step: 370 steps ≈ 14.3 min)
 warmup_steps = 10
 decay_steps = 100
 muon_lr = 0.002
 adamw_lr = 2e-5
-kl_coef = 0.06      # GRPO's beta (DeepSeekMath): holds the poems near the SFT model's language (fluency: LOG 24 +9.9% without,
-                    # LOG 29 +10.1% at turn 2 with 0.04 over 350 steps)
+kl_coef = 0.05      # GRPO's beta (DeepSeekMath): holds the poems near the SFT model's language (fluency at turn 2: LOG 29
+                    # +10.1% with 0.04 over 350 steps, LOG 30 +6.7% with 0.06 over 320)
 micro_batch = 8
-ckpt_interval = 100    # a save every ~3.5 min of RL: the stage must fit in 15 min (LOG 29: 14 min 23 s, 37 s to spare)
+ckpt_interval = 100    # a save every ~3.5 min of RL: the stage must fit in 15 min
