@@ -32,8 +32,8 @@ import sys
 import torch
 
 from checkpoint import load_model
-from configurator import check_ranges
-from generate import Decoder, check_sampling_settings, sample_next
+from configurator import check_ranges, check_sampling_settings
+from generate import Decoder, sample_next
 from tokenizer import (CHAT_TEMPLATES, END_THINK, EOT, IM_END, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer,
                        render_chat)
 

@@ -147,5 +147,18 @@ def check_choices(g, choices):
             sys.exit(f"error: {key} must be {'|'.join(allowed)}, got {g[key]!r}")
 
 
+def check_sampling_settings(max_new_tokens, temperature, top_k, top_p, num_samples=1):
+    """sample.py's and chat.py's sampling settings: a bad one stops with one line naming it (a negative top_k was a
+    traceback, a negative temperature inverted the distribution)."""
+    for key, value, ok, want in (("max_new_tokens", max_new_tokens, lambda v: v > 0, "an integer > 0"),
+                                 ("num_samples", num_samples, lambda v: v > 0, "an integer > 0"),
+                                 ("top_k", top_k, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+                                 ("temperature", temperature, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+                                 ("top_p", top_p, lambda v: 0 <= v <= 1, "a number in [0, 1] (1 = off)")):
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (is_number and (isinstance(value, int) or want.startswith("a number")) and ok(value)):
+            raise SystemExit(f"error: --{key} must be {want}, got {value!r}")
+
+
 if __name__ != "configurator":   # exec'd by an entry point (imported as a module, e.g. by tests: only the functions)
     _apply_args(sys.argv[1:], globals())

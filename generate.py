@@ -1,23 +1,20 @@
 """
-Generation: a KV cache, sampling (temperature, top-k, top-p) and the token loop over a Qwen3.
-
-Two paths (tests/test_generate.py proves they emit the same tokens):
-- the plain path, the module functions `stream` / `generate`: a Python loop that runs the model on one token at a
-  time against caches that grow by slicing. It works anywhere (CPU, tests) and is the definition, but on a GPU it
-  is launch-bound: 28 layers x ~15 small kernels per token, each launched from Python.
-- the fast path, a `Decoder`'s methods `stream` / `generate` (`prefill` / `step` for a chat, `prefill_slot` /
-  `release` for continuous batching): a static KV cache, the prompt prefilled in one call, and a one-token step
-  whose shapes never change (positions arrive as a tensor), captured in a CUDA graph and replayed for every token
-  (gpt-fast's recipe), the lm_head and sampling included (noise filled before each replay): nothing waits for the
-  GPU but what the caller reads. The step is decode_kernel.py's Triton kernels (`step="triton"`, the default on
-  CUDA), or the PyTorch step below under torch.compile (`"compiled"`) or as it is (`"eager"`, on the CPU).
+Generation: a KV cache, sampling (temperature, top-k, top-p) and the token loop over a Qwen3. Two paths, which
+emit the same tokens (tests/test_generate.py):
+- the plain path, `stream` / `generate`: a Python loop running the model one token at a time against caches that
+  grow by slicing. It works anywhere and is the definition, but on a GPU it is launch-bound (28 layers x ~15 small
+  kernels a token, each launched from Python).
+- the fast path, a `Decoder` (`stream` / `generate`; `prefill` / `step` for a chat; `prefill_slot` / `release` for
+  continuous batching): a static KV cache, the prompt prefilled in one call, and a one-token step whose shapes never
+  change (positions arrive as a tensor), captured in a CUDA graph with the lm_head and sampling and replayed for
+  every token (gpt-fast's recipe): nothing waits for the GPU but what the caller reads. The step is decode_kernel.py's
+  Triton kernels (`step="triton"`, the default on CUDA), or the PyTorch step below compiled or eager (the CPU).
 
     out = generate(model, idx, 256, temperature=0)                 # the plain path
     dec = Decoder(model, batch_size=1, max_len=prompt_len + 256)   # once; on CUDA: Triton + CUDA graphs
     out = dec.generate(idx, 256, temperature=0)                    # continues the cache: dec.reset() to start over
-
-The model (model.py) only knows how to run a chunk of tokens starting at `start` (an int, or a [B, T] tensor of
-positions) against per-layer caches (anything with `update(start, k, v) -> (keys, values)`).
+The model runs a chunk of tokens from `start` (an int, or [B, T] positions) against per-layer caches (anything with
+`update(start, k, v) -> (keys, values)`).
 """
 from functools import partial
 
@@ -29,16 +26,14 @@ from model import rope_inv_freq
 
 
 class KVCache:
-    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim].
-
-    update(start, k, v) with an int `start` (the plain path, prefill) writes positions start.. and returns the filled
+    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]. update(start, k, v) with an int `start` (the plain path, prefill) writes positions start.. and returns the filled
     prefix; with a [B, T] tensor of positions (the decode step; each row its own) it writes there and returns the
     whole buffer: no shape depends on the position (the attention masks what lies beyond it)."""
 
-    def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype):
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype, inv_freq=None):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.inv_freq = None  # RoPE's frequencies, for decode_kernel.py's step (the Decoder sets them)
+        self.inv_freq = inv_freq  # RoPE's frequencies, for decode_kernel.py's step (one table shared by the layers)
 
     def update(self, start, k, v):
         if torch.is_tensor(start):  # index_put (row b, every head, position start[b, t]): an in-place scatter
@@ -58,9 +53,9 @@ class KVCache:
         return view
 
 
-def new_caches(model, batch, max_len, device, dtype):
+def new_caches(model, batch, max_len, device, dtype, inv_freq=None):
     c = model.config
-    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype)
+    return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, device, dtype, inv_freq)
             for _ in range(c.num_hidden_layers)]
 
 
@@ -97,19 +92,6 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, noise=None, gen
     # E can be exactly 0; clamping keeps a filtered token (prob 0) at 0 instead of 0/0 = nan, which argmax would pick
     nxt = (probs / noise.clamp_min(torch.finfo(noise.dtype).tiny)).argmax(-1, keepdim=True)
     return nxt if sampled is None else torch.where(sampled, nxt, raw.argmax(-1, keepdim=True))   # rows at 0: greedy
-
-
-def check_sampling_settings(max_new_tokens, temperature, top_k, top_p, num_samples=1):
-    """sample.py's and chat.py's sampling settings: a bad one stops with one line naming it (a negative top_k was a
-    traceback, a negative temperature inverted the distribution)."""
-    for key, value, ok, want in (("max_new_tokens", max_new_tokens, lambda v: v > 0, "an integer > 0"),
-                                 ("num_samples", num_samples, lambda v: v > 0, "an integer > 0"),
-                                 ("top_k", top_k, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
-                                 ("temperature", temperature, lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
-                                 ("top_p", top_p, lambda v: 0 <= v <= 1, "a number in [0, 1] (1 = off)")):
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (is_number and (isinstance(value, int) or want.startswith("a number")) and ok(value)):
-            raise SystemExit(f"error: --{key} must be {want}, got {value!r}")
 
 
 def _eos_ids(eos, device):
@@ -196,13 +178,27 @@ def compiled_decode_hidden():
     return _compiled["frozen"]
 
 
+def capture(run, warmups, undo=lambda: None):
+    """run() captured in a CUDA graph after `warmups` runs on a side stream, each then undo() -> (graph, output)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmups):
+            run(), undo()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    return graph, out
+
+
 STEPS = ("triton", "compiled", "eager")
+PREFILL_GRAPH_MAX = 512   # prefill_slot: the longest padded prompt prefilled through a scratch row (a CUDA graph each)
 
 
 def default_step(model, compiled=True):
-    """The Decoder's step when none is named: on CUDA the Triton kernels where they serve the model
-    (decode_kernel.available: 16-bit weights, a power-of-two head_dim), else the compiled PyTorch step (or, with
-    compiled=False, the eager one); on the CPU the eager PyTorch step."""
+    """The Decoder's step when none is named: on CUDA the Triton kernels where decode_kernel.available says they
+    serve the model, else the compiled PyTorch step (compiled=False: the eager one); on the CPU the eager step."""
     w = model.model.embed_tokens.weight
     if w.device.type != "cuda":
         return "eager"
@@ -211,19 +207,15 @@ def default_step(model, compiled=True):
 
 class Decoder:
     """The fast path for one model and batch size: a static KV cache of `max_len` positions (default: the model's
-    context; the PyTorch step's attention reads all of it, the Triton step only what lies before each position) and
-    the decode step (one of STEPS; default_step picks it), replayed as CUDA graphs (`cuda_graph`, the default on
-    CUDA). Build it once: the compiled code and the graphs (one per sampling mode and row count) are kept. The
-    compiled step has the weights compiled in (compiled_decode_hidden): inference only. The Triton step keeps q/k/v
-    and gate/up concatenated (decode_kernel.fused_weights), a copy refresh_weights() rewrites (rl.py).
-
-    The cache is continued: `prefill(tokens)` appends at position `pos` (a chat keeps its history; `reset(pos)`
-    rewinds); after `stream`/`generate` it holds all but the last token (`last`), which a next prefill starts with.
-    Right-padded prompts of different lengths share a batch with `lengths` (C-Eval GEN): each row decodes from its
-    own position until a reset(). Slots (continuous batching, serve.py): a request holds a row from `prefill_slot`
-    (its prompt prefilled into that row alone, the others untouched) to `release` (the row parks at position 0 by a
-    device-side mask: no host sync); step() takes per-row sampling settings (kept in [B, 1] tensors: one graph
-    serves rows of different requests) and runs the first n rows, n the smallest power of two holding the live ones."""
+    context; the PyTorch step reads all of it, the Triton step what lies before each position) and the decode step
+    (one of STEPS; default_step picks it), replayed as CUDA graphs (`cuda_graph`, the default on CUDA). Build it once:
+    the compiled code and the graphs (one per sampling mode and row count) are kept. The compiled step has the
+    weights compiled in: inference only. The Triton step keeps q/k/v and gate/up concatenated, a copy that
+    refresh_weights() rewrites (rl.py). The cache is continued: `prefill` appends at `pos` (a chat keeps its
+    history; `reset(pos)` rewinds); after `stream`/`generate` it holds all but the last token (`last`). Right-padded
+    prompts share a batch with `lengths` (C-Eval GEN). Slots (serve.py): a request holds a row from `prefill_slot` to
+    `release` (the row parks at position 0 by a device-side mask: no host sync); step() takes per-row sampling
+    settings ([B, 1] tensors: one graph serves every mix) and runs the first n rows, n a power of two."""
 
     def __init__(self, model, batch_size=1, max_len=None, step=None, cuda_graph=None):
         cfg, w = model.config, model.model.embed_tokens.weight
@@ -240,13 +232,10 @@ class Decoder:
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         if self.cuda_graph and not on_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
-        self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype)
-        self.weights = None
-        if self.step_kind == "triton":  # the concatenated weights, and one RoPE frequency table shared by every layer's cache
-            self.weights = decode_kernel.fused_weights(model)
-            inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device)
-            for cache in self.caches:
-                cache.inv_freq = inv_freq
+        triton = self.step_kind == "triton"   # its concatenated weights and RoPE table
+        self.weights = decode_kernel.fused_weights(model) if triton else None
+        self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype,
+                                 rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device) if triton else None)
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
         new = lambda fill, dtype=torch.float32, *shape: torch.full(shape or (batch_size, 1), fill, dtype=dtype,
                                                                    device=w.device)
@@ -257,9 +246,9 @@ class Decoder:
         self.noise = new(0.0, torch.float32, batch_size, cfg.vocab_size)   # the sampling noise, drawn before each step
         self.graphs, self.views = {}, {n: [c.rows(0, n) for c in self.caches]   # the first n rows, n a power of two
                                        for n in {min(batch_size, 1 << i) for i in range(batch_size.bit_length() + 1)}}
-        # on the host: pos, the positions filled (the longest row's); even: every row at pos (not after a padded
-        # prefill); row_pos and live, bounds of input_pos and a copy of active
+        # on the host: pos filled (the longest row's); even: every row at pos; row_pos, live: input_pos's bounds, active
         self.pos, self.even, self.last, self.row_pos, self.live = 0, True, None, [0] * batch_size, [True] * batch_size
+        self.slot_prefill = None   # prefill_slot's scratch cache and inputs, made on first use
 
     @torch.no_grad()
     def refresh_weights(self):
@@ -307,14 +296,40 @@ class Decoder:
     def prefill_slot(self, slot, ids, temperature=0, top_k=None, top_p=None, generator=None):
         """Row `slot` starts a new sequence: the prompt `ids` (a list, or a [T] / [1, T] tensor) prefilled into that
         row alone at positions 0..T-1, the other rows untouched. Returns its first token [1, 1], sampled from the
-        prompt's last logits (sample_next's settings), which the next step() takes as the row's input."""
-        ids = torch.as_tensor(ids, device=self.tok.device).view(1, -1)
-        if not 0 <= slot < self.batch_size or not 1 <= ids.shape[1] <= self.max_len:
-            raise ValueError(f"slot {slot} (of {self.batch_size}), a prompt of {ids.shape[1]} tokens (of {self.max_len})")
-        logits = self._prefill_logits([c.rows(slot) for c in self.caches], ids, 0)
+        prompt's last logits (sample_next's settings), which the next step() takes as the row's input. Up to
+        PREFILL_GRAPH_MAX tokens the prompt is right-padded to a power of two (>= 16), prefilled in a scratch row and
+        copied into row `slot` (an index in a tensor): with the Triton step one CUDA graph a padded length serves every
+        slot (an eager prefill is ~200 launches from Python). The padding lies beyond the row's position: masked."""
+        ids = torch.as_tensor(ids, device=self.tok.device).view(-1)
+        if not 0 <= slot < self.batch_size or not 1 <= (T := ids.shape[0]) <= self.max_len:
+            raise ValueError(f"slot {slot} (of {self.batch_size}), a prompt of {T} tokens (of {self.max_len})")
+        padded = max(16, 1 << (T - 1).bit_length())
+        if padded > min(PREFILL_GRAPH_MAX, self.max_len):
+            logits = self._prefill_logits([c.rows(slot) for c in self.caches], ids.view(1, -1), 0)
+        else:
+            if self.slot_prefill is None:   # a scratch row of the largest padded length; ids, length and slot buffers
+                w, size = self.tok, 1 << (min(PREFILL_GRAPH_MAX, self.max_len).bit_length() - 1)
+                scratch = new_caches(self.model, 1, size, w.device, self.caches[0].k.dtype, self.caches[0].inv_freq)
+                self.slot_prefill = scratch, w.new_zeros(1, size), w.new_zeros(1), w.new_zeros(1), {}
+            scratch, buf, length, row, graphs = self.slot_prefill
+            buf[0, :T].copy_(ids), length.fill_(T), row.fill_(slot)
+
+            def run():   # the padded prompt into the scratch row, its keys and values copied into row `row`
+                logits = self._prefill_logits(scratch, buf[:, :padded], 0, length)
+                for cache, tmp in zip(self.caches, scratch):
+                    cache.k[:, :, :padded].index_copy_(0, row, tmp.k[:, :, :padded])
+                    cache.v[:, :, :padded].index_copy_(0, row, tmp.v[:, :, :padded])
+                return logits
+            if self.cuda_graph and self.step_kind == "triton":
+                if padded not in graphs:   # (its warm-up run computes this very prefill)
+                    graphs[padded] = capture(run, 1)
+                graphs[padded][0].replay()
+                logits = graphs[padded][1]
+            else:
+                logits = run()
         first = sample_next(logits, temperature, top_k, top_p, generator=generator)
-        self.tok[slot], self.input_pos[slot], self.active[slot] = first[0], ids.shape[1], True
-        self.row_pos[slot], self.live[slot], self.even = ids.shape[1], True, False
+        self.tok[slot], self.input_pos[slot], self.active[slot] = first[0], T, True
+        self.row_pos[slot], self.live[slot], self.even = T, True, False
         return first
 
     def release(self, slot=None):
@@ -341,23 +356,6 @@ class Decoder:
         use_k, use_p = any(values[1][b] > 0 for b in sampled), any(values[2][b] < 1 for b in sampled)
         t, k, p = (x[:n] for x in self.row_settings)
         return (t, k if use_k else None, p if use_p else None), (n, use_k, use_p)
-
-    def _graph(self, key, args, n):
-        """The step's CUDA graph for this sampling mode and row count, captured on first use after two warm-up runs
-        (compilation, autotuning), each undone (token, positions): the cache is written only where the step writes."""
-        if key not in self.graphs:
-            saved, s = (self.tok.clone(), self.input_pos.clone()), torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    self._advance(args, n)
-                    self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._advance(args, n)
-            self.graphs[key] = (graph, out)
-        return self.graphs[key]
 
     def _advance(self, args, n):
         """One step of the first n rows: the next token, also fed back as the next input, and each live row's position
@@ -394,8 +392,12 @@ class Decoder:
                 if g is not None:
                     self.noise[b].exponential_(generator=g)
         args = (self.model, self.views[n], self.tok[:n], self.input_pos[:n], temperature, top_k, top_p, noise)
-        if self.cuda_graph:
-            graph, out = self._graph(key, args, n)
+        if self.cuda_graph:   # a graph per sampling mode and row count, captured on first use after two warm-up runs,
+            if key not in self.graphs:   # each undone (token, positions): the cache is written only where the step writes
+                saved = self.tok.clone(), self.input_pos.clone()
+                self.graphs[key] = capture(partial(self._advance, args, n), 2,
+                                           lambda: (self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])))
+            graph, out = self.graphs[key]
             graph.replay()
             nxt = out.clone()  # the next replay overwrites `out`
         else:
@@ -405,9 +407,8 @@ class Decoder:
         return nxt
 
     def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, lengths=None):
-        """Prefill idx, then yield max_new_tokens columns [B, 1] as the plain `stream` does, reading back whether
-        every row has produced eos (a host sync) every `check_every` tokens. A finished row is fed its own token, not
-        eos: it yields eos whatever it computes."""
+        """Prefill idx, then yield max_new_tokens columns [B, 1] as the plain `stream` does, reading back whether every
+        row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos whatever it computes."""
         if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + prompt {idx.shape[1]} + "
                              f"{max_new_tokens} new tokens do not fit")
@@ -428,16 +429,14 @@ class Decoder:
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
-        """Yields the next token column [B, 1] at each step, as the plain `stream` does, continuing from the cache's
-        current position (reset() first to start over)."""
+        """The plain `stream`'s columns [B, 1], continuing from the cache's position (reset() first to start over)."""
         yield from self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 1)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None,
                  lengths=None):
-        """idx with the new tokens appended, as the plain `generate` returns it, continuing the cache (reset() to start
-        over). Eos is checked every 16 tokens, then the columns after every row finished are trimmed. With `lengths`
-        (right-padded prompts, see prefill) every row's new tokens are the columns after idx.shape[1]."""
+        """The plain `generate`'s result, continuing the cache (reset() to start over); eos checked every 16 tokens, the
+        columns after every row finished trimmed. With `lengths` (see prefill) the new tokens follow idx.shape[1]."""
         cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16, lengths))
         if not cols:
             return idx

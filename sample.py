@@ -18,7 +18,8 @@ from functools import partial
 import torch
 
 from checkpoint import load_model
-from generate import Decoder, check_sampling_settings, stream
+from configurator import check_sampling_settings
+from generate import Decoder, stream
 from tokenizer import EOT, StreamDecoder, get_tokenizer
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory

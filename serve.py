@@ -26,7 +26,7 @@ from collections import deque
 import torch
 
 from checkpoint import load_model
-from generate import Decoder
+from generate import PREFILL_GRAPH_MAX, Decoder
 from tokenizer import END_THINK, EOT, IM_END, N_ORDINARY, QWEN_VOCAB, THINK, StreamDecoder, get_tokenizer, render_chat
 
 init_from = "out"       # a training out_dir (its newest checkpoint), a checkpoint dir, or a Hugging Face directory
@@ -142,10 +142,10 @@ class Engine:
         self.wake.set()
 
     def warm(self):
-        """Every graph the server can need, captured now: greedy and sampled steps (filters or not) of 1, 2, 4... rows."""
+        """Every graph the server can need, captured now: steps (each sampling mode) of 1, 2, 4... rows, prefills."""
         for n in sorted(self.dec.views):
             for b in range(n):
-                self.dec.prefill_slot(b, [0])
+                self.dec.prefill_slot(b, [0] * min(16 << b, PREFILL_GRAPH_MAX, self.context // 2))
             for t, k, p in ((0, 0, 1.0), (1.0, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.9), (1.0, 5, 0.9)):
                 self.dec.step(None, [t] * self.slots, [k] * self.slots, [p] * self.slots)
             self.dec.release()

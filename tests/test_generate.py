@@ -158,6 +158,19 @@ def run_slots(dec, prompts, n_new, settings=None, generators=None, join_every=2)
     raise AssertionError("the schedule did not finish")
 
 
+def test_decoder_slot_prefill_padded_to_a_power_of_two_or_direct_is_each_prompt_alone():
+    """prefill_slot right-pads a prompt to 16 / 32 (a scratch row, then copied into the slot: what one CUDA graph a
+    padded length replays on the GPU) and prefills a prompt longer than the largest padding that fits the cache
+    (33 and 40 of 48) in its row directly: on both sides of each boundary, with slots reused, every request's greedy
+    tokens are its prompt's alone (the padding's keys never reach a real token, the copy lands in its own row)."""
+    model = peaky_model(seed=21)
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, 320, (n,), generator=g).tolist() for n in (16, 3, 33, 17, 40, 32)]
+    alone = [generate(model, torch.tensor([p]), 6, temperature=0)[0, len(p):].tolist() for p in prompts]
+    dec = Decoder(model, batch_size=3, max_len=48)
+    assert run_slots(dec, prompts, 6, join_every=1) == alone
+    assert dec.slot_prefill[0][0].k.shape[2] == 32   # the scratch row: the largest power of two within the cache
+
 def test_decoder_slots_join_and_leave_between_steps_like_each_prompt_alone():
     """Continuous batching on the Decoder: five prompts of different lengths through four slots, joining every other
     step, leaving after 12 tokens (a slot reused with an old sequence's keys beyond its prompt): each request's
