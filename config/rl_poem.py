@@ -9,8 +9,8 @@ group_size = 8
 prompts_per_step = 32
 max_new_tokens = 256
 temperature = 1.0
-max_steps = 370        # LOG 30: at 320 the rules-kept share still rose (~0.03 per 100 steps) and the stage took 12 min
-                       # 33 s of its 15 (2.08 s a step: 370 steps ≈ 14.3 min)
+max_steps = 360        # LOG 30: at 320 the rules-kept share still rose (~0.03 per 100 steps) and the stage took 12 min
+                       # 33 s of its 15 (2.08 s a step: 360 steps ≈ 14 min)
 warmup_steps = 10
 decay_steps = 100
 muon_lr = 0.002
