@@ -26,9 +26,9 @@ from model import rope_inv_freq
 
 
 class KVCache:
-    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]. update(start, k, v) with an int `start` (the plain path, prefill) writes positions start.. and returns the filled
-    prefix; with a [B, T] tensor of positions (the decode step; each row its own) it writes there and returns the
-    whole buffer: no shape depends on the position (the attention masks what lies beyond it)."""
+    """Preallocated keys/values for one layer: [B, n_kv_heads, max_len, head_dim]. update(start, k, v) with an int
+    `start` (the plain path, prefill) writes positions start.. and returns the filled prefix; with [B, T] positions
+    (the decode step; each row its own) it writes there and returns the whole buffer (attention masks the rest)."""
 
     def __init__(self, batch, n_kv_heads, max_len, head_dim, device, dtype, inv_freq=None):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, device=device, dtype=dtype)
@@ -392,8 +392,8 @@ class Decoder:
                 if g is not None:
                     self.noise[b].exponential_(generator=g)
         args = (self.model, self.views[n], self.tok[:n], self.input_pos[:n], temperature, top_k, top_p, noise)
-        if self.cuda_graph:   # a graph per sampling mode and row count, captured on first use after two warm-up runs,
-            if key not in self.graphs:   # each undone (token, positions): the cache is written only where the step writes
+        if self.cuda_graph:   # a graph per sampling mode and row count, captured on first use after two warm-ups,
+            if key not in self.graphs:   # each undone (token, positions): the cache is written where the step writes
                 saved = self.tok.clone(), self.input_pos.clone()
                 self.graphs[key] = capture(partial(self._advance, args, n), 2,
                                            lambda: (self.tok.copy_(saved[0]), self.input_pos.copy_(saved[1])))
@@ -408,7 +408,7 @@ class Decoder:
 
     def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, lengths=None):
         """Prefill idx, then yield max_new_tokens columns [B, 1] as the plain `stream` does, reading back whether every
-        row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos whatever it computes."""
+        row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos, whatever it computes."""
         if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + prompt {idx.shape[1]} + "
                              f"{max_new_tokens} new tokens do not fit")
