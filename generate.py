@@ -408,7 +408,7 @@ class Decoder:
 
     def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, lengths=None):
         """Prefill idx, then yield max_new_tokens columns [B, 1] as the plain `stream` does, reading back whether every
-        row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos, whatever it computes."""
+        row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos, whatever it is fed."""
         if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + prompt {idx.shape[1]} + "
                              f"{max_new_tokens} new tokens do not fit")
