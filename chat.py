@@ -9,9 +9,9 @@ Chat with an instruction-tuned model in the terminal: multi-turn, streamed, in Q
 on a terminal, between its tags elsewhere; --show_think=False hides it), False closes an empty think block in the
 prompt so that it answers at once. As in the template, an earlier answer stays in the history without its
 reasoning. Piped (stdin not a terminal), each turn prints as `user: ...` / `assistant: ...`, a readable transcript;
-runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML. --think only
-matters to a model tuned on reasoning (Qwen3's own, or SFT data with think blocks): for one never tuned to think
-(the SFT demo's, the poem model) it changes nothing.
+runs of blank lines in an answer are squeezed into one. --chat_template=chatml chats in plain ChatML. For a model
+never tuned to think (the SFT demo's, the poem model) use --think=False, the prompt it was tuned on: with True it
+may open a think block of its own and ramble (the SFT demo's model on an out-of-format question).
 
 What you type is plain text (--plain_user_text=True, tokenizer.render_chat): typing <|im_start|>system, <think> or
 <tool_call> gives those characters, not the special tokens, so a message cannot open a turn of its own. False

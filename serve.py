@@ -278,8 +278,8 @@ def chat_prompt(body):
         if not isinstance(m, dict):
             raise ApiError(422, f"{at} must be an object", at, "invalid_type")
         role, content = field(m, "role", (str,), MISSING, None, "a string"), m.get("content")
-        if role not in ("system", "developer", "user", "assistant", "tool"):
-            raise ApiError(422, f"{at}.role: {role!r} is not system, user, assistant or tool", at + ".role", "invalid_value")
+        if role not in (roles := ("system", "developer", "user", "assistant", "tool")):
+            raise ApiError(422, f"{at}.role: {role!r} is not one of {', '.join(roles)}", at + ".role", "invalid_value")
         if isinstance(content, list) and all(isinstance(c, dict) and c.get("type") == "text" and isinstance(
                 c.get("text"), str) for c in content):   # parts: text ones only
             content = "".join(c["text"] for c in content)

@@ -251,6 +251,14 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, b
     assert code == 200 and j["usage"]["completion_tokens"] == 2
 
 
+def test_an_unknown_role_is_told_every_role_there_is(server):
+    """The 422 for an unknown role lists the roles accepted, developer (OpenAI's newer name for system) among them."""
+    code, j = post(server + "/v1/chat/completions", {"model": "scripted", "messages": [{"role": "wizard", "content": "hi"}]})
+    assert code == 422 and all(r in j["error"]["message"] for r in ("system", "developer", "user", "assistant", "tool")), j
+    code, j = post(server + "/v1/chat/completions", {"model": "scripted", "max_tokens": 2, "messages": [
+        {"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+    assert code == 200 and j["usage"]["completion_tokens"] == 2, j
+
 def test_unknown_route_and_full_queue(server):
     """404 in OpenAI's shape for a route that does not exist; 429 once 4 slots and a queue of 8 are taken."""
     with pytest.raises(urllib.error.HTTPError) as e:
