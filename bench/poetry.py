@@ -267,10 +267,11 @@ def generate_poems(model, chats, max_new_tokens=160, batch_size=64, temperature=
 def evaluate(poems, heldout, ci, seen):
     """Form compliance and novelty of the poems written for the held-out prompts, overall and per form; rhyme, tone
     and both (Pingshui rules) over the shi prompts, the rhyme groups the rhyming poems use and the largest one's share
-    (RL can buy its rhyme score by rhyming in one wide group: LOG 29); the share of distinct sentences among all poems."""
+    (RL can buy its rhyme score by rhyming in one wide group: LOG 29), the share of shi breaking each kind of rhyme
+    rule (why rhyme fails); the share of distinct sentences among all poems."""
     from poetry_rules import check_rules, shi_lines
     by_form = collections.defaultdict(lambda: [0, 0, 0])
-    rules, groups = collections.Counter(), collections.Counter()
+    rules, groups, broken = collections.Counter(), collections.Counter(), collections.Counter()
     for poem, h in zip(poems, heldout):
         kind = "ci" if h["form"].startswith("ci:") else h["form"]
         ok, new = check_form(poem, h["form"], ci), not copied_lines(poem, seen)
@@ -284,11 +285,13 @@ def evaluate(poems, heldout, ci, seen):
             rules["tone"] += r["tone"]
             rules["both"] += r["rhyme"] and r["tone"]
             groups[r.get("group")] += r["rhyme"]
+            broken.update(r.get("rhyme_broken", ()))
     out = {k: {"n": n, "compliance": round(c / n, 4), "novelty": round(v / n, 4)} for k, (n, c, v) in by_form.items()}
     if "shi" in out:
         out["shi"].update({k: round(rules[k] / out["shi"]["n"], 4) for k in ("rhyme", "tone", "both")})
         out["shi"].update(rhyme_groups=sum(n > 0 for n in groups.values()),
-                          top_rhyme_group_share=round(max(groups.values(), default=0) / max(1, rules["rhyme"]), 4))
+                          top_rhyme_group_share=round(max(groups.values(), default=0) / max(1, rules["rhyme"]), 4),
+                          rhyme_broken={k: round(v / out["shi"]["n"], 4) for k, v in sorted(broken.items())})
     lines = [l for p in poems for l in shi_lines(p)]
     out["distinct_lines"] = round(len(set(lines)) / max(1, len(lines)), 4)
     return out

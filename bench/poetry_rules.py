@@ -75,24 +75,25 @@ def tone_classes(ch):
 
 
 def rhyme_check(lines):
-    """(kept, score in [0, 1], group): the rhyme rules above on a shi's sentences; score = the share of its conditions
-    met (every even ending in the best level group, the first ending, the other odd endings, no repeated rhyme);
-    group = that best level group (None when no even ending is level)."""
+    """(kept, score in [0, 1], group, broken): the rhyme rules above on a shi's sentences; score = the share of its
+    conditions met (every even ending in the best level group, the first ending, the other odd endings, no repeated
+    rhyme); group = that best level group (None when no even ending is level); broken = the kinds of condition not
+    met, of "off_group", "first_line", "odd_ending", "repeated" (what an evaluation counts to say why rhyme fails)."""
     evens = [l[-1] for l in lines[1::2]]
     counts = {}
     for ch in evens:
         for tone, g in readings(ch):
             counts[g] = counts.get(g, 0) + (tone == LEVEL)
     group = max(sorted(counts), key=counts.get) if counts and max(counts.values()) else None
-    conds = []
-    conds += [group is not None and (LEVEL, group) in readings(ch) for ch in evens]
     first = lines[0][-1]
     first_rhymes = group is not None and (LEVEL, group) in readings(first)
-    conds.append(first_rhymes or OBLIQUE in tone_classes(first))
-    conds += [OBLIQUE in tone_classes(l[-1]) for l in lines[2::2]]
     rhymes = evens + ([first] if first_rhymes else [])
-    conds.append(len(set(rhymes)) == len(rhymes))
-    return all(conds), sum(conds) / len(conds), group
+    conds = [("off_group", group is not None and (LEVEL, group) in readings(ch)) for ch in evens]
+    conds += [("first_line", first_rhymes or OBLIQUE in tone_classes(first))]
+    conds += [("odd_ending", OBLIQUE in tone_classes(l[-1])) for l in lines[2::2]]
+    conds += [("repeated", len(set(rhymes)) == len(rhymes))]
+    broken = tuple(dict.fromkeys(name for name, ok in conds if not ok))
+    return not broken, sum(ok for _, ok in conds) / len(conds), group, broken
 
 
 def tone_check(lines):
@@ -115,13 +116,14 @@ def shi_lines(poem):
 
 
 def check_rules(poem, form):
-    """{"rhyme": bool, "tone": bool, "rhyme_score", "tone_score", "group": the rhyme group when the rhyme is kept}
-    for a poem that has the shi `form`, else None."""
+    """{"rhyme": bool, "tone": bool, "rhyme_score", "tone_score", "group": the rhyme group when the rhyme is kept,
+    "rhyme_broken": rhyme_check's kinds of rule broken} for a poem that has the shi `form`, else None."""
     if form not in SHI_FORMS or not check_form(poem, form):
         return None
     lines = shi_lines(poem)
-    (rhyme, r, group), (tone, t) = rhyme_check(lines), tone_check(lines)
-    return {"rhyme": rhyme, "tone": tone, "rhyme_score": r, "tone_score": t, "group": group if rhyme else None}
+    (rhyme, r, group, broken), (tone, t) = rhyme_check(lines), tone_check(lines)
+    return {"rhyme": rhyme, "tone": tone, "rhyme_score": r, "tone_score": t, "group": group if rhyme else None,
+            "rhyme_broken": list(broken)}
 
 
 FORM_PROMPT = re.compile(r"的(五言绝句|七言绝句|五言律诗|七言律诗)\s*$")

@@ -64,12 +64,15 @@ def test_evaluate_reports_the_heldout_titles_apart_from_the_ci_tunes():
     res = poetry.evaluate([JUEJU, "無題，有。", JUEJU], heldout, CI, set())
     # 床前明月光 rhymes (霜/鄉, 七陽) but breaks the tone rules (a 古绝): rhyme 1 of 2, tone 0; the wrong form keeps neither
     assert res["shi"] == {"n": 2, "compliance": 0.5, "novelty": 1.0, "rhyme": 0.5, "tone": 0.0, "both": 0.0,
-                          "rhyme_groups": 1, "top_rhyme_group_share": 1.0}
+                          "rhyme_groups": 1, "top_rhyme_group_share": 1.0, "rhyme_broken": {}}
     assert res["distinct_lines"] == 0.6   # 6 distinct of 10: JUEJU's 4 sentences twice, 無題 and 有
     assert res["ci"]["n"] == 1 and res["ci"]["compliance"] == 0.0 and res["all"]["n"] == 3
     # the rhyme groups the rhyming poems use: 七陽 twice, 十一尤 once (登鸛雀樓); the unrhymed poem counts in neither
-    res = poetry.evaluate([JUEJU, GUANQUELOU, JUEJU, "無題，有。"], [{"form": "五言绝句"}] * 4, CI, set())
-    assert res["shi"]["rhyme"] == 0.75 and res["shi"]["rhyme_groups"] == 2 and res["shi"]["top_rhyme_group_share"] == 0.6667
+    # and why rhyme fails: the fifth ends its last sentence in 霜 again (a repeated rhyme character), 1 of 5
+    twice = JUEJU.replace("故鄉", "白霜")
+    res = poetry.evaluate([JUEJU, GUANQUELOU, JUEJU, "無題，有。", twice], [{"form": "五言绝句"}] * 5, CI, set())
+    assert res["shi"]["rhyme"] == 0.6 and res["shi"]["rhyme_groups"] == 2 and res["shi"]["top_rhyme_group_share"] == 0.6667
+    assert res["shi"]["rhyme_broken"] == {"repeated": 0.2}
 
 
 def package_dist(tmp_path):

@@ -16,16 +16,20 @@ GUANQUELOU = "白日依山盡，黃河入海流。\n欲窮千里目，更上一�
 
 def test_regular_poems_keep_rhyme_and_tones_in_both_scripts():
     for poem, form, group in ((DENGGAO, "七言律诗", "十灰"), (DENGGAO_SIMPLIFIED, "七言律诗", "十灰"), (GUANQUELOU, "五言绝句", "十一尤")):
-        assert R.check_rules(poem, form) == {"rhyme": True, "tone": True, "rhyme_score": 1.0, "tone_score": 1.0, "group": group}
+        assert R.check_rules(poem, form) == {"rhyme": True, "tone": True, "rhyme_score": 1.0, "tone_score": 1.0, "group": group,
+                                             "rhyme_broken": []}
 
 
 def test_a_swapped_rhyme_or_tone_fails_and_simplified_scores_as_traditional():
     off_rhyme = DENGGAO.replace("飛回", "飛去")     # 去: oblique, out of the 灰 group
     repeated = DENGGAO.replace("酒杯", "酒哀")      # the first line's rhyme character again
     off_tone = DENGGAO.replace("天高", "天遠")      # 4th character level -> oblique: breaks 二四异 and 對
-    for poem, broken in ((off_rhyme, "rhyme"), (repeated, "rhyme"), (off_tone, "tone")):
+    for poem, broken, kinds in ((off_rhyme, "rhyme", ["off_group"]), (repeated, "rhyme", ["repeated"]), (off_tone, "tone", [])):
         r = R.check_rules(poem, "七言律诗")
         assert not r[broken] and r[f"{broken}_score"] < 1 and r["tone" if broken == "rhyme" else "rhyme"]
+        assert r["rhyme_broken"] == kinds   # why the rhyme failed, as an evaluation counts it
+    level_third = DENGGAO.replace("蕭蕭下", "蕭蕭天")   # the third sentence (odd, not rhyming) must end oblique: 天 is level
+    assert R.check_rules(level_third, "七言律诗")["rhyme_broken"] == ["odd_ending"]
     simplified = DENGGAO_SIMPLIFIED.replace("飞回", "飞去")
     assert R.check_rules(simplified, "七言律诗") == R.check_rules(off_rhyme, "七言律诗")
     assert R.check_rules(GUANQUELOU, "七言绝句") is None   # not of that form: no rules to check
