@@ -31,6 +31,11 @@ on any number of GPUs. Only the Newton-Schulz work (the expensive part) is split
 1/world_size slice of every same-shape stack and the bf16 results are all-gathered, so every rank applies
 bit-identical updates.
 
+NorMuon (Li et al. 2025, nanochat's choice; `normuon` = its beta2, 0 = off): after Newton-Schulz each row (an output
+neuron) of the update is divided by the root of an EMA of its mean square, then the whole update is scaled back to
+its norm before: orthogonalisation evens out directions, this evens out neurons. Off by default until time-to-loss
+says it wins (issue 34).
+
 Schedule: wsd_lr_factor, the warmup-stable-decay multiplier train.py applies to every group's lr each step.
 """
 import math
@@ -69,11 +74,12 @@ def muon_lr_scale(shape, rule):
 
 class MuonAdamW(torch.optim.Optimizer):
     """param_groups each carry `use_muon` (bool). Muon groups: lr, momentum, nesterov, weight_decay, ns_steps,
-    lr_rule. AdamW groups: lr, betas, eps, weight_decay. `initial_lr` is kept for the schedule."""
+    lr_rule, normuon (NorMuon's beta2; 0 = plain Muon). AdamW groups: lr, betas, eps, weight_decay. `initial_lr` is
+    kept for the schedule."""
 
     def __init__(self, param_groups):
         defaults = dict(lr=0.02, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
-                        lr_rule="original", betas=(0.9, 0.95), eps=1e-8)
+                        lr_rule="original", normuon=0.0, betas=(0.9, 0.95), eps=1e-8)
         super().__init__(param_groups, defaults)
         for g in self.param_groups:
             g.setdefault("initial_lr", g["lr"])
@@ -123,9 +129,22 @@ class MuonAdamW(torch.optim.Optimizer):
                 dist.all_gather(gathered, local)
                 orth = torch.cat(gathered)[:len(idx)]
             ps = [params[i] for i in idx]
+            if g["normuon"]:
+                orth = self._normuon(orth, ps, g["normuon"])
             torch._foreach_mul_(ps, 1 - g["lr"] * g["weight_decay"])
             # fp32 += bf16: the sum is taken in fp32, without an fp32 copy of the update
             torch._foreach_add_(ps, list(orth.unbind(0)), alpha=-g["lr"] * muon_lr_scale(shape, g["lr_rule"]))
+
+    def _normuon(self, orth, ps, beta2):
+        """NorMuon's row scaling of the orthogonalised stack [n, rows, cols] (bf16), its row moments in each matrix's
+        state. The norms before and after come from the rows' mean squares: no fp32 copy of the stack is made."""
+        row_sq = torch.linalg.vector_norm(orth, dim=-1, dtype=torch.float32).square_() / orth.shape[-1]   # [n, rows]
+        moments = torch.stack([self.state[p].setdefault("row_moment", torch.zeros_like(r)) for p, r in zip(ps, row_sq)])
+        moments.lerp_(row_sq, 1 - beta2)
+        torch._foreach_copy_([self.state[p]["row_moment"] for p in ps], list(moments.unbind(0)))
+        scale = 1 / (moments.sqrt() + 1e-10)
+        scale *= (row_sq.sum(-1, keepdim=True) / (row_sq * scale.square()).sum(-1, keepdim=True).clamp_min(1e-30)).sqrt()
+        return orth * scale.unsqueeze(-1).to(orth.dtype)
 
     def _adamw_group(self, g):
         """torch.optim.AdamW's arithmetic (decoupled decay, bias-corrected moments) in its fused kernel: one pass
@@ -150,7 +169,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, momentum=0.95,
-                    lr_rule="original"):
+                    lr_rule="original", normuon=0.0):
     """Muon for the 2-D matrices inside the transformer blocks; AdamW for the embedding / lm_head (a lookup
     table and a classifier: orthogonalising them is wrong) and for the norm gains (1-D). No weight decay on
     norm gains."""
@@ -165,7 +184,8 @@ def build_optimizer(model, muon_lr=0.02, adamw_lr=3e-4, betas=(0.9, 0.95), weigh
         else:
             gains.append(p)
     return MuonAdamW([
-        dict(params=muon, use_muon=True, lr=muon_lr, momentum=momentum, weight_decay=weight_decay, lr_rule=lr_rule),
+        dict(params=muon, use_muon=True, lr=muon_lr, momentum=momentum, weight_decay=weight_decay, lr_rule=lr_rule,
+             normuon=normuon),
         dict(params=embed, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=weight_decay),
         dict(params=gains, use_muon=False, lr=adamw_lr, betas=betas, weight_decay=0.0),
     ])

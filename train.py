@@ -60,7 +60,7 @@ global_batch = 384            # sequences per optimizer step
 max_steps, warmup_steps, decay_steps, min_lr_frac = 100_000, 20_000, 60_000, 0.0
 muon_lr = 0.02                # hidden 2-D matrices
 muon_lr_rule = "original"     # original: sqrt(max(1, rows/cols)) | match_rms_adamw: 0.2*sqrt(max(rows, cols))
-muon_momentum = 0.95
+muon_momentum, muon_normuon = 0.95, 0.0   # NorMuon's beta2 (muon.py; 0 = plain Muon): off until time to loss says
 adamw_lr = 3e-4               # embedding / lm_head and norm gains
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.01
@@ -111,7 +111,7 @@ def check_settings(world):
     at_least_0 = ("max_steps", "warmup_steps", "decay_steps", "eval_interval", "ckpt_interval", "log_seconds",
                   "grad_clip", "muon_lr", "adamw_lr", "weight_decay", "peak_tflops_override")
     check_ranges(globals(), {**dict.fromkeys(at_least_1, 1), **dict.fromkeys(at_least_0, 0)},
-                 ("beta1", "beta2", "muon_momentum", "min_lr_frac"))   # check_ranges, check_choices: configurator.py's
+                 ("beta1", "beta2", "muon_momentum", "muon_normuon", "min_lr_frac"))   # (configurator.py's)
     if global_batch % (micro_batch * world):  # e.g. 384 on 3 or 6 GPUs: say what would work
         fits = [m for m in range(1, global_batch // world + 1) if global_batch % (m * world) == 0]
         sys.exit(f"error: global_batch {global_batch} is not divisible by micro_batch {micro_batch} x {world} processes; "
@@ -190,8 +190,8 @@ def build_model(dev, use_liger, master):
         sys.exit(f"error: seq_len {seq_len} > the model's max_position_embeddings {model.config.max_position_embeddings}: "
                  f"pass --seq_len={model.config.max_position_embeddings} or less (or the config file it was trained with)")
     apply_fast_path(model).to(dev)
-    optimizer = build_optimizer(model, muon_lr=muon_lr, adamw_lr=adamw_lr, betas=(beta1, beta2),
-                                weight_decay=weight_decay, momentum=muon_momentum, lr_rule=muon_lr_rule)
+    optimizer = build_optimizer(model, muon_lr, adamw_lr, (beta1, beta2), weight_decay, momentum=muon_momentum,
+                                lr_rule=muon_lr_rule, normuon=muon_normuon)
     if init_from != "resume":
         start_out_dir(out_dir, init_from, overwrite, master)
         return model, optimizer, 0
