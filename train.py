@@ -26,7 +26,7 @@ from data import (data_or_exit, make_writable_dir, pretrain_batches, sft_batches
                   val_loss_bpb)
 from mfu import describe_run, flops_per_token_6n, peak_tflops
 from model import Qwen3, Qwen3Config
-from muon import build_optimizer, wsd_lr_factor
+from muon import NS_METHODS, build_optimizer, wsd_lr_factor
 from prepare import DEMO_DIR, build_demo
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
@@ -60,7 +60,7 @@ global_batch = 384            # sequences per optimizer step
 max_steps, warmup_steps, decay_steps, min_lr_frac = 100_000, 20_000, 60_000, 0.0
 muon_lr = 0.02                # hidden 2-D matrices
 muon_lr_rule = "original"     # original: sqrt(max(1, rows/cols)) | match_rms_adamw: 0.2*sqrt(max(rows, cols))
-muon_momentum, muon_normuon = 0.95, 0.0   # NorMuon's beta2 (muon.py; 0 = plain Muon): off until time to loss says
+muon_momentum, muon_normuon, muon_ns = 0.95, 0.0, "jordan"   # NorMuon's beta2 (0: off); jordan|polar_express
 adamw_lr = 3e-4               # embedding / lm_head and norm gains
 beta1, beta2 = 0.9, 0.95
 weight_decay = 0.01
@@ -119,7 +119,7 @@ def check_settings(world):
                     f"no micro_batch does: make global_batch a multiple of {world}"))
     if dtype == "float16":  # fp16 gradients underflow without a loss scaler; bf16 has fp32's range
         sys.exit("error: dtype float16 is not supported (it needs a gradient scaler): use --dtype=bfloat16")
-    check_choices(globals(), {"sdpa_backend": ("auto", "cudnn", "flash", "efficient"),
+    check_choices(globals(), {"sdpa_backend": ("auto", "cudnn", "flash", "efficient"), "muon_ns": tuple(NS_METHODS),
                               "checkpointing": ("none", "block", "selective"), "export_dtype": ("bfloat16", "float32")})
     if export_only and init_from != "resume":
         sys.exit("error: --export_only=True exports the newest checkpoint: use it with --init_from=resume")
@@ -191,7 +191,7 @@ def build_model(dev, use_liger, master):
                  f"pass --seq_len={model.config.max_position_embeddings} or less (or the config file it was trained with)")
     apply_fast_path(model).to(dev)
     optimizer = build_optimizer(model, muon_lr, adamw_lr, (beta1, beta2), weight_decay, momentum=muon_momentum,
-                                lr_rule=muon_lr_rule, normuon=muon_normuon)
+                                lr_rule=muon_lr_rule, normuon=muon_normuon, ns=muon_ns)
     if init_from != "resume":
         start_out_dir(out_dir, init_from, overwrite, master)
         return model, optimizer, 0
