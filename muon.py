@@ -52,7 +52,7 @@ POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
                  (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
                  (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
                  (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
-NS_METHODS = {"jordan": (NS_COEFFS, 1.0), "polar_express": (POLAR_EXPRESS, 1.02)}   # a group's `ns`: coefficients, safety
+NS_METHODS = {"jordan": (NS_COEFFS, 1.0), "polar_express": (POLAR_EXPRESS, 1.02)}   # `ns`: (coefficients, safety)
 
 
 def newton_schulz(G, steps=5, coeffs=NS_COEFFS, eps=1e-7, safety=1.0):
@@ -157,7 +157,8 @@ class MuonAdamW(torch.optim.Optimizer):
         moments.lerp_(row_sq, 1 - beta2)
         torch._foreach_copy_([self.state[p]["row_moment"] for p in ps], list(moments.unbind(0)))
         scale = 1 / (moments.sqrt() + 1e-10)
-        scale *= (row_sq.sum(-1, keepdim=True) / (row_sq * scale.square()).sum(-1, keepdim=True).clamp_min(1e-30)).sqrt()
+        after = (row_sq * scale.square()).sum(-1, keepdim=True).clamp_min(1e-30)   # squared norm / cols after; row_sq.sum: before
+        scale *= (row_sq.sum(-1, keepdim=True) / after).sqrt()
         return orth * scale.unsqueeze(-1).to(orth.dtype)
 
     def _adamw_group(self, g):

@@ -126,8 +126,9 @@ def test_distributed_muon_equals_single_process(tmp_path, world):
 @pytest.mark.parametrize("normuon", [0.0, 0.95])
 def test_step_makes_no_fp32_temporaries(normuon):
     """The step's traffic is the momentum update, the bf16 stack Newton-Schulz reads and the parameter update: no
-    fp32 copy of an update (the Nesterov lerp, a stack, a cast back, NorMuon's row scaling) and no AdamW temporaries. Counted as the bytes of
-    every fresh fp32 tensor an op returns (in-place and out= results excluded), against the parameters' bytes."""
+    fp32 copy of an update (the Nesterov lerp, a stack, a cast back, NorMuon's row scaling) and no AdamW temporaries.
+    Counted as the bytes of every fresh fp32 tensor an op returns (in-place and out= results excluded), against the
+    parameters' bytes."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Fp32Allocations(TorchDispatchMode):
@@ -152,5 +153,5 @@ def test_step_makes_no_fp32_temporaries(normuon):
         with Fp32Allocations():
             opt.step()
     param_bytes = sum(p.numel() * 4 for p in muon + adamw)
-    rows = 16 * 4 * sum(p.shape[0] for p in muon) if normuon else 0   # NorMuon's vectors of a matrix's rows (at 0.6B: ~0.1%)
+    rows = 16 * 4 * sum(p.shape[0] for p in muon) if normuon else 0   # NorMuon's vectors of rows (at 0.6B: ~0.1%)
     assert Fp32Allocations.bytes < 0.01 * param_bytes + rows, (Fp32Allocations.bytes, param_bytes)
