@@ -157,7 +157,7 @@ class MuonAdamW(torch.optim.Optimizer):
         moments.lerp_(row_sq, 1 - beta2)
         torch._foreach_copy_([self.state[p]["row_moment"] for p in ps], list(moments.unbind(0)))
         scale = 1 / (moments.sqrt() + 1e-10)
-        after = (row_sq * scale.square()).sum(-1, keepdim=True).clamp_min(1e-30)   # squared norm / cols after; row_sq.sum: before
+        after = (row_sq * scale.square()).sum(-1, keepdim=True).clamp_min(1e-30)   # |update|^2 / cols after
         scale *= (row_sq.sum(-1, keepdim=True) / after).sqrt()
         return orth * scale.unsqueeze(-1).to(orth.dtype)
 
