@@ -22,13 +22,18 @@ def grads(params, step):
     return [torch.randn(p.shape, generator=g) for p in params]
 
 
+def run_steps(runs, n, grads_of=grads):
+    """n steps of each (optimizer, its parameters) in runs, each given the same gradients, grads_of(params, step)."""
+    for step in range(n):
+        for opt, params in runs:
+            for p, gr in zip(params, grads_of(params, step)):
+                p.grad = gr
+            opt.step()
+
+
 def four_muon_steps():
     params = muon_params()
-    opt = MuonAdamW([dict(params=params, use_muon=True, lr=0.02, weight_decay=0.1)])
-    for step in range(4):
-        for p, gr in zip(params, grads(params, step)):
-            p.grad = gr
-        opt.step()
+    run_steps([(MuonAdamW([dict(params=params, use_muon=True, lr=0.02, weight_decay=0.1)]), params)], 4)
     return [p.detach() for p in params]
 
 
