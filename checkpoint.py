@@ -200,15 +200,16 @@ def start_out_dir(out_dir, init_from, overwrite, master):
     """A fresh run must not mix with another run's checkpoints, exported model or log in the same out_dir, nor
     delete the model it starts from."""
     old = list_checkpoints(out_dir)
-    other = [p for p in (os.path.join(out_dir, "hf"), os.path.join(out_dir, "log.jsonl")) if os.path.exists(p)]
+    log = os.path.join(out_dir, "log.jsonl")   # empty: a run that stopped before its first step (a bad reward, say)
+    other = [p for p in (os.path.join(out_dir, "hf"), log) if os.path.exists(p) and (p != log or os.path.getsize(p))]
     inside = os.path.join(os.path.realpath(init_from), "").startswith(os.path.join(os.path.realpath(out_dir), ""))
     if init_from != "scratch" and inside:
         sys.exit(f"error: --init_from={init_from} is inside --out_dir={out_dir}, which a fresh run replaces: copy the "
                  "model out of it first, or choose another --out_dir")
     if (old or other) and not overwrite:
         what = f"checkpoints ({os.path.basename(old[-1])}, ...)" if old else " and ".join(map(os.path.basename, other))
-        sys.exit(f"error: {out_dir} already holds {what} of another run: resume it with --init_from=resume, choose "
-                 "another --out_dir, or pass --overwrite=True to delete them")
+        sys.exit(f"error: {out_dir} already holds {what} of another run: {'resume it with --init_from=resume, ' * bool(old)}"
+                 "choose another --out_dir, or pass --overwrite=True to delete them")
     if master:
         for path in old + other:
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)

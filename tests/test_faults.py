@@ -48,6 +48,19 @@ def test_fresh_run_neither_deletes_hf_nor_appends_to_an_old_log_without_overwrit
     assert os.listdir(out) == []
 
 
+def test_a_run_that_stopped_before_its_first_step_does_not_block_its_rerun(tmp_path):
+    """An empty log.jsonl (rl.py stopped at step 0 by a reward that raised) is no run to protect: the rerun starts
+    as if the out_dir were new. A log with lines but no checkpoint blocks it, and does not offer a resume."""
+    out = str(tmp_path / "o")
+    os.makedirs(out)
+    open(os.path.join(out, "log.jsonl"), "w").close()
+    checkpoint.start_out_dir(out, "scratch", False, master=True)
+    open(os.path.join(out, "log.jsonl"), "w").write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        checkpoint.start_out_dir(out, "scratch", False, master=True)
+    assert "already holds log.jsonl" in str(e.value) and "--init_from=resume" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------- 2: a changed input is redone
 @pytest.mark.parametrize("tool", ["prepare", "sft"])
 def test_an_input_that_changed_since_its_shards_is_redone(tmp_path, tool):
