@@ -20,7 +20,7 @@ request waits in a bounded queue, is prefilled into a free row between two steps
 tokens between two: a long prompt stalls the others for its own prefill only), steps with the other rows with its
 own sampling settings and seed, and leaves when it ends or its client goes away. Step k+1 is launched before step
 k's tokens are read: the GPU never waits for Python. FastAPI + uvicorn: the field's usual pair (vLLM, SGLang)."""
-import asyncio, json, os, sys, threading, time, traceback, uuid
+import asyncio, json, os, socket, sys, threading, time, traceback, uuid
 from collections import deque
 
 import torch
@@ -39,6 +39,7 @@ max_queue = 256         # requests waiting for a slot; one more gets 429
 prefill_tokens = 2048   # prompt tokens prefilled between two decode steps (at least one prompt)
 step = ""               # the Decoder's step ("" = its default: triton on CUDA, eager on the CPU)
 warmup = True           # capture the CUDA graphs before the first request (CUDA only)
+think = True            # enable_thinking where a request does not say; False for a model tuned without (chat.py's --think)
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 STOP = (IM_END, EOT)
@@ -252,7 +253,7 @@ def field(body, key, types, default=MISSING, ok=None, want=""):
 
 
 def sampling_args(body, defaults):
-    t = field(body, "temperature", (int, float), defaults.get("temperature", 1.0), lambda v: 0 <= v <= 2, "in [0, 2]")
+    t = field(body, "temperature", (int, float), defaults.get("temperature", 1.0), lambda v: 0 <= v <= 2, "a number in [0, 2]")
     p = field(body, "top_p", (int, float), defaults.get("top_p", 1.0), lambda v: 0 < v <= 1, "a number in (0, 1]")
     k = field(body, "top_k", (int,), defaults.get("top_k", 0), lambda v: v >= -1, "an integer >= -1 (-1 or 0: off)")
     n = field(body, "max_completion_tokens", (int,), None, lambda v: v > 0, "an integer > 0")
@@ -292,7 +293,7 @@ def chat_prompt(body):
     try:
         tools = field(body, "tools", (list,), None, None, "a list") or None
         return render_chat(out, tools=tools, add_generation_prompt=True, plain_user_text=True,   # a typed <|im_start|>: text
-                           enable_thinking=field(kwargs, "enable_thinking", (bool,), True, None, "a boolean"))[0]
+                           enable_thinking=field(kwargs, "enable_thinking", (bool,), think, None, "a boolean"))[0]
     except (TypeError, AttributeError, ValueError, KeyError) as e:
         raise ApiError(422, f"the messages or tools cannot be rendered: {e}", "messages", "invalid_value")
 
@@ -315,7 +316,10 @@ def make_app(engine, name, vocab, defaults):
     app.get("/v1/models")(lambda: {"object": "list", "data": [{"id": name, "object": "model", "created": int(START),
                                                                 "owned_by": "bitbrain", "max_model_len": engine.context}]})
 
-    async def complete(request, chat):
+    @app.post("/v1/chat/completions")
+    @app.post("/v1/completions")
+    async def complete(request: HttpRequest):
+        chat = request.url.path.endswith("/chat/completions")
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
@@ -410,14 +414,6 @@ def make_app(engine, name, vocab, defaults):
             finally:   # the answer ended, or the client went away: the engine frees the row before its next step
                 r.cancelled = True
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: HttpRequest):
-        return await complete(request, True)
-
-    @app.post("/v1/completions")
-    async def completions(request: HttpRequest):
-        return await complete(request, False)
     return app
 
 
@@ -426,6 +422,10 @@ def main():
         import fastapi, uvicorn  # noqa: F401
     except ImportError:
         sys.exit("error: serve.py needs FastAPI and uvicorn: pip install -r requirements-serve.txt")
+    try:   # a port in use: one line now, not uvicorn's error after minutes of loading (SO_REUSEADDR, as uvicorn)
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        sys.exit(f"error: --host={host} --port={port}: {os.strerror(e.errno)} (another server there? choose another --port)")
     model, model_dir = load_model(init_from, dtype=getattr(torch, dtype), device=device)
     model.eval()
     path = os.path.join(model_dir, "generation_config.json")   # the export's sampling defaults (vLLM reads them too)
@@ -440,7 +440,6 @@ def main():
     name = model_name or os.path.basename(os.path.normpath(init_from))
     print(f"[{model_dir}] serving {name!r} on http://{host}:{port}/ : {slots} slots of {engine.context} tokens, "
           f"{engine.dec.step_kind} step, sampling defaults {defaults or 'of OpenAI (none in generation_config.json)'}", file=sys.stderr, flush=True)
-    import uvicorn
     uvicorn.run(make_app(engine, name, model.config.vocab_size, defaults), host=host, port=port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=3)
 

@@ -436,3 +436,24 @@ def test_a_prompt_that_leaves_room_for_one_token(server):
         assert code == 200 and j["usage"]["completion_tokens"] == 512 - n and j["choices"][0]["finish_reason"] == "length"
     [t.join(30) for t in others]
     assert [c for c, _ in results] == [200, 200] and idle(server)["busy"] == 0
+
+
+def test_think_setting_is_the_default_of_requests_that_do_not_say(monkeypatch):
+    """--think=False: a request without chat_template_kwargs gets the prompt of enable_thinking false (the empty think
+    block that a model tuned without thinking saw in training; else its answer comes back as reasoning_content)."""
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    off = serve.chat_prompt({**ask, "chat_template_kwargs": {"enable_thinking": False}})
+    assert serve.chat_prompt(ask) != off and serve.think is True    # Qwen3's own default
+    monkeypatch.setattr(serve, "think", False)
+    assert serve.chat_prompt(ask) == off
+    assert serve.chat_prompt({**ask, "chat_template_kwargs": {"enable_thinking": True}}) != off
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = subprocess.run([PY, "serve.py", f"--init_from={tmp_path / 'not_loaded'}", f"--port={port}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    said = [line for line in r.stderr.splitlines() if not line.startswith("Overriding")]
+    assert r.returncode == 1 and len(said) == 1 and f"--port={port}" in said[0] and "in use" in said[0], r.stderr
