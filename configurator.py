@@ -15,8 +15,10 @@ message naming the key -- a typo must never silently train with the default. A `
 once for every entry point. `--help` (or `-h`) prints the entry point's docstring and its settings with their defaults.
 """
 import ast
+import io
 import builtins
 import sys
+import tokenize
 import traceback
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -85,18 +87,34 @@ def _shortened(text, keep=60):
     return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text):,} characters)"
 
 
+def _setting_comments(source):
+    """{key: the comment on the line of its top-level `key = ...`} (what the setting is for, as the file says)."""
+    out, line = {}, []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT and len(line) >= 2 and line[0].start[1] == 0 and line[1].string == "=":
+                out.setdefault(line[0].string, tok.string.lstrip("# "))
+            line = [] if tok.type in (tokenize.NEWLINE, tokenize.NL) else line + [tok]
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return out
+
+
 def _print_help(g):
-    """The entry point's docstring, then every setting it has, as it would be given on the command line. The
-    docstring is read from the entry point's file: exec'ing this one has set its __doc__ to this file's."""
+    """The entry point's docstring, then every setting it has, as it would be given on the command line, with the
+    comment its line has. Both are read from the entry point's file: exec'ing this one has set __doc__ to its own."""
     try:
         with open(g["__file__"]) as f:
-            doc = ast.get_docstring(ast.parse(f.read())) or ""
+            source = f.read()
+        doc = ast.get_docstring(ast.parse(source)) or ""
     except (KeyError, OSError, SyntaxError):
-        doc = ""
+        source, doc = "", ""
+    comments = _setting_comments(source)
     print(doc.strip() + "\n\nsettings (config files and --key=value override them; defaults shown):")
     for key, value in g.items():
         if not key.startswith("_") and _is_setting(key, value):
-            print(f"  --{key}={_shortened(repr(value))}")
+            setting = f"  --{key}={_shortened(repr(value))}"
+            print(f"{setting:<28}  # {comments[key]}" if key in comments else setting)
 
 
 def _apply_args(argv, g):

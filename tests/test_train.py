@@ -104,6 +104,19 @@ def test_help_prints_the_docstring_and_every_setting_then_exits_0(capsys, tmp_pa
         assert "EOT" not in out and "--np" not in out   # constants and imported names are not settings
 
 
+def test_help_shows_each_settings_comment_from_its_line(capsys, tmp_path):
+    """--help showed `--fast=None` with nothing to say what it is: each setting's line comment is printed beside it
+    (a '#' inside a string is no comment; a comment on a line of its own belongs to no setting)."""
+    script = tmp_path / "entry.py"
+    script.write_text('"""Sample."""\n# about the next lines\nfast = None   # None: the Decoder on CUDA\n'
+                      'prompt = "#1"\nx = 1\nif x:\n    top_k = 5  # indented: not a setting line\n')
+    with pytest.raises(SystemExit):
+        _configure(["--help"], __file__=str(script), fast=None, prompt="#1", top_k=5)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines if line.startswith("  --")] == [
+        ["--fast=None", "#", "None:", "the", "Decoder", "on", "CUDA"], ["--prompt='#1'"], ["--top_k=5"]]
+
+
 def test_one_dtype_check_for_every_entry_point():
     assert _configure(["--dtype=float16"], dtype="float32")["dtype"] == "float16"
     assert "--dtype must be float32|bfloat16|float16, got 'float8'" in _refused(["--dtype=float8"], dtype="float32")
