@@ -30,8 +30,8 @@ from muon import NS_METHODS, build_optimizer, wsd_lr_factor
 from prepare import DEMO_DIR, build_demo
 
 # ------------------------------------------------------------------------------ defaults: the reference recipe
-out_dir = "out"
-data_dir = DEMO_DIR
+out_dir = "out"               # checkpoints, log.jsonl and hf/ (the exported model)
+data_dir = DEMO_DIR           # prepared tokens (prepare.py); the default, this checkout's data/demo, is built on first use
 sft_data = ""                 # instruction tuning: a directory made by sft.py (packed conversations, loss on answers)
 doc_mask = False              # pretraining: attention and positions restart at each <|endoftext|> within a window
 init_from = "scratch"         # scratch | resume (newest checkpoint in out_dir) | a model dir (HF, checkpoint, out_dir)
