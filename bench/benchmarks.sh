@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The device runs behind BENCHMARKS.md, so every number there can be reproduced. Each stage fits one 10-minute call.
+# The device runs behind the README's speed table and dev/LOG.md, so their numbers can be reproduced. Each stage fits one
+# 10-minute call.
 #   bash bench/benchmarks.sh check OUTDIR     # 2 GPUs: CUDA tests, fast-vs-plain 200-step curves, liger-vs-compile kernel A/B
 #   bash bench/benchmarks.sh speed OUTDIR     # N GPUs (NPROC, default 2): 1-GPU bench + HF peer, N-GPU DDP bench, and
 #                                       # the reference command `train.py config/reference.py` shortened to 10 steps + resume
