@@ -86,7 +86,10 @@ def load_rewards(spec):
             sys.exit(f"error: --reward={item!r}: expected module:function (e.g. rewards.py:concise)")
         try:
             if mod_name.endswith(".py"):
-                spec_ = importlib.util.spec_from_file_location(os.path.basename(mod_name)[:-3], os.path.abspath(mod_name))
+                # a path as given, else one in this checkout: config/rl_poem.py's bench/poetry_rules.py from any cwd
+                here = os.path.join(os.path.dirname(os.path.abspath(__file__)), mod_name)
+                path = mod_name if os.path.exists(mod_name) or not os.path.exists(here) else here
+                spec_ = importlib.util.spec_from_file_location(os.path.basename(mod_name)[:-3], os.path.abspath(path))
                 module = importlib.util.module_from_spec(spec_)
                 spec_.loader.exec_module(module)
             else:

@@ -179,6 +179,15 @@ def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
         rl.read_prompts("")
 
 
+def test_a_reward_path_in_this_checkout_loads_from_another_directory(tmp_path, monkeypatch):
+    """config/rl_poem.py names bench/poetry_rules.py: run from outside the checkout it could not be loaded."""
+    monkeypatch.chdir(tmp_path)
+    (name, fn, _), = rl.load_rewards("rewards.py:concise")
+    assert name == "concise" and fn("p", "short answer") == 1.0
+    (tmp_path / "rewards.py").write_text("def concise(prompt, completion):\n    return 7.0\n")   # the cwd's comes first
+    assert rl.load_rewards("rewards.py:concise")[0][1]("p", "x") == 7.0
+
+
 def test_example_rewards():
     import rewards
     assert rewards.exact_answer("17*23?", "<think>\nx\n</think>\n\n391", answer="391") == 1.0
