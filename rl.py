@@ -38,8 +38,7 @@ from tokenizer import EOT, IM_END, get_tokenizer, render_chat
 # ------------------------------------------------------------------------------------------------ settings
 out_dir = "out_rl"
 init_from = "out_sft"         # the model to improve: an out_dir, a checkpoint, a HF Qwen3 directory | resume
-overwrite = False
-allow_config_change = False
+overwrite, allow_config_change = False, False   # as train.py's
 prompts = ""                  # .jsonl: {"prompt": ...} or {"messages": [...]} a line, plus the reward's fields
 reward = "rewards.py:concise"  # module:function[,module:function...]
 chat_template = "qwen3"       # the template the model was tuned with
@@ -85,10 +84,9 @@ def load_rewards(spec):
         if not mod_name or not fn_name:
             sys.exit(f"error: --reward={item!r}: expected module:function (e.g. rewards.py:concise)")
         try:
-            if mod_name.endswith(".py"):
-                # a path as given, else one in this checkout: config/rl_poem.py's bench/poetry_rules.py from any cwd
+            if mod_name.endswith(".py"):   # as given, else in this checkout (config/rl_poem.py's, from any cwd)
                 here = os.path.join(os.path.dirname(os.path.abspath(__file__)), mod_name)
-                path = mod_name if os.path.exists(mod_name) or not os.path.exists(here) else here
+                path = here if not os.path.exists(mod_name) and os.path.exists(here) else mod_name
                 spec_ = importlib.util.spec_from_file_location(os.path.basename(mod_name)[:-3], os.path.abspath(path))
                 module = importlib.util.module_from_spec(spec_)
                 spec_.loader.exec_module(module)
@@ -96,9 +94,8 @@ def load_rewards(spec):
                 module = importlib.import_module(mod_name)
         except (ImportError, OSError) as e:
             sys.exit(f"error: --reward={item!r}: cannot load {mod_name} ({e})")
-        if not callable(getattr(module, fn_name, None)):
+        if not callable(fn := getattr(module, fn_name, None)):
             sys.exit(f"error: --reward={item!r}: {mod_name} has no function {fn_name}")
-        fn = getattr(module, fn_name)
         fns.append((fn_name, fn, "group_completions" in inspect.signature(fn).parameters))
     if not fns:
         sys.exit("error: --reward is empty: name at least one module:function")
