@@ -90,24 +90,34 @@ def apply_rope(q, k, cos, sin):
 # A packed row holds several documents (SFT conversations, or pretraining documents with --doc_mask). doc_ids
 # [B, T] gives each position's document; a query then sees only earlier keys of its own document, and RoPE
 # positions restart at 0 for each document, so a packed document is computed exactly as if it were alone.
-def doc_positions(doc_ids):
-    """Position of each token within its document: t - (index where its document starts)."""
+# branch_ids (rl.py) split a document into a prefix (0: a prompt) and branches written after it (1, 2, ...: answers);
+# a branch sees the prefix and itself and goes on from the prefix's positions: one prompt computed for all answers.
+def doc_positions(doc_ids, branch_ids=None):
+    """Position of each token within its document (with branch_ids: prefix length + place within its branch)."""
     t = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    return t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+    changed = lambda ids: F.pad(ids[:, 1:] != ids[:, :-1], (1, 0), value=True)   # where a run of equal ids begins
+    since = lambda starts: t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+    in_doc = since(changed(doc_ids))
+    if branch_ids is None:
+        return in_doc
+    before = (branch_ids == 0).long().cumsum(1) - (branch_ids == 0).long()   # prefix tokens before each position
+    n_prefix = before - before.gather(1, t - in_doc)   # for a branch's token: all of its document's prefix
+    return torch.where(branch_ids == 0, in_doc, n_prefix + since(changed(doc_ids) | changed(branch_ids)))
 
 
-def doc_mask(doc_ids, flex):
-    """The attention mask 'same document and causal'. flex=False: a boolean [B, 1, T, T] tensor for SDPA (the
-    definition; memory O(B T^2)). flex=True: a FlexAttention BlockMask (CUDA), which also skips the blocks that
-    are entirely masked out, so attention costs grow with the documents' lengths, not the row's."""
+def doc_mask(doc_ids, flex, branch_ids=None):
+    """The attention mask 'same document and causal' (branch_ids: and the key in the prefix or the query's branch).
+    flex=False: a boolean [B, 1, T, T] tensor for SDPA (the definition; memory O(B T^2)). flex=True: a FlexAttention
+    BlockMask (CUDA), which also skips the blocks entirely masked out: attention costs grow with the documents."""
     if not flex:
         same = doc_ids[:, :, None] == doc_ids[:, None, :]
+        if branch_ids is not None:
+            same &= (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
         return (same & torch.ones(same.shape[-2:], dtype=torch.bool, device=doc_ids.device).tril())[:, None]
 
     def same_doc_causal(b, h, q, kv):
-        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+        ok = (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+        return ok if branch_ids is None else ok & ((branch_ids[b, kv] == 0) | (branch_ids[b, q] == branch_ids[b, kv]))
     B, T = doc_ids.shape
     if doc_ids.is_cuda and not _compiled:  # here, not in Attention: outside any region torch.compile traces
         _compiled.update(attention=torch.compile(flexattn.flex_attention, dynamic=False),
@@ -299,16 +309,16 @@ class Qwen3(nn.Module):
     def lm_head_weight(self):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden_states(self, idx, caches=None, start=0, doc_ids=None):
+    def hidden_states(self, idx, caches=None, start=0, doc_ids=None, branch_ids=None):
         """Token ids [B, T] -> final-normed hidden states [B, T, hidden]. `start` is the position of idx[:, 0], or
         (with caches: generate.Decoder's decode step) a [B, T] long tensor of every token's position, so that one
         compiled, CUDA-graph-captured step serves every position, and rows may stand at different positions. With
         doc_ids ([B, T] document index of each position, for packed rows; not with caches) attention stays within
-        each document and positions restart at 0 for each: the mask is a FlexAttention BlockMask on CUDA, a boolean
-        SDPA mask elsewhere."""
+        each document and positions restart at 0 for each (branch_ids: see doc_positions): the mask is a FlexAttention
+        BlockMask on CUDA, a boolean SDPA mask elsewhere."""
         x, T, mask = self.model.embed_tokens(idx), idx.shape[1], None
         if doc_ids is not None:   # packed documents: 'same document and causal'
-            positions, mask = doc_positions(doc_ids), doc_mask(doc_ids, flex=idx.is_cuda)
+            positions, mask = doc_positions(doc_ids, branch_ids), doc_mask(doc_ids, flex=idx.is_cuda, branch_ids=branch_ids)
             mode = "mask" if torch.is_tensor(mask) else "flex"
         elif torch.is_tensor(start):   # the static-cache decode step
             positions, mode = start, "static"
@@ -324,14 +334,14 @@ class Qwen3(nn.Module):
             x = block(x, cos, sin, mode, mask, None if caches is None else caches[i], start)
         return self.model.norm(x)
 
-    def forward(self, idx, targets=None, doc_ids=None, hidden_only=False):
+    def forward(self, idx, targets=None, doc_ids=None, hidden_only=False, branch_ids=None):
         """nanoGPT convention: returns (logits, loss). Without targets: full logits [B, T, vocab], loss None.
         With targets ([B, T] next-token ids, -100 = ignore): logits None -- the loss is computed without
         materialising them -- and the mean cross-entropy over the targets that are not ignored. doc_ids: packed
         rows (see hidden_states); their ignored targets (SFT: everything but the assistant's tokens) skip the
-        lm_head altogether, which changes nothing but the cost. hidden_only (rl.py): the hidden states of the kept
-        targets [N, hidden] in the loss's place (through forward, so that DDP sees the pass)."""
-        h = self.hidden_states(idx, doc_ids=doc_ids)
+        lm_head altogether, which changes nothing but the cost. hidden_only (rl.py, with branch_ids for its shared
+        prompts): the kept targets' hidden states [N, hidden] in the loss's place (through forward: DDP sees it)."""
+        h = self.hidden_states(idx, doc_ids=doc_ids, branch_ids=branch_ids)
         if targets is None:
             return F.linear(h, self.lm_head_weight), None
         if hidden_only:

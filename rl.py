@@ -17,11 +17,12 @@ also gets the texts of the prompt's whole group, itself included, to compare ans
 
 One step: `prompts_per_step` prompts (chosen by the step number alone, so a resume repeats the step) are rolled out
 `group_size` times each through generate.Decoder -- one batch on the static KV cache and the Triton step (CUDA
-graphs) of a bf16 copy of the policy, refreshed in place after every update. Advantages are the rewards minus their
-group's mean (divided by the group's std with scale_rewards); groups whose answers all scored alike teach nothing and
-are skipped. The loss is PPO's clipped surrogate per token (DAPO's asymmetric clip), summed over tokens and divided by
-a constant (sequences x max_new_tokens, Dr. GRPO's: a short answer's tokens weigh no more), plus kl_coef x the k3
-estimate of KL to the starting model. The rest is train.py's: model/optimizer, WSD, checkpoints, DDP, log, export.
+graphs) of a bf16 copy of the policy, refreshed in place after every update. Advantages: the rewards minus their
+group's mean (/ the group's std with scale_rewards); groups whose answers all scored alike are skipped. The update
+packs a prompt once with its answers after it (pack: model.py's branches); the loss is PPO's clipped surrogate per
+token (DAPO's asymmetric clip), summed over tokens and divided by a constant (sequences x max_new_tokens, Dr. GRPO's:
+a short answer's tokens weigh no more), plus kl_coef x the k3 estimate of KL to the starting model. The rest is
+train.py's: model/optimizer, WSD, checkpoints, DDP, log, export.
 """
 import importlib, importlib.util, inspect, json, math, os, random, signal, sys, time
 from contextlib import nullcontext
@@ -184,34 +185,38 @@ def step_prompts(n_prompts, step, per_step, seed):
     return out
 
 
-def pack(seqs, n_prompt, row_len, pad):
-    """Sequences (prompt + completion ids) -> packed rows (x, y, doc_ids, seq_of_target) of row_len tokens: each
-    sequence is its own document; y is -100 except on completion tokens; seq_of_target names the sequence of each
-    kept target, in row-major order (how the per-token log-probs come back)."""
-    rows, used = [[]], 0
-    for i, s in enumerate(seqs):
-        if len(s) - 1 > row_len:
-            sys.exit(f"error: a prompt + completion of {len(s)} tokens does not fit --seq_len={row_len}")
-        if used + len(s) - 1 > row_len:
-            rows.append([])
-            used = 0
-        rows[-1].append((i, s))
-        used += len(s) - 1
-    x = torch.full((len(rows), row_len), pad)
-    y = torch.full((len(rows), row_len), -100)
-    doc = torch.zeros((len(rows), row_len), dtype=torch.long)
-    owner = []
+def pack(answers, row_len, pad):
+    """[(prompt ids, answer ids)] -> (x, y, doc_ids, branch_ids, owner) rows of row_len tokens. Consecutive answers to
+    one prompt share it: the prompt is written once a row (all but its last token: model.py's prefix) and each answer
+    follows as a branch (the prompt's last token, then the answer's tokens but the last) that sees the prompt and
+    itself only -- each scores as prompt + answer alone, and a group's prompt costs once, not once an answer. y is
+    -100 except on answer tokens; owner: the answer of each kept target, row-major. A group that fills a row goes
+    on in the next, its prompt written again there."""
+    rows, used = [], row_len
+    for n, (prompt, a) in enumerate(answers):
+        if len(prompt) - 1 + len(a) > row_len:
+            sys.exit(f"error: a prompt + completion of {len(prompt) + len(a)} tokens does not fit --seq_len={row_len}")
+        here = bool(rows) and rows[-1][-1][0] == prompt   # the prompt is in the last row
+        if used + len(a) + (0 if here else len(prompt) - 1) > row_len:
+            rows, used, here = rows + [[]], 0, False
+        if not here:
+            rows[-1].append((prompt, []))
+            used += len(prompt) - 1
+        rows[-1][-1][1].append((n, a))
+        used += len(a)
+    x, y = torch.full((len(rows), row_len), pad), torch.full((len(rows), row_len), -100)
+    doc, branch, owner = torch.zeros_like(y), torch.zeros_like(y), []
     for r, row in enumerate(rows):
         at = 0
-        for d, (i, s) in enumerate(row):
-            n = len(s) - 1
-            x[r, at:at + n] = torch.tensor(s[:-1])
-            y[r, at + n_prompt[i] - 1:at + n] = torch.tensor(s[n_prompt[i]:])
-            doc[r, at:at + n] = d
-            at += n
+        for d, (prompt, group) in enumerate(row):
+            for k, (i, a) in enumerate([(None, [])] + group):   # k = 0: the prompt but its last token (no targets)
+                seg = prompt[:-1] if k == 0 else prompt[-1:] + a[:-1]
+                span, at = slice(at, at + len(seg)), at + len(seg)
+                x[r, span], doc[r, span], branch[r, span] = torch.tensor(seg, dtype=torch.long), d, k
+                y[r, span] = torch.tensor(a, dtype=torch.long) if k else -100
+                owner += [i] * len(a)
         doc[r, at:] = len(row)   # the padding is a document of its own
-        owner += [i for i, s in row for _ in range(len(s) - n_prompt[i])]
-    return x, y, doc, torch.tensor(owner, dtype=torch.long)
+    return x, y, doc, branch, torch.tensor(owner, dtype=torch.long)
 
 
 # ------------------------------------------------------------------------------------------------ rollouts
@@ -261,22 +266,17 @@ def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
 
 def per_token_terms(model, batch, dev, autocast, grad):
     """(log-probs, entropies) of a packed micro-batch's completion tokens (model: the Qwen3, or its DDP wrapper)."""
-    x, y, doc = (t.to(dev) for t in batch)
+    x, y, doc, branch = (t.to(dev) for t in batch)
     with (nullcontext() if grad else torch.no_grad()), autocast:
-        h = model(x, y, doc, hidden_only=True)[1]
+        h = model(x, y, doc, hidden_only=True, branch_ids=branch)[1]
         return token_logprobs(h, getattr(model, "module", model).lm_head_weight, y[y != -100], temperature)
 
 
-def micro_batches(x, y, doc, n_micro):
-    """The packed rows in micro-batches of micro_batch rows; n_micro of them (DDP: every rank runs the same count),
-    the missing rows padding (no targets)."""
-    need = n_micro * micro_batch - len(x)
-    if need:
-        x = torch.cat([x, x.new_full((need, x.shape[1]), EOT)])
-        y = torch.cat([y, y.new_full((need, y.shape[1]), -100)])
-        doc = torch.cat([doc, doc.new_zeros((need, doc.shape[1]))])
-    return [(x[i:i + micro_batch], y[i:i + micro_batch], doc[i:i + micro_batch])
-            for i in range(0, len(x), micro_batch)]
+def micro_batches(packed, n_micro):
+    """The packed rows (x, y, doc, branch) in n_micro micro-batches (DDP: alike on every rank), padded with no targets."""
+    need, fills = n_micro * micro_batch - len(packed[0]), (EOT, -100, 0, 0)   # a padding row's x, y, doc, branch
+    padded = [torch.cat([t, t.new_full((need, t.shape[1]), fill)]) for t, fill in zip(packed, fills)]
+    return [tuple(t[i:i + micro_batch] for t in padded) for i in range(0, n_micro * micro_batch, micro_batch)]
 
 
 def update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocast, normalizer, master, step):
@@ -397,7 +397,7 @@ def main():
         keep = [j for j in range(len(ids)) if differ[j // group_size]]
         # what every rank agrees on: the sums behind the logged means, the stop request, the micro-batch count
         chunks = [keep[i::updates_per_rollout] for i in range(updates_per_rollout)]
-        packed = [pack([ids[j] + completions[j] for j in c], [len(ids[j]) for j in c], seq_len, EOT) for c in chunks]
+        packed = [pack([(ids[j], completions[j]) for j in c], seq_len, EOT) for c in chunks]
         shared = torch.tensor([total.sum().item(), sum(map(len, completions)), sum(cut), len(keep), float(bool(T.STOP_SIGNALS)),
                                *[sum(s.get(n, 0.0) for s in scores) for n in names]], device=dev, dtype=torch.float64)
         n_micro = torch.tensor([-(-len(p[0]) // micro_batch) for p in packed], device=dev)
@@ -407,8 +407,8 @@ def main():
         t1 = time.time()
         stats = dict.fromkeys(STATS, 0.0)   # a step with no group to learn from makes no update
         if shared[3].item() > 0:   # some group, on some rank, has answers that differ
-            parts = [(micro_batches(x, y, doc, int(n)), adv[torch.tensor(c, dtype=torch.long)][owner] if c else torch.zeros(0))
-                     for (x, y, doc, owner), c, n in zip(packed, chunks, n_micro.tolist())]
+            parts = [(micro_batches(p[:4], int(n)), adv[torch.tensor(c, dtype=torch.long)][p[4]] if c else torch.zeros(0))
+                     for p, c, n in zip(packed, chunks, n_micro.tolist())]
             stats = update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocast, normalizer, master, step)
             sync_rollout_model(rollout_model, model, decoder)
         if cuda:

@@ -40,18 +40,9 @@ allow_config_change = False   # allow a resume that changes the data order or th
 export_only = False           # with init_from=resume: write out_dir/hf from the newest checkpoint and exit
 export_dtype = "bfloat16"     # out_dir/hf's weights: bfloat16 (half the size) | float32 (the checkpoint's numbers)
 # model: the Qwen3Config fields (model.py), Qwen3-0.6B with rope_theta 1e4 and a 4k context
-vocab_size = 151936
-hidden_size = 1024
-intermediate_size = 3072
-num_hidden_layers = 28
-num_attention_heads = 16
-num_key_value_heads = 8
-head_dim = 128
-rms_norm_eps = 1e-6
-rope_theta = 10000.0
-max_position_embeddings = 4096
-tie_word_embeddings = True
-initializer_range = 0.02
+vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads = 151936, 1024, 3072, 28, 16
+num_key_value_heads, head_dim, rms_norm_eps, rope_theta = 8, 128, 1e-6, 10000.0   # heads x head_dim != hidden_size
+max_position_embeddings, tie_word_embeddings, initializer_range = 4096, True, 0.02
 # batch: 384 x 2048 = 786,432 tokens per optimizer step (micro 12 x accumulation 8 x 4 GPUs; 8 GPUs: accumulation 4)
 seq_len = 2048
 micro_batch = 12              # sequences per GPU per micro-step
@@ -289,7 +280,6 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
         torch.cuda.synchronize(dev)
     t1 = time.time()
     return loss_val, grad_norm, t1 - t0, t1 - t_opt, stop
-
 
 
 def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):

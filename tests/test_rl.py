@@ -55,21 +55,26 @@ def test_group_advantages_and_clipped_loss_by_hand():
     assert loss_kl.item() == pytest.approx(loss.item() + 0.5 * k3 / 10) and stats["kl"] == pytest.approx(k3)
 
 
-def test_packed_sequences_score_as_each_alone():
-    """Several prompt + completion sequences packed into rows (documents): the per-token log-probs of the completions
-    are those of each sequence run alone, in order."""
+def test_packed_answers_share_their_prompt_and_score_as_each_alone():
+    """Answers packed into rows by prompt (each prompt written once a row, its answers as branches): the per-token
+    log-probs of the answers are those of each prompt + answer run alone, in order, and a group too long for one
+    row goes on in the next with its prompt again."""
     torch.manual_seed(0)
     model = Qwen3(small_config()).eval()
-    seqs = [torch.randint(0, 320, (n,)).tolist() for n in (9, 14, 6, 11)]
-    n_prompt = [4, 10, 2, 5]
-    x, y, doc, owner = rl.pack(seqs, n_prompt, row_len=24, pad=0)
-    assert len(x) == 2 and owner.tolist() == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 6
+    r = lambda n: torch.randint(0, 320, (n,)).tolist()
+    groups = [(r(4), [r(5), r(3), r(6)]), (r(10), [r(4)]), (r(2), [r(4), r(1)]), (r(5), [r(6), r(7), r(9)])]
+    answers = [(p, a) for p, ans in groups for a in ans]
+    x, y, doc, branch, owner = rl.pack(answers, row_len=24, pad=0)
+    assert owner.tolist() == [i for i, (_, a) in enumerate(answers) for _ in a]
+    # 3 + 14 | 9 + 4, 1 + 5 | 4 + 13 (the last group's prompt, two answers) | 4 + 9 (its third answer, prompt again)
+    assert len(x) == 4 and (y != -100).sum(1).tolist() == [14, 9, 13, 9] and x[3, :4].tolist() == groups[3][0][:4]
     with torch.no_grad():
-        logp, entropy = rl.token_logprobs(model(x, y, doc, hidden_only=True)[1], model.lm_head_weight, y[y != -100], 0.7)
+        logp, entropy = rl.token_logprobs(model(x, y, doc, hidden_only=True, branch_ids=branch)[1], model.lm_head_weight,
+                                          y[y != -100], 0.7)
         alone = []
-        for s, p in zip(seqs, n_prompt):
-            logits = model(torch.tensor([s[:-1]]))[0][0, p - 1:] / 0.7
-            alone.append(logits.log_softmax(-1).gather(1, torch.tensor(s[p:])[:, None])[:, 0])
+        for p, a in answers:
+            logits = model(torch.tensor([(p + a)[:-1]]))[0][0, len(p) - 1:] / 0.7
+            alone.append(logits.log_softmax(-1).gather(1, torch.tensor(a)[:, None])[:, 0])
     torch.testing.assert_close(logp, torch.cat(alone), rtol=1e-4, atol=1e-5)
     assert (entropy > 0).all() and entropy.max() <= math.log(320) + 1e-4
 

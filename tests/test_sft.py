@@ -146,6 +146,29 @@ def test_doc_mask_flex_block_mask_equals_the_sdpa_boolean_mask():
     assert doc_positions(doc)[0].tolist() == list(range(10)) + list(range(15)) + list(range(7))
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_branches_see_their_prefix_and_themselves_and_continue_its_positions():
+    """rl.py's layout: a prefix (a prompt) then branches (answers) of one document. Each branch is computed as the
+    prefix followed by that branch alone (the others invisible), by the boolean mask and by the BlockMask."""
+    torch.manual_seed(0)
+    attn = Qwen3(small_config(head_dim=16)).model.layers[0].self_attn
+    doc = torch.tensor([[0] * 5 + [0] * 4 + [0] * 6 + [1] * 3 + [1] * 2 + [2] * 12])
+    branch = torch.tensor([[0] * 5 + [1] * 4 + [2] * 6 + [0] * 3 + [1] * 2 + [0] * 12])
+    assert doc_positions(doc, branch)[0].tolist() == ([0, 1, 2, 3, 4] + [5, 6, 7, 8] + list(range(5, 11)) + [0, 1, 2]
+                                                       + [3, 4] + list(range(12)))
+    x = torch.randn(1, 32, 64)
+    with torch.no_grad():
+        cos, sin = rope_cos_sin(doc_positions(doc, branch), 16, 1e4)
+        a = attn(x, cos[:, None], sin[:, None], "mask", doc_mask(doc, flex=False, branch_ids=branch))
+        b = attn(x, cos[:, None], sin[:, None], "flex", doc_mask(doc, flex=True, branch_ids=branch))
+        for prefix, part in ((range(0, 5), range(5, 9)), (range(0, 5), range(9, 15)), (range(15, 18), range(18, 20))):
+            alone = torch.tensor([*prefix, *part])
+            c, s = rope_cos_sin(torch.arange(len(alone)), 16, 1e4)
+            ref = attn(x[:, alone], c, s, "causal", None)
+            torch.testing.assert_close(a[:, alone], ref, rtol=1e-4, atol=1e-5)
+    assert (a - b).abs().max() < 1e-5
+
+
 def prepared(tmp_path, rows, seq_len=64):
     d = str(tmp_path / "sftdata")
     sft.prepare([write_jsonl(tmp_path / "c.jsonl", rows)], d, max_len=seq_len, val_fraction=0, quiet=True)
@@ -400,20 +423,23 @@ def test_chat_printer_squeezes_blank_lines():
 
 
 @cuda
-def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition():
+@pytest.mark.parametrize("branches", [False, True])
+def test_cuda_flex_attention_path_equals_the_sdpa_mask_definition(branches):
     """On CUDA, hidden_states uses FlexAttention (compiled); the boolean SDPA mask is the definition: same loss
-    and gradients in float32 on a packed batch."""
+    and gradients in float32 on a packed batch (branches: rl.py's prompts shared by their answers)."""
     import model as M
     torch.manual_seed(0)
     m = Qwen3(small_config(head_dim=16)).cuda()
     doc = torch.tensor([[0] * 100 + [1] * 90 + [2] * 66, [0] * 256]).cuda()
+    branch = torch.tensor([[0] * 40 + [1] * 30 + [2] * 30 + [0] * 50 + [1] * 40 + [0] * 66,
+                           [0] * 60 + [1] * 50 + [2] * 70 + [3] * 76]).cuda() if branches else None
     x, y = torch.randint(0, 320, (2, 256)).cuda(), torch.randint(0, 320, (2, 256)).cuda()
     out, definition = {}, M.doc_mask
     for flex in (False, True):
-        M.doc_mask = lambda d, flex, forced=flex: definition(d, forced)   # model.py passes flex= by keyword
+        M.doc_mask = lambda d, flex, branch_ids=None, forced=flex: definition(d, forced, branch_ids)   # by keyword
         try:
             m.zero_grad(set_to_none=True)
-            loss = m(x, y, doc)[1]
+            loss = m(x, y, doc, branch_ids=branch)[1]
             loss.backward()
             out[flex] = (loss.item(), [p.grad.clone() for p in m.parameters()])
         finally:
