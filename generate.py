@@ -42,8 +42,7 @@ class KVCache:
             self.v[rows, :, start] = v.transpose(1, 2).to(self.v.dtype)
             return self.k, self.v
         end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
+        self.k[:, :, start:end], self.v[:, :, start:end] = k, v
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def rows(self, first, n=1):
@@ -169,10 +168,9 @@ _compiled = {}
 
 
 def compiled_decode_hidden():
-    """decode_hidden under torch.compile with inductor's freezing, shared by every Decoder (made on first use):
-    decoders of one batch size and max_len share the compiled code (another shape recompiles). Freezing makes the
-    weights constants, so q/k/v and gate/up are concatenated into one matmul each (4 a layer instead of 7: what a
-    launch-bound step is made of); dynamo then guards on the parameters' identity (another model compiles anew)."""
+    """decode_hidden under torch.compile with inductor's freezing, made on first use and shared by decoders of one batch
+    size and max_len (another shape recompiles). Freezing makes the weights constants, so q/k/v and gate/up become one
+    matmul each (4 a layer, not 7: a launch-bound step); dynamo guards on the parameters (another model recompiles)."""
     if "frozen" not in _compiled:
         _compiled["frozen"] = torch.compile(frozen_decode_hidden, fullgraph=True)
     return _compiled["frozen"]
@@ -210,12 +208,12 @@ class Decoder:
     context; the PyTorch step reads all of it, the Triton step what lies before each position) and the decode step
     (one of STEPS; default_step picks it), replayed as CUDA graphs (`cuda_graph`, the default on CUDA). Build it once:
     the compiled code and the graphs (one per sampling mode and row count) are kept. The compiled step has the
-    weights compiled in: inference only. The Triton step keeps q/k/v and gate/up concatenated, a copy that
-    refresh_weights() rewrites (rl.py). The cache is continued: `prefill` appends at `pos` (a chat keeps its
-    history; `reset(pos)` rewinds); after `stream`/`generate` it holds all but the last token (`last`). Right-padded
-    prompts share a batch with `lengths` (C-Eval GEN). Slots (serve.py): a request holds a row from `prefill_slot` to
-    `release` (the row parks at position 0 by a device-side mask: no host sync); step() takes per-row sampling
-    settings ([B, 1] tensors: one graph serves every mix) and runs the first n rows, n a power of two."""
+    weights compiled in: inference only; the Triton step's concatenated q/k/v and gate/up copy follows
+    refresh_weights() (rl.py). The cache is continued: `prefill` appends at `pos` (a chat keeps its history; `reset(pos)`
+    rewinds); after `stream`/`generate` it holds all but the last token (`last`). Right-padded prompts share a batch
+    with `lengths` (C-Eval GEN), a prompt its rows with `repeat` (rl.py). Slots (serve.py): a request holds a row from
+    `prefill_slot` to `release` (parked at position 0 by a device-side mask: no host sync); step() takes per-row
+    sampling settings ([B, 1] tensors: one graph serves every mix) and runs the first n rows, n a power of two."""
 
     def __init__(self, model, batch_size=1, max_len=None, step=None, cuda_graph=None):
         cfg, w = model.config, model.model.embed_tokens.weight
@@ -237,8 +235,7 @@ class Decoder:
         self.caches = new_caches(model, batch_size, self.max_len, w.device, w.dtype,
                                  rope_inv_freq(cfg.head_dim, cfg.rope_theta, w.device) if triton else None)
         # the step's inputs live at fixed addresses, because a captured graph reads them from there
-        new = lambda fill, dtype=torch.float32, *shape: torch.full(shape or (batch_size, 1), fill, dtype=dtype,
-                                                                   device=w.device)
+        new = lambda fill, dtype=torch.float32, *shape: torch.full(shape or (batch_size, 1), fill, dtype=dtype, device=w.device)
         self.tok, self.input_pos = new(0, torch.long), new(0, torch.long)   # each row's next input and its position
         self.active = new(True, torch.bool)                                 # the rows that advance
         self.row_settings = new(1.0), new(0, torch.long), new(1.0)   # per row: temperature, top_k, top_p
@@ -261,8 +258,7 @@ class Decoder:
 
     def reset(self, pos=0):
         """Forget everything from position `pos` on (what lies beyond is masked, then overwritten); every row live."""
-        self.pos, self.even, self.last = pos, True, None
-        self.row_pos, self.live = [pos] * self.batch_size, [True] * self.batch_size
+        self.pos, self.even, self.last, self.row_pos, self.live = pos, True, None, [pos] * self.batch_size, [True] * self.batch_size
         self.input_pos.fill_(pos), self.active.fill_(True)
 
     def _prefill_logits(self, caches, idx, start, lengths=None):   # the Triton kernels' prefill, or the model's
@@ -271,11 +267,12 @@ class Decoder:
         return last_logits(self.model, idx, caches, start, lengths)
 
     @torch.no_grad()
-    def prefill(self, idx, lengths=None):
+    def prefill(self, idx, lengths=None, repeat=1):
         """Runs idx [B, T] at positions pos..pos+T-1 in one call (any T, no recompilation) into the cache; the float
         logits of the last position [B, vocab]. `lengths` [B]: right-padded rows, each row's logits from its own last
-        token (padding never reaches a real token: causal attention looks back only; the steps overwrite it)."""
-        if (B := idx.shape[0]) != self.batch_size:
+        token (padding never reaches a real token: causal attention looks back only; the steps overwrite it). repeat:
+        a row of idx stands for `repeat` rows (rl.py's group answering one prompt), run once, its keys/values copied."""
+        if (B := idx.shape[0] * repeat) != self.batch_size:
             raise ValueError(f"this Decoder holds batch size {self.batch_size}, got {B} rows")
         if not self.even:
             raise ValueError("the rows stand at different positions after a right-padded prefill: reset() first")
@@ -285,7 +282,12 @@ class Decoder:
             lengths = torch.as_tensor(lengths, device=idx.device)
             if not ((lengths >= 1) & (lengths <= T)).all():
                 raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
-        logits = self._prefill_logits(self.caches, idx, self.pos, lengths)
+        n, at = idx.shape[0], slice(self.pos, self.pos + T)
+        logits = self._prefill_logits([c.rows(0, n) for c in self.caches], idx, self.pos, lengths)
+        for buf in (b for c in self.caches for b in (c.k, c.v)) if repeat > 1 else ():   # rows 0..n-1 to all B
+            buf[:, :, at] = buf[:n, :, at].repeat_interleave(repeat, 0)   # (all n read before any is overwritten)
+        if repeat > 1:
+            logits, lengths = logits.repeat_interleave(repeat, 0), lengths if lengths is None else lengths.repeat_interleave(repeat)
         self.input_pos.fill_(self.pos + T) if lengths is None else self.input_pos.copy_(self.pos + lengths[:, None])
         self.active.fill_(True)
         self.even, self.pos = lengths is None, self.pos + T
@@ -297,9 +299,8 @@ class Decoder:
         """Row `slot` starts a new sequence: the prompt `ids` (a list, or a [T] / [1, T] tensor) prefilled into that
         row alone at positions 0..T-1, the other rows untouched. Returns its first token [1, 1], sampled from the
         prompt's last logits (sample_next's settings), which the next step() takes as the row's input. Up to
-        PREFILL_GRAPH_MAX tokens the prompt is right-padded to a power of two (>= 16), prefilled in a scratch row and
-        copied into row `slot` (an index in a tensor): with the Triton step one CUDA graph a padded length serves every
-        slot (an eager prefill is ~200 launches from Python). The padding lies beyond the row's position: masked."""
+        PREFILL_GRAPH_MAX tokens it is right-padded to a power of two (>= 16), prefilled in a scratch row and copied into
+        row `slot` (a tensor index): one CUDA graph a padded length serves every slot (eager: ~200 launches)."""
         ids = torch.as_tensor(ids, device=self.tok.device).view(-1)
         if not 0 <= slot < self.batch_size or not 1 <= (T := ids.shape[0]) <= self.max_len:
             raise ValueError(f"slot {slot} (of {self.batch_size}), a prompt of {T} tokens (of {self.max_len})")
@@ -358,9 +359,8 @@ class Decoder:
         return (t, k if use_k else None, p if use_p else None), (n, use_k, use_p)
 
     def _advance(self, args, n):
-        """One step of the first n rows: the next token, also fed back as the next input, and each live row's position
-        moved on (a released row stays at 0): in a graph, a replay is all a token costs. (Freezing and the tuning are
-        read while dynamo traces: the flags are set around every call.)"""
+        """One step of the first n rows: the next token, fed back as the next input, each live row's position moved on
+        (a released row stays at 0): in a graph, a replay is all a token costs. (Dynamo reads the inductor flags.)"""
         if self.step_kind == "triton":
             nxt = decode_step(*args, logits=partial(decode_kernel.decode_logits, weights=self.weights))
         elif self.step_kind == "eager":
@@ -406,7 +406,7 @@ class Decoder:
         self.pos += 1
         return nxt
 
-    def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, lengths=None):
+    def _columns(self, idx, max_new_tokens, temperature, top_k, top_p, eos, generator, check_every, **prefill):
         """Prefill idx, then yield max_new_tokens columns [B, 1] as the plain `stream` does, reading back whether every
         row has produced eos (a host sync) every `check_every` tokens. A finished row yields eos, whatever it is fed."""
         if self.pos + idx.shape[1] + max_new_tokens > self.max_len:
@@ -415,8 +415,8 @@ class Decoder:
         if max_new_tokens <= 0:
             return
         eos = _eos_ids(eos, idx.device)
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        nxt = sample_next(self.prefill(idx, lengths), temperature, top_k, top_p, generator=generator)
+        done = torch.zeros(self.batch_size, dtype=torch.bool, device=idx.device)   # (prefill checks that idx fills it)
+        nxt = sample_next(self.prefill(idx, **prefill), temperature, top_k, top_p, generator=generator)
         for i in range(max_new_tokens):
             if i:
                 nxt = self.step(nxt if i == 1 else None, temperature, top_k, top_p, generator)
@@ -434,15 +434,16 @@ class Decoder:
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None,
-                 lengths=None):
+                 lengths=None, repeat=1):
         """The plain `generate`'s result, continuing the cache (reset() to start over); eos checked every 16 tokens, the
-        columns after every row finished trimmed. With `lengths` (see prefill) the new tokens follow idx.shape[1]."""
-        cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16, lengths))
+        columns after every row finished trimmed. With `lengths` (see prefill) the new tokens follow idx.shape[1];
+        with `repeat` (see prefill) each row of idx answers `repeat` times (rows of the result)."""
+        cols = list(self._columns(idx, max_new_tokens, temperature, top_k, top_p, eos, generator, 16, lengths=lengths, repeat=repeat))
+        idx = idx.repeat_interleave(repeat, 0) if repeat > 1 else idx
         if not cols:
             return idx
         new = torch.cat(cols, 1)
-        eos = _eos_ids(eos, idx.device)
-        if eos.numel():
+        if (eos := _eos_ids(eos, idx.device)).numel():
             hit = torch.isin(new, eos)
             if hit.any(1).all():  # the plain path stops at the first column where every row has finished
                 new = new[:, :int(hit.int().argmax(1).max()) + 1]

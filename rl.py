@@ -221,15 +221,15 @@ def pack(answers, row_len, pad):
 
 # ------------------------------------------------------------------------------------------------ rollouts
 def rollout(decoder, prompt_ids, gen, enc):
-    """Every prompt (token lists) answered once, as one batch on the Decoder: right-padded prompts, sampling until
-    <|im_end|> / <|endoftext|> or max_new_tokens. -> (completion ids, each with its end token if it has one;
-    completion texts; whether each was cut off)."""
+    """Every prompt (token lists) answered group_size times, as one batch on the Decoder (right-padded prompts, each
+    prefilled once for its group), sampling until <|im_end|> / <|endoftext|> or max_new_tokens. -> (completion ids,
+    each with its end token if it has one; completion texts; whether each was cut off), group after group."""
     dev = decoder.tok.device
     longest = max(map(len, prompt_ids))
     x = torch.tensor([p + [EOT] * (longest - len(p)) for p in prompt_ids], device=dev)
     decoder.reset()
     out = decoder.generate(x, max_new_tokens, temperature, top_k or None, top_p, eos=[IM_END, EOT], generator=gen,
-                           lengths=[len(p) for p in prompt_ids])[:, longest:].tolist()
+                           lengths=[len(p) for p in prompt_ids], repeat=group_size)[:, longest:].tolist()
     ends = [next((j for j, t in enumerate(row) if t in (IM_END, EOT)), None) for row in out]
     completions = [row if e is None else row[:e + 1] for row, e in zip(out, ends)]
     texts = [enc.decode([t for t in c if t < enc.n_vocab and t not in (IM_END, EOT)]) for c in completions]
@@ -385,7 +385,7 @@ def main():
         mine = step_prompts(len(rows), step, prompts_per_step, seed)[rank * per_rank:(rank + 1) * per_rank]
         ids = [prompt_ids[i] for i in mine for _ in range(group_size)]
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step * 7919 + rank)
-        completions, texts, cut = rollout(decoder, ids, gen, enc)
+        completions, texts, cut = rollout(decoder, [prompt_ids[i] for i in mine], gen, enc)
         t_roll = time.time() - t0
         scores = [score(rewards, rows[mine[j // group_size]][0], t, rows[mine[j // group_size]][2],
                         texts[j - j % group_size:][:group_size]) for j, t in enumerate(texts)]

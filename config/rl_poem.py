@@ -18,5 +18,6 @@ adamw_lr = 2e-5
 kl_coef = 0.045     # GRPO's beta (DeepSeekMath): holds the poems near the SFT model's language. Fluency rose with the KL
                     # the run ended at (LOG 29: 0.04 -> KL ~0.38, +10.1% at turn 2; LOG 30: 0.06 -> ~0.23, +6.7%); rules
                     # kept rose with it too, and the limit is +10%
-micro_batch = 8
+micro_batch = 5        # a step's answers pack into 8-10 rows of 2,048 (a prompt written once for its 8 answers):
+                       # always 2 micro-batches, 10 rows; 8 made 2-3, ~15 rows with the padding (LOG 37)
 ckpt_interval = 100    # a save every ~3.5 min of RL: the stage must fit in 15 min

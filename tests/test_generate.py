@@ -115,6 +115,26 @@ def test_decoder_decodes_right_padded_prompts_of_different_lengths_like_each_alo
         assert torch.equal(out[b, 9:9 + len(plain[b])], plain[b])
 
 
+def test_decoder_prefills_a_prompt_once_for_its_repeated_rows_as_if_each_row_had_it():
+    """repeat (rl.py's group answering one prompt): two right-padded prompts, each for 3 rows, prefilled once and
+    copied. Sampled with one seed, the 6 rows emit the very tokens, and the cache holds the very keys and values,
+    of the same prompts written out 6 times; a row count that does not fill the batch is refused."""
+    model = peaky_model(seed=5)
+    g = torch.Generator().manual_seed(3)
+    padded = torch.randint(0, 320, (2, 8), generator=g)
+    outs, caches = [], []
+    for idx, lengths, repeat in ((padded, [5, 8], 3), (padded.repeat_interleave(3, 0), [5, 5, 5, 8, 8, 8], 1)):
+        dec = Decoder(model, batch_size=6, max_len=32)
+        outs.append(dec.generate(idx, 12, temperature=1.0, top_k=50, lengths=lengths, repeat=repeat,
+                                 generator=torch.Generator().manual_seed(7)))
+        caches.append(torch.stack([c.k[:, :, :8] for c in dec.caches]))
+    assert outs[0].shape == (6, 20) and torch.equal(outs[0], outs[1])
+    assert len({tuple(r) for r in outs[0][:3, 8:].tolist()}) > 1   # the group's answers differ (sampled)
+    torch.testing.assert_close(caches[0], caches[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch size 6, got 4 rows"):
+        Decoder(model, batch_size=6, max_len=32).prefill(padded, repeat=2)
+
+
 def test_decoder_continues_from_its_cache_like_a_chat():
     """Turn 2 appends [last generated token, new tokens] at the cache's position: the same tokens as generating
     from the whole history with the plain path."""
