@@ -453,6 +453,22 @@ def test_cuda_graph_paths_agree_with_plain_path_bf16():
 
 
 @cuda
+def test_cuda_decoder_prefills_a_prompt_once_for_its_repeated_rows_bf16():
+    """repeat on the GPU (rl.py's rollout: the Triton prefill into the first rows' cache views, then copied): the
+    cached keys of the prompts written out for every row, and their greedy tokens up to bf16 near-ties."""
+    model = peaky_model(seed=12, vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                        head_dim=64, max_position_embeddings=512).cuda().to(torch.bfloat16)
+    padded = torch.randint(0, 4096, (2, 24), generator=torch.Generator().manual_seed(1)).cuda()
+    runs = []
+    for idx, lengths, repeat in ((padded, [17, 24], 4), (padded.repeat_interleave(4, 0), [17] * 4 + [24] * 4, 1)):
+        dec = Decoder(model, 8, max_len=64)
+        out = dec.generate(idx, 16, temperature=0, lengths=lengths, repeat=repeat)
+        runs.append((out, torch.stack([c.k[:, :, :24] for c in dec.caches]).float()))
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=2e-2, atol=2e-2)
+    assert runs[0][0].shape == (8, 40) and (runs[0][0] == runs[1][0]).float().mean() > 0.9
+
+
+@cuda
 def test_cuda_decoder_slots_join_and_leave_like_each_prompt_alone_bf16():
     """Continuous batching on the GPU in bf16: the Triton step replayed as CUDA graphs (one per row count and sampling
     mode), prompts prefilled into single rows (prefill_slot on a row's cache view), rows joining and leaving: each
