@@ -192,12 +192,12 @@ def pack(answers, row_len, pad):
     itself only -- each scores as prompt + answer alone, and a group's prompt costs once, not once an answer. y is
     -100 except on answer tokens; owner: the answer of each kept target, row-major. A group that fills a row goes
     on in the next, its prompt written again there."""
-    rows, used = [], row_len
+    rows, used = [], 0
     for n, (prompt, a) in enumerate(answers):
         if len(prompt) - 1 + len(a) > row_len:
             sys.exit(f"error: a prompt + completion of {len(prompt) + len(a)} tokens does not fit --seq_len={row_len}")
         here = bool(rows) and rows[-1][-1][0] == prompt   # the prompt is in the last row
-        if used + len(a) + (0 if here else len(prompt) - 1) > row_len:
+        if not rows or used + len(a) + (0 if here else len(prompt) - 1) > row_len:
             rows, used, here = rows + [[]], 0, False
         if not here:
             rows[-1].append((prompt, []))
