@@ -59,7 +59,7 @@ muon_lr_rule, muon_momentum = "original", 0.95
 adamw_lr = 3e-6               # embedding and norm gains
 beta1, beta2 = 0.9, 0.95
 weight_decay, grad_clip = 0.0, 1.0
-seq_len = 2048                # rollouts are packed into rows of this many tokens for the update
+seq_len = 0                   # the update packs the answers into rows of this many tokens; 0: the model's context <= 2048
 micro_batch, checkpointing = 8, "none"   # rows per forward/backward; activations: none | block | selective (less memory)
 log_interval, log_seconds, ckpt_interval, keep_ckpts = 1, 30.0, 50, 3
 export_at_end, export_dtype = True, "bfloat16"
@@ -340,7 +340,7 @@ def main():
     rank, local_rank, world, dev = T.setup_processes()
     ddp, master, cuda = world > 1 or "RANK" in os.environ, rank == 0, dev.startswith("cuda")
     check_ranges(globals(), {"group_size": 2, **dict.fromkeys(("max_new_tokens", "prompts_per_step", "updates_per_rollout",
-                 "micro_batch", "max_steps", "seq_len", "log_interval", "keep_ckpts"), 1), **dict.fromkeys(("kl_coef",
+                 "micro_batch", "max_steps", "log_interval", "keep_ckpts"), 1), **dict.fromkeys(("kl_coef", "seq_len",
                  "warmup_steps", "decay_steps", "ckpt_interval", "grad_clip", "top_k", "clip_low", "clip_high",
                  "muon_lr", "adamw_lr", "weight_decay"), 0)}, unit=("top_p", "min_lr_frac"))   # configurator.py's
     check_choices(globals(), {"checkpointing": ("none", "block", "selective")})   # train.py's, applied by its build_model
@@ -348,20 +348,19 @@ def main():
         sys.exit(f"error: --temperature must be > 0 (got {temperature}) and --prompts_per_step a multiple of the "
                  f"{world} process(es) (got {prompts_per_step})")
     rows, rewards, enc = read_prompts(prompts), load_rewards(reward), get_tokenizer()
-    if master:
-        T.make_writable_dir(out_dir)
-    lock = T.lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
+    lock = (T.make_writable_dir(out_dir), T.lock_out_dir(out_dir)) if master else None  # noqa: F841 (held till the end)
     torch.manual_seed(seed)
     T.use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
     config["reference"] = reference or (init_from if init_from != "resume" else resumed_reference(T))
     model, optimizer, step = T.build_model(dev, False, master)
+    row_len = seq_len or min(2048, model.config.max_position_embeddings)   # (the CPU demo model's context: 1024)
     prompt_ids = [render_chat(m, add_generation_prompt=True, enable_thinking=enable_thinking, template=chat_template)[0]
                   for _, m, _ in rows]
     longest = max(map(len, prompt_ids)) + max_new_tokens
-    if longest > min(model.config.max_position_embeddings, seq_len + 1):
+    if longest > min(model.config.max_position_embeddings, row_len + 1):
         sys.exit(f"error: the longest prompt + max_new_tokens = {longest} tokens exceed the model's context or "
-                 f"--seq_len={seq_len}: lower --max_new_tokens or shorten the prompts")
+                 f"--seq_len={row_len}: lower --max_new_tokens or shorten the prompts")
     # rollouts: a copy of the policy in the autocast dtype, so that the Triton step (16-bit weights) serves it
     rollout_dtype = getattr(torch, dtype) if cuda else torch.float32
     rollout_model = type(model)(model.config).to(dev, rollout_dtype).eval()
@@ -397,7 +396,7 @@ def main():
         keep = [j for j in range(len(ids)) if differ[j // group_size]]
         # what every rank agrees on: the sums behind the logged means, the stop request, the micro-batch count
         chunks = [keep[i::updates_per_rollout] for i in range(updates_per_rollout)]
-        packed = [pack([(ids[j], completions[j]) for j in c], seq_len, EOT) for c in chunks]
+        packed = [pack([(ids[j], completions[j]) for j in c], row_len, EOT) for c in chunks]
         shared = torch.tensor([total.sum().item(), sum(map(len, completions)), sum(cut), len(keep), float(bool(T.STOP_SIGNALS)),
                                *[sum(s.get(n, 0.0) for s in scores) for n in names]], device=dev, dtype=torch.float64)
         n_micro = torch.tensor([-(-len(p[0]) // micro_batch) for p in packed], device=dev)

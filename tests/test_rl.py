@@ -98,7 +98,7 @@ def toy_args(toy, out, *extra):
     # few dozen steps see the same candidates again, so the toy is learnable that fast
     return [f"--init_from={toy / 'tiny'}", f"--prompts={toy / 'prompts.jsonl'}", f"--reward={toy / 'toy.py'}:han",
             f"--out_dir={out}", "--group_size=8", "--prompts_per_step=2", "--max_new_tokens=6", "--top_k=16",
-            "--seq_len=128", "--micro_batch=4", "--warmup_steps=0", "--decay_steps=0", "--muon_lr=0.02",
+            "--micro_batch=4", "--warmup_steps=0", "--decay_steps=0", "--muon_lr=0.02",
             "--adamw_lr=0.02", "--export_at_end=False", *extra]
 
 
@@ -131,7 +131,7 @@ def test_tiny_model_learns_a_toy_verifiable_reward(toy, tmp_path, train_module, 
 @pytest.mark.slow
 def test_resume_after_kill_9_repeats_the_uninterrupted_runs_next_step(toy, tmp_path, train_module, monkeypatch):
     whole = tmp_path / "whole"
-    args = ["--max_steps=4", "--ckpt_interval=2", "--log_interval=1"]
+    args = ["--max_steps=4", "--ckpt_interval=2", "--log_interval=1", "--seq_len=128"]
     assert run_script(monkeypatch, "rl.py", *toy_args(toy, whole, *args)) == 0
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
