@@ -95,8 +95,8 @@ def apply_rope(q, k, cos, sin):
 def doc_positions(doc_ids, branch_ids=None):
     """Position of each token within its document (with branch_ids: prefix length + place within its branch)."""
     t = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
-    changed = lambda ids: F.pad(ids[:, 1:] != ids[:, :-1], (1, 0), value=True)   # where a run of equal ids begins
-    since = lambda starts: t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+    changed = lambda ids: torch.cat([torch.ones_like(ids[:, :1], dtype=torch.bool), ids[:, 1:] != ids[:, :-1]], 1)  # run starts
+    since = lambda starts: t - torch.cummax(torch.where(starts, t, 0), dim=1).values   # tokens since the run's start
     in_doc = since(changed(doc_ids))
     if branch_ids is None:
         return in_doc
