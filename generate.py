@@ -284,9 +284,9 @@ class Decoder:
                 raise ValueError(f"lengths must lie in 1..{T} (the padded prompt length)")
         n, at = idx.shape[0], slice(self.pos, self.pos + T)
         logits = self._prefill_logits([c.rows(0, n) for c in self.caches], idx, self.pos, lengths)
-        for buf in (b for c in self.caches for b in (c.k, c.v)) if repeat > 1 else ():   # rows 0..n-1 to all B
-            buf[:, :, at] = buf[:n, :, at].repeat_interleave(repeat, 0)   # (all n read before any is overwritten)
-        if repeat > 1:
+        if repeat > 1:   # rows 0..n-1 to all B (repeat_interleave reads all n before any is overwritten)
+            for buf in (b for c in self.caches for b in (c.k, c.v)):
+                buf[:, :, at] = buf[:n, :, at].repeat_interleave(repeat, 0)
             logits, lengths = logits.repeat_interleave(repeat, 0), lengths if lengths is None else lengths.repeat_interleave(repeat)
         self.input_pos.fill_(self.pos + T) if lengths is None else self.input_pos.copy_(self.pos + lengths[:, None])
         self.active.fill_(True)

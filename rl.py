@@ -348,7 +348,9 @@ def main():
         sys.exit(f"error: --temperature must be > 0 (got {temperature}) and --prompts_per_step a multiple of the "
                  f"{world} process(es) (got {prompts_per_step})")
     rows, rewards, enc = read_prompts(prompts), load_rewards(reward), get_tokenizer()
-    lock = (T.make_writable_dir(out_dir), T.lock_out_dir(out_dir)) if master else None  # noqa: F841 (held till the end)
+    if master:
+        T.make_writable_dir(out_dir)
+    lock = T.lock_out_dir(out_dir) if master else None  # noqa: F841 (held until the process ends)
     torch.manual_seed(seed)
     T.use_cuda_kernels(cuda)
     autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if cuda and dtype != "float32" else nullcontext()
@@ -382,7 +384,6 @@ def main():
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac)
         mine = step_prompts(len(rows), step, prompts_per_step, seed)[rank * per_rank:(rank + 1) * per_rank]
-        ids = [prompt_ids[i] for i in mine for _ in range(group_size)]
         gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step * 7919 + rank)
         completions, texts, cut = rollout(decoder, [prompt_ids[i] for i in mine], gen, enc)
         t_roll = time.time() - t0
@@ -393,10 +394,10 @@ def main():
             sys.exit(f"error: --reward={reward}: parts {names} for one answer, {odd} for another: name the same parts every time")
         total = torch.tensor([sum(s.values()) for s in scores])
         adv, differ = group_advantages(total, group_size, scale_rewards)
-        keep = [j for j in range(len(ids)) if differ[j // group_size]]
+        keep = [j for j in range(len(texts)) if differ[j // group_size]]
         # what every rank agrees on: the sums behind the logged means, the stop request, the micro-batch count
         chunks = [keep[i::updates_per_rollout] for i in range(updates_per_rollout)]
-        packed = [pack([(ids[j], completions[j]) for j in c], row_len, EOT) for c in chunks]
+        packed = [pack([(prompt_ids[mine[j // group_size]], completions[j]) for j in c], row_len, EOT) for c in chunks]
         shared = torch.tensor([total.sum().item(), sum(map(len, completions)), sum(cut), len(keep), float(bool(T.STOP_SIGNALS)),
                                *[sum(s.get(n, 0.0) for s in scores) for n in names]], device=dev, dtype=torch.float64)
         n_micro = torch.tensor([-(-len(p[0]) // micro_batch) for p in packed], device=dev)

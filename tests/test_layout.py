@@ -70,10 +70,10 @@ def test_train_model_settings_are_the_model_defaults():
     from dataclasses import fields
     from model import Qwen3Config
     tree = ast.parse(open(os.path.join(ROOT, "train.py"), encoding="utf-8").read())
-    assigned = {}
+    assigned, names = {}, {f.name for f in fields(Qwen3Config)}
     for node in tree.body:   # `name = value` and `a, b = x, y`
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], (ast.Name, ast.Tuple)):
             one = isinstance(node.targets[0], ast.Name)
             pairs = [(node.targets[0], node.value)] if one else zip(node.targets[0].elts, node.value.elts)
-            assigned.update({t.id: ast.literal_eval(v) for t, v in pairs if t.id in {f.name for f in fields(Qwen3Config)}})
+            assigned.update({t.id: ast.literal_eval(v) for t, v in pairs if t.id in names})
     assert assigned == {f.name: f.default for f in fields(Qwen3Config)}
