@@ -220,22 +220,27 @@ def sft_form(row, turn=0):
     return next((f for f in SHI_FORMS if prompt.endswith(f)), "ci")
 
 
-def rl_prompts(sft, limit=20000, ci_share=0.25, seed=0):
+def rl_prompts(sft, limit=20000, ci_share=0.3, seed=0, forms=None):
     """rl.py's prompts: SFT chats cut before their last answer (a multi-turn chat keeps its earlier poems, so RL also
     sees second requests), at most `limit` of them, the chats whose last request is a ci repeated up to `ci_share`
     of them. Ci are ~4% of the chats but 23% of the held-out prompts (240 of 1,060); at 4% RL practised the tunes
-    about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26). The ci take
-    their tunes in turn, each tune as often as the next: a tune is a form, and the rare long ones (洞仙歌), asked a
-    handful of times in a whole run, were the ones RL left broken (LOG 29)."""
+    about once a step while shi pulled every line toward 5 or 7 characters, and ci form fell (LOG 26). A tune is a
+    form, so each is asked in proportion to its sentences (the longest pattern in `forms`, build's ci forms; alike
+    without them), however many chats it has: the tunes RL left broken were the long ones (LOG 29: 32 of its 35
+    failures in tunes of 14 sentences or more; 洞仙歌, 9 chats in 5,000 ci prompts, failed every time)."""
     chats = [{"messages": r["messages"][:-1]} for r in sft]
     by_tune, shi = collections.defaultdict(list), []
     for c in chats:
         (by_tune[c["messages"][-1]["content"]] if sft_form(c, -1) == "ci" else shi).append(c)
-    tunes = list(by_tune.values())
-    ci = [t[i % len(t)] for i in range(max(map(len, tunes), default=0)) for t in tunes]  # round robin over the tunes
     n = min(limit, len(chats))
-    n_ci = min(n, max(round(n * ci_share), n - len(shi))) if ci else 0   # never fewer ci than the chats hold
-    rows = [ci[i % len(ci)] for i in range(n_ci)] + shi[:n - n_ci]
+    n_ci = min(n, max(round(n * ci_share), n - len(shi))) if by_tune else 0   # never fewer ci than the chats hold
+    sentences = {ci_prompt(t): max(map(len, p)) for t, p in (forms or {}).items() if p}
+    weight = {ask: sentences.get(ask, 1) for ask in by_tune}
+    exact = {ask: n_ci * w / sum(weight.values()) for ask, w in weight.items()}
+    count = {ask: int(x) for ask, x in exact.items()}
+    for ask in sorted(exact, key=lambda a: count[a] - exact[a])[:n_ci - sum(count.values())]:
+        count[ask] += 1   # the largest remainders: n_ci in all
+    rows = [c[k % len(c)] for ask, c in by_tune.items() for k in range(count[ask])] + shi[:n - n_ci]
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -337,7 +342,7 @@ def main():
     ap.add_argument("--sft_per_form", type=int, default=25000, help="build: SFT rows per shi form at most (0 = all)")
     ap.add_argument("--multi_turn", type=float, default=0.5, help="build: share of SFT chats asking for 2-3 poems")
     ap.add_argument("--sft_regular", action="store_true", help="build: SFT answers only shi that keep rhyme and tones")
-    ap.add_argument("--rl_ci_share", type=float, default=0.25, help="build: share of rl.py's prompts asking for a ci")
+    ap.add_argument("--rl_ci_share", type=float, default=0.3, help="build: share of rl.py's prompts asking for a ci")
     ap.add_argument("--max_prompts", type=int, default=0, help="eval: 0 = every held-out prompt")
     ap.add_argument("--samples", default="", help="eval: write every prompt and poem to this jsonl")
     ap.add_argument("--chat_template", default="qwen3", help="eval: the template the model was tuned with")
@@ -358,7 +363,7 @@ def main():
             write_jsonl(os.path.join(a.out, "pretrain", f"part-{i:02d}.jsonl"), [{"text": t} for t in pretrain[i::16]])
         write_jsonl(os.path.join(a.out, "sft.jsonl"), sft)
         write_jsonl(os.path.join(a.out, "heldout.jsonl"), heldout)
-        write_jsonl(os.path.join(a.out, "rl_prompts.jsonl"), rl_prompts(sft, ci_share=a.rl_ci_share))
+        write_jsonl(os.path.join(a.out, "rl_prompts.jsonl"), rl_prompts(sft, ci_share=a.rl_ci_share, forms=ci))
         json.dump(ci, open(os.path.join(a.out, "forms.json"), "w"), ensure_ascii=False)
         print(json.dumps({"poetry_build": {"pretrain_docs": len(pretrain), "sft_rows": len(sft),
                                            "heldout_prompts": len(heldout),

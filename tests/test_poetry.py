@@ -149,7 +149,7 @@ def test_rl_prompts_repeat_the_ci_chats_up_to_their_share():
     chat = lambda ask, turns=1: {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": "詩"}] * turns}
     sft = [chat(f"写一首题为《題{i}》的七言绝句", 1 + i % 2) for i in range(380)]
     sft += [chat(f"填一首词，词牌为《浣溪沙{i}》") for i in range(20)]
-    rows = poetry.rl_prompts(sft, limit=200)
+    rows = poetry.rl_prompts(sft, limit=200, ci_share=0.25)
     asks = [r["messages"][-1]["content"] for r in rows]
     assert len(rows) == 200 and all(r["messages"][-1]["role"] == "user" for r in rows)
     assert sum("词牌" in a for a in asks) == 50 and len({a for a in asks if "词牌" in a}) == 20   # every tune, repeated
@@ -167,6 +167,19 @@ def test_rl_prompts_ask_every_tune_alike():
     asks = [r["messages"][-1]["content"] for r in poetry.rl_prompts(sft, limit=200, ci_share=0.3)]
     counts = collections.Counter(a for a in asks if "词牌" in a)
     assert sum(counts.values()) == 60 and sorted(counts.values()) == [20, 20, 20]
+
+
+def test_rl_prompts_ask_each_tune_in_proportion_to_its_sentences():
+    """With build's ci forms a tune is asked in proportion to its longest pattern's sentences (LOG 29: the long
+    tunes were the ones RL left broken), whatever its chat count; n_ci in all, by the largest remainders."""
+    chat = lambda ask: {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": "詞"}]}
+    sft = [chat(f"写一首题为《題{i}》的七言绝句") for i in range(300)]
+    sft += [chat(poetry.ci_prompt("浣溪沙"))] * 90 + [chat(poetry.ci_prompt("洞仙歌"))] * 3 + [chat(poetry.ci_prompt("摸鱼儿"))] * 7
+    forms = {"浣溪沙": [[7] * 6], "洞仙歌": [[4, 5, 7] * 6, [4, 5] * 8], "摸鱼儿": [[3, 4] * 13]}
+    rows = poetry.rl_prompts(sft, limit=200, ci_share=0.3, forms=forms)
+    counts = collections.Counter(r["messages"][-1]["content"] for r in rows if "词牌" in r["messages"][-1]["content"])
+    assert len(rows) == 200 and counts == {poetry.ci_prompt("浣溪沙"): 7, poetry.ci_prompt("洞仙歌"): 22,
+                                           poetry.ci_prompt("摸鱼儿"): 31}   # 60 x 6/50, 18/50, 26/50: 7.2, 21.6, 31.2
 
 
 def test_sft_regular_keeps_only_the_shi_that_keep_the_rules_as_answers():
