@@ -137,8 +137,7 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos=None, generator=None):
     """Autoregressive sampling with a KV cache; returns idx with the new tokens appended."""
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos, generator))
-    return torch.cat([idx] + new, dim=1)
+    return torch.cat([idx, *stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos, generator)], dim=1)
 
 
 # ------------------------------------------------------------------------------------------------ fast path
@@ -226,9 +225,8 @@ class Decoder:
         self.step_kind = default_step(model) if step is None else step
         if self.step_kind not in STEPS:
             raise ValueError(f"step must be one of {'|'.join(STEPS)}, got {step!r}")
-        on_cuda = w.device.type == "cuda"
-        self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
-        if self.cuda_graph and not on_cuda:
+        self.cuda_graph = w.is_cuda if cuda_graph is None else cuda_graph
+        if self.cuda_graph and not w.is_cuda:
             raise ValueError("cuda_graph needs the model on a CUDA device")
         triton = self.step_kind == "triton"   # its concatenated weights and RoPE table
         self.weights = decode_kernel.fused_weights(model) if triton else None
@@ -274,8 +272,9 @@ class Decoder:
         a row of idx stands for `repeat` rows (rl.py's group answering one prompt), run once, its keys/values copied."""
         if (B := idx.shape[0] * repeat) != self.batch_size:
             raise ValueError(f"this Decoder holds batch size {self.batch_size}, got {B} rows")
-        if not self.even:
-            raise ValueError("the rows stand at different positions after a right-padded prefill: reset() first")
+        if not self.even or (repeat > 1 and self.pos):   # (repeat copies rows 0..n-1: they hold no group's history)
+            raise ValueError("reset() first: " + ("a repeated prompt needs an empty cache" if self.even else
+                                                  "the rows stand at different positions after a right-padded prefill"))
         if self.pos + (T := idx.shape[1]) > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions: {self.pos} used + {T} do not fit")
         if lengths is not None:
@@ -351,6 +350,7 @@ class Decoder:
         if not sampled:
             return (0, None, None), (n, "greedy")
         if values != self.row_values:
+            self.row_values = None   # until every buffer holds the new values: a value that fails to copy is redone
             for buf, v in zip(self.row_settings, values):
                 buf.copy_(torch.tensor(v, dtype=buf.dtype)[:, None])
             self.row_values = values

@@ -137,7 +137,7 @@ def policy_loss(logp, old_logp, adv, normalizer, clip_low=0.2, clip_high=0.28, r
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high)
     surrogate = torch.minimum(ratio * adv, clipped * adv)
     loss = -surrogate.sum() / normalizer
-    stats = {"clip_frac": ((ratio - clipped).abs() > 0).float().sum().item()}
+    stats = {"clip_frac": (clipped * adv < ratio * adv).float().sum().item()}   # the clipped side won: no gradient
     if ref_logp is not None:
         kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
         stats["kl"] = kl.detach().sum().item()
@@ -248,7 +248,8 @@ def sync_rollout_model(rollout_model, model, decoder):
 def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
     """The policy's terms, per row of h [N, hidden] against targets [N]: log p(target) under softmax(h @ weight.T /
     temperature) (differentiable) and the entropy of that distribution (no gradient: it is only logged). In chunks
-    under activation checkpointing, as chunked_cross_entropy, so [N, vocab] logits never exist at once."""
+    under activation checkpointing, as chunked_cross_entropy, so [N, vocab] logits never exist at once; one chunk at
+    least: a DDP rank's micro-batch of padding rows has no target, and its empty loss must still reach every weight."""
     chunk_rows = chunk_rows or max(64, (1 << 27) // weight.shape[0])
 
     def chunk_terms(h_c, t_c):
@@ -260,7 +261,7 @@ def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
 
     parts = [checkpoint(chunk_terms, h[i:i + chunk_rows], targets[i:i + chunk_rows], use_reentrant=False)
              if h.requires_grad else chunk_terms(h[i:i + chunk_rows], targets[i:i + chunk_rows])
-             for i in range(0, h.shape[0], chunk_rows)]
+             for i in range(0, max(1, h.shape[0]), chunk_rows)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -292,8 +293,7 @@ def update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocas
             with nullcontext() if sync else train_model.no_sync():
                 logp, entropy = per_token_terms(train_model, mb, dev, autocast, True)
                 ref = per_token_terms(ref_model, mb, dev, autocast, False)[0] if ref_model is not None else None
-                a = adv[at:at + len(logp)].to(dev)
-                at += len(logp)
+                a, at = adv[at:at + len(logp)].to(dev), at + len(logp)
                 loss, s = policy_loss(logp, logp.detach() if old is None else old[p][m], a, normalizer / len(parts),
                                       clip_low, clip_high, ref, kl_coef)
                 loss.backward()

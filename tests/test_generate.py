@@ -133,6 +133,10 @@ def test_decoder_prefills_a_prompt_once_for_its_repeated_rows_as_if_each_row_had
     torch.testing.assert_close(caches[0], caches[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="batch size 6, got 4 rows"):
         Decoder(model, batch_size=6, max_len=32).prefill(padded, repeat=2)
+    dec = Decoder(model, batch_size=6, max_len=32)   # rows 0..1 would bring rows 0..1's history to every group
+    dec.prefill(padded.repeat_interleave(3, 0))
+    with pytest.raises(ValueError, match="a repeated prompt needs an empty cache"):
+        dec.prefill(padded, repeat=3)
 
 
 def test_decoder_continues_from_its_cache_like_a_chat():
@@ -223,6 +227,18 @@ def test_decoder_slots_sample_each_row_with_its_own_settings_and_generator():
     torch.manual_seed(0)
     default = run_slots(dec, prompts, 10, settings)   # torch's default generator for every row
     assert default[0] == alone[0] and default != alone
+
+
+def test_decoder_sampling_settings_that_fail_to_copy_leave_none_behind():
+    """A top_k no tensor holds fails its step, after the temperatures were copied; the next step with the settings
+    before it must not run at those temperatures (serve.py's bystanders did: the settings looked unchanged)."""
+    dec = Decoder(peaky_model(seed=15), batch_size=2, max_len=32)
+    dec.prefill(torch.randint(0, 320, (2, 4)))
+    dec.step(None, [0.5, 0.5], [0, 0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="Overflow"):
+        dec.step(None, [1.5, 1.5], [2 ** 63, 2 ** 63], [1.0, 1.0])
+    dec.step(None, [0.5, 0.5], [0, 0], [1.0, 1.0])
+    assert dec.row_settings[0][:, 0].tolist() == [0.5, 0.5]
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ def grouped(prompt, completion, group_completions):
     with open(os.environ["GROUP_LOG"], "a") as f:
         f.write(json.dumps({"prompt": prompt, "completion": completion, "group": group_completions}) + "\\n")
     return 0.0
+def alike_for_cat(prompt, completion):
+    return 0.0 if "cat" in prompt else float(len(completion))   # the cat's group is skipped, no other is
 def slow(prompt, completion):
     import time
     time.sleep(0.5)   # a first step of seconds: a signal lands inside it
@@ -44,12 +46,13 @@ def test_group_advantages_and_clipped_loss_by_hand():
     assert differ.tolist() == [True, False]   # the second group's answers all scored alike: nothing to learn
     plain, _ = rl.group_advantages(torch.tensor([3.0, 1.0]), 2, scale=False)
     assert plain.tolist() == [1.0, -1.0]
-    # ratios 1.5 (A=+1: clipped at 1.28), 0.5 (A=-1: clipped at 0.8, min(-0.5, -0.8) = -0.8), 1.0 (A=+1: 1)
-    logp = torch.log(torch.tensor([1.5, 0.5, 1.0]))
-    old, a = torch.zeros(3), torch.tensor([1.0, -1.0, 1.0])
+    # ratios 1.5 (A=+1: clipped at 1.28), 0.5 (A=-1: clipped at 0.8, min(-0.5, -0.8) = -0.8), 1.0 (A=+1: 1), and
+    # 0.5 with A=+1: min(0.5, 0.8) keeps the ratio, so its gradient flows and it is not counted as clipped
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.0, 0.5]))
+    old, a = torch.zeros(4), torch.tensor([1.0, -1.0, 1.0, 1.0])
     loss, stats = rl.policy_loss(logp, old, a, normalizer=10, clip_low=0.2, clip_high=0.28)
-    assert loss.item() == pytest.approx(-(1.28 - 0.8 + 1.0) / 10) and stats["clip_frac"] == 2
-    ref = torch.log(torch.tensor([1.0, 1.0, 2.0]))   # k3 = exp(d) - d - 1 with d = ref - logp
+    assert loss.item() == pytest.approx(-(1.28 - 0.8 + 1.0 + 0.5) / 10) and stats["clip_frac"] == 2
+    ref = torch.log(torch.tensor([1.0, 1.0, 2.0, 1.0]))   # k3 = exp(d) - d - 1 with d = ref - logp
     k3 = sum(math.exp(d) - d - 1 for d in (ref - logp).tolist())
     loss_kl, stats = rl.policy_loss(logp, old, a, 10, 0.2, 0.28, ref_logp=ref, kl_coef=0.5)
     assert loss_kl.item() == pytest.approx(loss.item() + 0.5 * k3 / 10) and stats["kl"] == pytest.approx(k3)
@@ -211,12 +214,15 @@ def test_step_prompts_depend_on_the_step_alone_and_cover_every_prompt():
 @pytest.mark.slow
 def test_two_processes_split_the_prompts_and_train_together(toy, tmp_path):
     """torchrun, 2 CPU processes (gloo): each rolls out half the step's prompts, DDP averages the gradients, rank 0
-    logs the rewards of all of them and checkpoints."""
+    logs the rewards of all of them and checkpoints. One step's cat prompt scores all its answers alike: that rank
+    has nothing to learn from while the other has, and still takes part in the update (micro-batches of padding)."""
     from conftest import torchrun
     out = tmp_path / "ddp"
-    r = torchrun(2, toy_args(toy, out, "--max_steps=2", "--ckpt_interval=2"), script="rl.py")
+    r = torchrun(2, toy_args(toy, out, "--max_steps=2", "--ckpt_interval=2", f"--reward={toy / 'toy.py'}:alike_for_cat"),
+                 script="rl.py")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert [rec["step"] for rec in records(out)] == [1, 2] and (out / "ckpt-0000002").is_dir()
+    assert sorted(rec["skipped_groups"] for rec in records(out)) == [0.0, 0.5]
     assert "2 process(es)" in r.stdout
 
 
