@@ -6,14 +6,14 @@ Serve a model behind an OpenAI-compatible API, with a chat page at `/`.
     python serve.py --init_from=out_poem --host=0.0.0.0     # reachable from other machines (there is no authentication)
 
 GET /v1/models, POST /v1/chat/completions and /v1/completions (whole, or `"stream": true`: server-sent events ending
-in `data: [DONE]`), GET /health. Requests take temperature, top_p, top_k, max_tokens / max_completion_tokens, stop,
-seed, stream_options.include_usage, ignore_eos (vLLM's), for a chat tools and chat_template_kwargs.enable_thinking;
-the rest comes from the model's generation_config.json. The prompt is tokenizer.render_chat's (what sft.py trains
-on); the answer is parsed as vLLM's qwen3 reasoning and hermes tool parsers do (<think> -> reasoning_content,
-<tool_call> -> tool_calls).
-Errors are OpenAI's {"error": {"message", "type", "param", "code"}}: 400 broken JSON or a value out of range, 422
-a missing or wrongly typed field or an unknown role, 404 an unknown model or route, 413 a prompt filling the context,
-429 a full queue. No request can stop the server.
+in `data: [DONE]`), GET /health. Requests take temperature (under 1e-5: greedy, as vLLM), top_p, top_k, max_tokens /
+max_completion_tokens, stop, seed, stream_options.include_usage, ignore_eos (vLLM's), for a chat tools, tool_choice
+auto | none and chat_template_kwargs.enable_thinking; the rest comes from the model's generation_config.json. The
+prompt is tokenizer.render_chat's (what sft.py trains on); the answer is parsed as vLLM's qwen3 reasoning and hermes
+tool parsers do (<think> -> reasoning_content, <tool_call> -> tool_calls). Errors are OpenAI's {"error": {"message",
+"type", "param", "code"}}: 400 broken JSON, a value out of range or a parameter not honoured here (REFUSED: logprobs,
+penalties, a response_format...), 422 a missing or wrongly typed field or an unknown role, 404 an unknown model or
+route, 413 a prompt filling the context, 429 a full queue. No request can stop the server.
 
 Continuous batching: an engine thread owns a generate.Decoder of `slots` rows (the Triton step in CUDA graphs). A
 request waits in a bounded queue, is prefilled into a free row between two steps (at most `prefill_tokens` prompt
@@ -46,6 +46,8 @@ STOP = (IM_END, EOT)
 TOOL_CALL, END_TOOL_CALL = N_ORDINARY + 14, N_ORDINARY + 15   # <tool_call>, </tool_call>
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "chat.html")
 MISSING, START = object(), time.time()   # a required field's default; when the server started
+REFUSED = {"logprobs": (False,), "echo": (False,), "suffix": ("",), "logit_bias": ({},), "presence_penalty": (0,),   # 400
+           "frequency_penalty": (0,), "response_format": ({"type": "text"},), "tool_choice": ("auto", "none")}   # unless
 
 
 class ApiError(Exception):
@@ -60,13 +62,14 @@ class Output:
     through. `stop` strings end the output (hit) where they occur, so text that may begin one is held back. The
     streamed deltas and the whole answer are made of the same events: they always say the same."""
 
-    def __init__(self, stop=(), raw=False):
+    def __init__(self, stop=(), raw=False, tools=True):
         self.stop, self.raw, self.hit, self.tool_calls = list(stop), raw, False, 0
+        self.special = (THINK, END_THINK) + (TOOL_CALL, END_TOOL_CALL) * tools   # tools=False: tool_choice "none"
         self.detok, self.kind, self.window, self.call = StreamDecoder(get_tokenizer()), "content", "", None
         self.started, self.held = False, ""   # text in this section yet; its trailing whitespace, held back
 
     def push(self, tok):
-        if self.hit or (tok >= N_ORDINARY and not self.raw and tok not in (THINK, END_THINK, TOOL_CALL, END_TOOL_CALL)):
+        if self.hit or (tok >= N_ORDINARY and not self.raw and tok not in self.special):
             return []   # (other special tokens say nothing)
         if self.raw or tok < N_ORDINARY:
             if self.call is None:
@@ -82,8 +85,7 @@ class Output:
             call, self.call = self.call + self.detok.flush(), None
             try:
                 obj = json.loads(call)
-                args = obj.get("arguments", {})
-                args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+                args = a if isinstance(a := obj.get("arguments", {}), str) else json.dumps(a, ensure_ascii=False)
                 events.append(("tool_call", {"name": str(obj["name"]), "arguments": args}))
                 self.tool_calls += 1
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -91,8 +93,7 @@ class Output:
         return events
 
     def close(self):   # a tool call cut off is content
-        text = "" if self.call is None else "<tool_call>" + self.call
-        self.call = None
+        text, self.call = "" if self.call is None else "<tool_call>" + self.call, None
         return self._text(text + self.detok.flush(), end=True)
 
     def _text(self, text, end=False):
@@ -114,8 +115,7 @@ class Output:
 
 class Request:
     def __init__(self, ids, max_new, sampling, seed, output):
-        self.ids, self.max_new, self.sampling, self.output = ids, max_new, sampling, output
-        self.loop = asyncio.get_running_loop()
+        self.ids, self.max_new, self.sampling, self.output, self.loop = ids, max_new, sampling, output, asyncio.get_running_loop()
         self.gen = None if seed is None else torch.Generator(device).manual_seed(seed)
         self.queue, self.done, self.cancelled, self.generated, self.launched = asyncio.Queue(), False, False, 0, 1
 
@@ -255,18 +255,18 @@ def field(body, key, types, default=MISSING, ok=None, want=""):
 def sampling_args(body, defaults):
     t = field(body, "temperature", (int, float), defaults.get("temperature", 1.0), lambda v: 0 <= v <= 2, "a number in [0, 2]")
     p = field(body, "top_p", (int, float), defaults.get("top_p", 1.0), lambda v: 0 < v <= 1, "a number in (0, 1]")
-    k = field(body, "top_k", (int,), defaults.get("top_k", 0), lambda v: v >= -1, "an integer >= -1 (-1 or 0: off)")
+    k = field(body, "top_k", (int,), defaults.get("top_k", 0), lambda v: -1 <= v < 2 ** 31, "an integer in [-1, 2^31) (-1, 0: off)")
     n = field(body, "max_completion_tokens", (int,), None, lambda v: v > 0, "an integer > 0")
     n = field(body, "max_tokens", (int,), n, lambda v: v > 0, "an integer > 0")
-    stop = field(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (len(v) <= 4 and all(
-        isinstance(s, str) and s for s in v)), "a string or a list of up to 4 non-empty strings")
+    stop = field(body, "stop", (str, list), [], lambda v: (isinstance(v, str) or len(v) <= 4) and all(
+        isinstance(s, str) and s for s in ([v] if isinstance(v, str) else v)), "a non-empty string or a list of up to 4")
     seed = field(body, "seed", (int,), None, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2^63)")
     field(body, "n", (int,), 1, lambda v: v == 1, "1 (one choice a request)")
-    if field(body, "logprobs", (bool, int), False) or field(body, "echo", (bool,), False):
-        raise ApiError(400, "logprobs and echo are not supported", "logprobs", "unsupported_parameter")
+    if bad := next((key for key, ok in REFUSED.items() if body.get(key) not in (None, *ok)), None):
+        raise ApiError(400, f"{bad}={json.dumps(body[bad])[:60]} is not supported here", bad, "unsupported_parameter")
     stream = field(body, "stream", (bool,), False, None, "a boolean")
     usage = field(field(body, "stream_options", (dict,), {}, None, "an object"), "include_usage", (bool,), False)
-    return (float(t), max(k, 0), float(p)), n, [stop] if isinstance(stop, str) else stop, seed, stream, usage
+    return (float(t) if t >= 1e-5 else 0.0, max(k, 0), float(p)), n, [stop] if isinstance(stop, str) else stop, seed, stream, usage
 
 
 def chat_prompt(body):
@@ -291,7 +291,7 @@ def chat_prompt(body):
             raise ApiError(422, f"{at}: tool_calls must be a list, reasoning_content a string", at, "invalid_type")
         out.append({**extra, "role": "system" if role == "developer" else role, "content": content or ""})
     try:
-        tools = field(body, "tools", (list,), None, None, "a list") or None
+        tools = None if body.get("tool_choice") == "none" else field(body, "tools", (list,), None, None, "a list") or None
         return render_chat(out, tools=tools, add_generation_prompt=True, plain_user_text=True,   # a typed <|im_start|>: text
                            enable_thinking=field(kwargs, "enable_thinking", (bool,), think, None, "a boolean"))[0]
     except (TypeError, AttributeError, ValueError, KeyError) as e:
@@ -308,8 +308,7 @@ def make_app(engine, name, vocab, defaults):
     app.add_exception_handler(ApiError, lambda request, e: error(e))
     app.add_exception_handler(HTTPException, lambda request, e: error(ApiError(
         e.status_code, str(e.detail), None, "not_found" if e.status_code == 404 else None)))
-    app.add_exception_handler(Exception, lambda request, e: error(ApiError(500, f"{type(e).__name__}: {e}", None, None,
-                                                                               "server_error")))
+    app.add_exception_handler(Exception, lambda request, e: error(ApiError(500, f"{type(e).__name__}: {e}", kind="server_error")))
     app.get("/")(lambda: FileResponse(PAGE, media_type="text/html"))
     app.get("/health")(lambda: {"status": "ok", "slots": engine.slots, "busy": sum(r is not None for r in engine.owner),
                                 "waiting": len(engine.waiting), "context": engine.context, "generated": engine.generated})
@@ -343,7 +342,7 @@ def make_app(engine, name, vocab, defaults):
         if max(ids) >= vocab:
             raise ApiError(400, f"the prompt has ids past the vocabulary ({vocab})", "prompt", "invalid_value")
         max_new = min(max_new or (engine.context if chat else 16), engine.context - len(ids))   # OpenAI's defaults
-        r = Request(ids, max_new, sampling, seed, Output(stop, raw=not chat))
+        r = Request(ids, max_new, sampling, seed, Output(stop, raw=not chat, tools=body.get("tool_choice") != "none"))
         r.stops = () if field(body, "ignore_eos", (bool,), False, None, "a boolean") else STOP   # (vLLM's extension)
         engine.submit(r)
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()), "model": name,
@@ -369,14 +368,16 @@ def make_app(engine, name, vocab, defaults):
             return {"index": 0, "message" if whole else "delta": d, "finish_reason": finish, "logprobs": None}
 
         if not stream:
-            events, finish = [], None
+            events, finish, seen = [], None, time.time()
             try:
                 while finish is None:
-                    try:
-                        item = await asyncio.wait_for(r.queue.get(), 1.0)
-                    except asyncio.TimeoutError:   # a client that went away frees the slot
+                    if time.time() - seen > 1.0:   # each second, tokens or not: a client that went away frees the slot
                         if await request.is_disconnected():
                             return None
+                        seen = time.time()
+                    try:
+                        item = await asyncio.wait_for(r.queue.get(), 1.0)
+                    except asyncio.TimeoutError:
                         continue
                     if item[0] == "error":
                         raise ApiError(500, item[1], None, None, "server_error")

@@ -199,6 +199,14 @@ def test_models_chat_and_completions_with_the_openai_client(server, client):
     seeded = [client.completions.create(model="scripted", prompt="Hi", max_tokens=16, temperature=1.0, seed=7).choices[0].text
               for _ in range(2)]
     assert seeded[0] == seeded[1]
+    # tool_choice "none": no tool offered, none parsed (the script still writes its call: text); a temperature too
+    # small to divide by is greedy
+    r = client.chat.completions.create(model="scripted", messages=messages, tools=tools, tool_choice="none",
+                                       temperature=0, max_tokens=50)
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    assert "get_weather" in r.choices[0].message.content and "Paris" in r.choices[0].message.content
+    tiny = client.completions.create(model="scripted", prompt="The weather in Paris", max_tokens=24, temperature=1e-40)
+    assert tiny.choices[0].text == c.choices[0].text
 
 
 def test_eight_concurrent_streams_all_complete(server, client):
@@ -243,6 +251,14 @@ def test_eight_concurrent_streams_all_complete(server, client):
     ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "seed": 2 ** 70}, 400, "seed"),
     ({"model": "scripted", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422, "messages[0].content"),
     ({"model": "scripted", "messages": [{"role": "assistant", "content": None, "tool_calls": [7]}]}, 422, "messages"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "top_k": 2 ** 63}, 400, "top_k"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stop": ""}, 400, "stop"),
+    # parameters this server would otherwise ignore: refused, each named
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "echo": True}, 400, "echo"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+    ({"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, 400, "tool_choice"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_answering(server, body, status, param):
     code, j = post(server + "/v1/chat/completions", body)
@@ -306,6 +322,29 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     print(f"slots freed {time.time() - t0:.2f} s after the disconnects")
     code, j = post(server + "/v1/completions", {"model": "scripted", "prompt": "after", "max_tokens": 3})
     assert code == 200 and j["usage"]["completion_tokens"] == 3
+
+
+def test_a_client_that_leaves_a_whole_answer_frees_its_slot(server):
+    """The same without streaming: four 500-token requests hold every slot while tokens keep coming; their clients
+    go away, and the slots are free within seconds, long before the answers could have been finished."""
+    import http.client
+    conns = []
+    for i in range(4):
+        c = http.client.HTTPConnection("127.0.0.1", int(server.rsplit(":", 1)[1]), timeout=30)
+        c.request("POST", "/v1/completions", json.dumps({"model": "scripted", "prompt": f"stay {i}", "max_tokens": 500}),
+                  {"Content-Type": "application/json"})
+        conns.append(c)
+    for _ in range(200):
+        if (h := get(server + "/health"))["busy"] == 4 and h["generated"] > 0:
+            break
+        time.sleep(0.05)
+    assert h["busy"] == 4, h
+    before = h["generated"]
+    for c in conns:
+        c.sock.shutdown(2)
+        c.close()
+    h = idle(server, 10)
+    assert h["busy"] == 0 and h["generated"] - before < 4 * 250, (h, before)
 
 
 def test_chat_page_in_headless_chromium(server, tmp_path, monkeypatch):
