@@ -299,7 +299,12 @@ def load_checkpoint(path, model, optimizer, check_config):
         rng_cpu, rng_cuda, step = state["rng_cpu"], state["rng_cuda"], int(state["step"])
         torch.set_rng_state(rng_cpu)
     except Exception as e:
-        out_dir = os.path.dirname(path)
+        out_dir, saved = os.path.dirname(path), state.get("train_config", {}) if isinstance(state, dict) else {}
+        changed = [f"{k} {saved[k]} -> {v}" for k, v in vars(model.config).items() if saved.get(k, v) != v
+                   and k not in ("rms_norm_eps", "rope_theta", "max_position_embeddings", "initializer_range")]
+        if changed and isinstance(e, RuntimeError):   # the weights are fine: this run asks another shape of them
+            sys.exit(f"error: {path} holds a model of another shape ({', '.join(changed)}): a resume keeps the shape, "
+                     "even with --allow_config_change (to train another shape, start a new run)")
         sys.exit(f"error: checkpoint {path} is corrupt or incompatible ({type(e).__name__}: {str(e)[:300]}). "
                  f"Delete it to resume from the previous one ({len(list_checkpoints(out_dir)) - 1} others in {out_dir}).")
     for g, hyper in zip(optimizer.param_groups, current):

@@ -12,7 +12,7 @@ optimizer step) is fixed by the config; gradient accumulation is derived from th
 data order depends only on the step (data.py), so a run is the same run on 1 or 8 GPUs and a resume needs nothing
 but the step counter.
 """
-import datetime, json, math, os, signal, sys, time
+import datetime, importlib.util, json, math, os, signal, sys, time
 from contextlib import nullcontext
 from dataclasses import fields
 
@@ -126,11 +126,7 @@ def use_cuda_kernels(cuda):
         torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == "cudnn")
         torch.backends.cuda.enable_flash_sdp(sdpa_backend == "flash")
         torch.backends.cuda.enable_mem_efficient_sdp(sdpa_backend == "efficient")
-    try:
-        import liger_kernel  # noqa: F401
-        return liger
-    except ImportError:
-        return False
+    return liger and importlib.util.find_spec("liger_kernel") is not None
 
 
 def adopt_model_shape(shape, only_defaults=False):
@@ -188,8 +184,9 @@ def build_model(dev, use_liger, master):
         return model, optimizer, 0
     if not ckpts:
         sys.exit(f"error: --init_from=resume but {out_dir} has no checkpoint")
-    check = lambda saved: compare_config(saved, config, MODEL_KEYS if export_only else SAME_RUN_KEYS,
-                                         allow_config_change, master and not export_only)
+    def check(saved):   # an export of an SFT run takes its chat template from the run's SFT data, named in `saved`
+        globals()["sft_data"] = sft_data or export_only and saved.get("sft_data") or ""
+        compare_config(saved, config, MODEL_KEYS if export_only else SAME_RUN_KEYS, allow_config_change, master and not export_only)
     step = load_checkpoint(ckpts[-1], model, optimizer, check)
     if master and not export_only:   # an export writes the weights: the training settings and the log do not matter
         print(f"resumed from {ckpts[-1]} at step {step}")
@@ -258,16 +255,19 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac)
     loss_sum = torch.tensor([0.0, float(bool(STOP_SIGNALS))], device=dev)   # the stop request rides on the all-reduce
-    for micro in range(grad_accum):
-        batch = get_batch(step, micro)   # x, y and, for packed documents, doc_ids
+    batches = [get_batch(step, micro) for micro in range(grad_accum)]   # x, y and, for packed documents, doc_ids
+    n = torch.stack([(b[1] != -100).sum() for b in batches]).float()   # each micro-batch's targets
+    total = n.sum()   # the step's loss is the mean over all its targets, however the ranks and micro-batches split them
+    dist.all_reduce(total) if ddp else None   # (SFT rows differ in answer tokens: a mean of micro-batch means is not it)
+    for micro, batch in enumerate(batches):
         sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
         with (nullcontext() if sync else train_model.no_sync()), autocast:
             _, loss = train_model(*batch)
-        (loss / grad_accum).backward()
-        loss_sum[0] += loss.detach()
+        (loss * (n[micro] * world / total)).backward()   # (x world: DDP averages the ranks' gradients)
+        loss_sum[0] += loss.detach() * (n[micro] * world / total)
     if ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-    loss_val, stop = loss_sum[0].item() / (grad_accum * world), loss_sum[1].item() > 0
+    loss_val, stop = loss_sum[0].item() / world, loss_sum[1].item() > 0
     if not math.isfinite(loss_val):
         stop_non_finite(f"loss is {loss_val} at step {step + 1}; stopped without an optimizer step", master)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
@@ -298,8 +298,7 @@ def maybe_checkpoint(step, model, optimizer, dev, ddp, master, stop=False):
 
 
 def stop_now(signum, _frame):
-    """SIGTERM / SIGINT before the first step ends (building, data, compiling, the first evaluation and step, which
-    on a CPU can take hours): nothing new to save, so stop at once."""
+    """SIGTERM / SIGINT before the first step ends (building, compiling, a first step of hours on a CPU): stop at once."""
     print(f"stopped by {signal.Signals(signum).name} before the first step ended: nothing new to save", flush=True)
     raise SystemExit(0)
 
@@ -325,7 +324,7 @@ def main(get_batch=None):
     if export_only:
         if master:
             export_hf(model, os.path.join(out_dir, "hf"), dtype=getattr(torch, export_dtype),
-                      chat_template=sft_chat_template(sft_data) if sft_data else None)
+                      chat_template=data_or_exit(sft_chat_template, sft_data) if sft_data else None)
         return []
     if master and warmup_steps + decay_steps > max_steps:   # wsd_lr_factor would start the decay during warmup
         print(f"warning: warmup_steps {warmup_steps} + decay_steps {decay_steps} > max_steps {max_steps}: the lr "
@@ -376,7 +375,7 @@ def main(get_batch=None):
         evaluate(model, step, dev, autocast, log)
     if master and export_at_end and not stop:
         export_hf(model, os.path.join(out_dir, "hf"), dtype=getattr(torch, export_dtype),
-                  chat_template=sft_chat_template(sft_data) if sft_data else None)
+                  chat_template=data_or_exit(sft_chat_template, sft_data) if sft_data else None)
     if ddp:
         del train_model   # the DDP wrapper holds the process group: release it before the group goes
         dist.barrier()    # let rank 0 finish writing before anyone tears the group down

@@ -47,6 +47,11 @@ def test_resume_refuses_a_change_of_data_order_or_model_unless_allowed(tmp_path,
         assert key in msg and "allow_config_change" in msg, (key, msg)
     assert [x["step"] for x in _train(train_module, d, out, max_steps=32, init_from="resume", seq_len=16,
                                       allow_config_change=True)] == [31, 32]
+    # a shape cannot be allowed: the weights do not fit it. Said so, not "corrupt: delete it" (a good checkpoint)
+    configure_train(train_module, small_train_args(d, out, max_steps=34, init_from="resume", seq_len=16,
+                                                   num_hidden_layers=3, allow_config_change=True))
+    msg = exit_message(train_module.main)
+    assert "num_hidden_layers 2 -> 3" in msg and "keeps the shape" in msg and "Delete" not in msg, msg
 
 
 @pytest.mark.slow

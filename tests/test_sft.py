@@ -274,8 +274,31 @@ def test_sft_from_a_hf_dir_resumes_exactly_and_exports_a_chat_model(tmp_path, tr
     assert "resumed from" in capsys.readouterr().out
     assert losses(out) == ref
     hf = os.path.join(out, "hf")
-    assert json.load(open(os.path.join(hf, "generation_config.json")))["eos_token_id"] == [IM_END, EOT]
-    assert json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"] == CHAT_TEMPLATES["qwen3"]
+    exported = lambda: (json.load(open(os.path.join(hf, "generation_config.json")))["eos_token_id"],
+                        json.load(open(os.path.join(hf, "tokenizer_config.json")))["chat_template"])
+    assert exported() == ([IM_END, EOT], CHAT_TEMPLATES["qwen3"])
+    shutil.rmtree(hf)   # the checkpoint alone exported (checkpoint.py's advice after a full disk): the same chat model
+    r = run(["train.py", f"--out_dir={out}", "--init_from=resume", "--export_only=True", "--device=cpu"])
+    assert r.returncode == 0 and exported() == ([IM_END, EOT], CHAT_TEMPLATES["qwen3"]), r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_sft_loss_is_the_mean_over_the_steps_answer_tokens_however_it_is_split(tmp_path, train_module):
+    """Rows with different numbers of answer tokens: one micro-batch of 4 rows, or 4 of 1, train the same run (the
+    step's loss is the mean over all its answer tokens; a mean of micro-batch means was not, HF's 2024 bug)."""
+    base = str(tmp_path / "base")
+    save_pretrained(chat_model(), base, dtype=torch.float32, eos_token_id=EOT)
+    rows = [{"messages": [{"role": r, "content": c * (1 + 3 * (i % 4))} for r, c in conv]} for i in range(8) for conv in CONVS]
+    d = prepared(tmp_path, rows, seq_len=96)
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "head_dim", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "data_dir")
+    runs = []
+    for micro in (4, 1):
+        args = small_train_args("", str(tmp_path / f"o{micro}"), sft_data=d, init_from=base, max_steps=3, seq_len=96,
+                                micro_batch=micro, global_batch=4, warmup_steps=1, decay_steps=0)
+        configure_train(train_module, [a for a in args if a.split("=")[0][2:] not in shape])
+        runs.append([rec["loss"] for rec in train_module.main()])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5) and runs[0][0] != runs[0][1], runs
 
 
 @pytest.mark.slow
