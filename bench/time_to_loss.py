@@ -106,13 +106,15 @@ def bpb(loss, info):
 
 
 def curve(name, lr, steps, step_dts, vals, info, extra):
-    """One result: step times -> a steady-state clock (the first steps' excess over the median is compile time)."""
-    med = statistics.median(step_dts[len(step_dts) // 4:]) if step_dts else float("nan")
+    """One result: step times -> a steady-state clock (the first steps' excess over the median is compile time; a
+    step time of None, one that holds a checkpoint save, counts as the median)."""
+    known = [dt for dt in step_dts if dt is not None]
+    med = statistics.median(known[len(known) // 4:]) if known else float("nan")
     warm = min(5, len(step_dts))
-    compile_s = sum(step_dts[:warm]) - warm * med
+    compile_s = sum(med if dt is None else dt for dt in step_dts[:warm]) - warm * med
     clock = [0.0]
     for i, dt in enumerate(step_dts):
-        clock.append(clock[-1] + (med if i < warm else dt))
+        clock.append(clock[-1] + (med if i < warm or dt is None else dt))
     points = [{"step": s, "tokens": s * BATCH * SEQ, "train_s": round(clock[min(s, len(clock) - 1)], 2),
                "val_loss": round(v, 5), "val_bpb": round(bpb(v, info), 5)} for s, v in sorted(vals.items())]
     return {"system": name, "lr": lr, "steps": steps, "step_s": round(med, 5),
@@ -142,13 +144,23 @@ def run_titan(work, lr, steps, evals, doc_mask=False, ckpt_every=0):
     t0 = time.time()
     r = subprocess.run(args, env={**os.environ, "BS": str(BATCH), "LOG": log}, capture_output=True, text=True)
     text = open(log, errors="replace").read() if os.path.exists(log) else r.stdout + r.stderr
-    dts = [BATCH * SEQ / float(t.replace(",", "")) for t in re.findall(r"\bstep:\s*\d+\s+loss:.*?tps:\s*([\d,]+)", text)]
-    vals = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([\d.]+)", text)}
+    dts, vals = titan_log(text, ckpt_every)
     if r.returncode or not dts:
         print(text[-3000:], file=sys.stderr)
     return curve("torchtitan_doc_mask" if doc_mask else "torchtitan", lr, steps, dts, vals, info,
                  {"rc": r.returncode, "wall_s": round(time.time() - t0, 1), "optimizer": "AdamW",
                   **({"ckpt_dir": ckpt_dir} if ckpt_every else {})})
+
+
+def titan_log(text, ckpt_every=0):
+    """torchtitan's log -> (each training step's seconds, {step: val loss}). Its `validate step: N` lines are not
+    training steps. A checkpoint save lands in the next training step's time unless a validation comes between (only
+    validation resets its timer): that step's time is None, counted at the median, as train.py's saves are off ours."""
+    steps = {int(s): BATCH * SEQ / float(t.replace(",", ""))
+             for s, t in re.findall(r"(?<!validate )\bstep:\s*(\d+)\s+loss:.*?tps:\s*([\d,]+)", text)}
+    vals = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([\d.]+)", text)}
+    saved = {s + 1 for s in steps if ckpt_every and s % ckpt_every == 0 and s not in vals}
+    return [None if s in saved else steps[s] for s in sorted(steps)], vals
 
 
 def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=(), ckpt_every=0):
@@ -163,7 +175,7 @@ def run_ours(work, muon_lr, steps, evals, doc_mask, out_dir=None, extra_args=(),
             f"--micro_batch={BATCH}", f"--seq_len={SEQ}", f"--max_steps={steps}", f"--warmup_steps={max(1, round(WARMUP_FRAC * steps))}",
             f"--decay_steps={round(DECAY_FRAC * steps)}", f"--muon_lr={muon_lr}", f"--doc_mask={doc_mask}",
             f"--eval_interval={max(1, steps // evals)}", f"--val_tokens={info['val_windows'] * SEQ}",
-            f"--ckpt_interval={ckpt_every}", f"--keep_ckpts={max(1, steps // max(1, ckpt_every))}",
+            f"--ckpt_interval={ckpt_every}", f"--keep_ckpts={max(1, -(-steps // max(1, ckpt_every)))}",
             f"--export_at_end={keep}", "--log_interval=1", *extra_args]
     t0 = time.time()
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)

@@ -18,6 +18,26 @@ def test_compile_time_is_kept_off_the_clock():
     assert abs(r["final_val_bpb"] - 4.0 / 0.6931471805599453 * 0.5) < 1e-4
 
 
+def test_torchtitans_clock_has_no_validation_lines_and_no_checkpoint_saves():
+    """torchtitan 0.2.2's log: every step 1 s (the first 20: compiling), a validation at steps 1, 4, 8, 12 (its own
+    line, its own tps), a 5 s checkpoint save after steps 6 and 12. Only validation resets its timer, so the save
+    after step 6 shows in step 7's tps, and the one after step 12 in the validation line. The clock: 12 s."""
+    tps = lambda s: f"{round(ttl.BATCH * ttl.SEQ / s):,}"
+    lines = []
+    for step in range(1, 13):
+        dt = 20.0 if step == 1 else 6.0 if step == 7 else 1.0
+        lines.append(f"[titan] - root - INFO - step: {step:2}  loss: {9 - step / 4:8.5f}  grad_norm:  1.0000  "
+                     f"memory: 10.00GiB(12.00%)  tps: {tps(dt)}  tflops: 100.00  mfu: 10.00%")
+        if step in (1, 4, 8, 12):
+            lines.append(f"[titan] - root - INFO - validate step: {step:2}  loss: {9 - step / 4:7.4f}  "
+                         f"memory: 10.00GiB(12.00%)  tps: {tps(3.0 + 5.0 * (step == 12))}")
+    dts, vals = ttl.titan_log("\n".join(lines), ckpt_every=6)
+    assert len(dts) == 12 and dts[6] is None and sorted(vals) == [1, 4, 8, 12]
+    r = ttl.curve("torchtitan", 1e-3, 12, dts, vals, INFO, {"rc": 0})
+    assert r["step_s"] == 1.0 and r["train_s"] == 12.0 and r["compile_s"] == 19.0
+    assert [p["train_s"] for p in r["curve"]] == [1.0, 4.0, 8.0, 12.0]
+
+
 def test_time_to_interpolates_between_evaluations_and_speedup():
     pts = [{"train_s": 0.0, "val_loss": 10.0}, {"train_s": 100.0, "val_loss": 6.0}, {"train_s": 200.0, "val_loss": 4.0}]
     assert ttl.time_to(pts, 5.0) == 150.0 and ttl.time_to(pts, 3.0) is None and ttl.time_to(pts, 10.5) == 0.0
@@ -62,6 +82,8 @@ def test_the_runners_ask_for_document_masking_and_kept_checkpoints(tmp_path, mon
     assert "--model.flavor" not in calls[-1] and "--checkpoint.enable" not in calls[-1]
     ttl.run_ours(str(work), 0.02, 100, 5, True, ckpt_every=25)
     assert "--ckpt_interval=25" in calls[-1] and "--keep_ckpts=4" in calls[-1] and "--doc_mask=True" in calls[-1]
+    ttl.run_ours(str(work), 0.02, 110, 5, True, ckpt_every=25)   # 25, 50, 75, 100 and the last step's: all kept
+    assert "--keep_ckpts=5" in calls[-1]
     # the flavors titan_flavor.py registers, on a stand-in for torchtitan's qwen3 module (torchtitan is not installed)
     import dataclasses, types, importlib.util
     Args = dataclasses.make_dataclass("Args", [("dim", int), ("rope_theta", float), ("attn_type", str),
