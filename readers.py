@@ -228,7 +228,7 @@ def _jsonl_rows(stream, raw, skips):
                 yield json.loads(line.decode("utf-8")), raw.tell()
             except UnicodeDecodeError:
                 skips["invalid_utf8"] += 1
-            except json.JSONDecodeError:
+            except ValueError:   # bad JSON, or a number past Python's 4,300-digit limit: this row only
                 skips["bad_json"] += 1
             except RecursionError:   # e.g. 100k '[': the parser's stack, not the run, gives up on this row
                 skips["too_deeply_nested"] += 1

@@ -51,7 +51,7 @@ def _tool_calls(calls):
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except ValueError:   # (a number past 4,300 digits too)
                 raise BadRow("bad_tool_arguments") from None
         if not isinstance(args, dict):
             raise BadRow("bad_tool_arguments")
@@ -95,7 +95,7 @@ def to_chat(row, template="qwen3"):
             if isinstance(tools, str):  # some datasets store the schemas as a JSON string
                 try:
                     tools = json.loads(tools)
-                except json.JSONDecodeError:
+                except ValueError:   # (a number past 4,300 digits too)
                     raise BadRow("bad_tools") from None
             if tools is not None and (not isinstance(tools, list) or not all(isinstance(x, dict) for x in tools)):
                 raise BadRow("bad_tools")
@@ -156,7 +156,7 @@ def prepare_file(path, out_dir, max_len, overlong, val_fraction, chat_template="
             except UnicodeEncodeError:   # a lone surrogate escape ("\ud800") in a string: not text
                 bad("invalid_unicode")
                 continue
-            except json.JSONDecodeError:
+            except ValueError:   # bad JSON, or a number past Python's 4,300-digit limit
                 bad("bad_json")
                 continue
             except BadRow as e:

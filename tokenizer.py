@@ -12,7 +12,7 @@ The Qwen tokenizer on tiktoken, and everything that turns token ids back into te
   and CHAT_TEMPLATES["qwen3"] (assets/chat_template.jinja) is the same template in Jinja for the HF export
   (tests prove text and ids equal in transformers). "chatml" is plain ChatML, for those who want it.
 """
-import base64, hashlib, json, os, re, unicodedata
+import base64, codecs, hashlib, json, os, re, unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -305,23 +305,16 @@ def save_tokenizer(out_dir, chat_template="qwen3"):
 
 class StreamDecoder:
     """Incremental detokenizer for streaming: a token may end in the middle of a multi-byte UTF-8 character
-    (common for Chinese and emoji); hold those bytes back until the character is complete."""
+    (common for Chinese and emoji); those bytes are held back until the character is complete. Python's incremental
+    UTF-8 decoder does exactly that, and replaces invalid bytes as decoding the whole text at once does."""
 
     def __init__(self, enc):
-        self.enc, self.pending = enc, b""
+        self.enc, self.utf8 = enc, codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id):
-        self.pending += self.enc.decode_single_token_bytes(token_id)
-        for cut in range(len(self.pending), max(len(self.pending) - 4, -1), -1):  # hold back <= 3 bytes
-            try:
-                text = self.pending[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self.pending = self.pending[cut:]
-            return text
-        text, self.pending = self.pending.decode("utf-8", errors="replace"), b""  # truly invalid bytes
-        return text
+        return self.utf8.decode(self.enc.decode_single_token_bytes(token_id))
 
     def flush(self):
-        out, self.pending = self.pending.decode("utf-8", errors="replace"), b""
+        out = self.utf8.decode(b"", final=True)
+        self.utf8.reset()
         return out

@@ -85,6 +85,23 @@ def test_prepare_mixing_weights(tmp_path):
     assert abs(per[0] / per[1] - 3.0) < 0.05, per
 
 
+def test_prepare_cuts_a_shard_after_a_whole_document_and_refuses_an_empty_weighted_source(tmp_path):
+    """--max_tokens (or a weight) cuts shards: the kept part of a shard of many documents ends with <|endoftext|>,
+    so no document runs into the next shard's (doc_mask would take the two for one). A weighted source with no train
+    tokens (all in val here) cut every source to nothing; it is an error that names it."""
+    d = tmp_path / "in"
+    os.makedirs(d)
+    with open(d / "docs.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": f"document number {i}. " + "alpha " * (i % 7)}) + "\n" for i in range(60))
+    meta = prepare.prepare([str(d / "docs.jsonl")], str(tmp_path / "out"), val_fraction=0.0, max_tokens=123, quiet=True)
+    kept = meta["shards"][0]["use_tokens"]["train"]
+    tokens = data.open_shard(str(tmp_path / "out" / "train" / (meta["shards"][0]["name"] + ".bin")))
+    assert 0 < kept <= 123 and tokens[kept - 1] == EOT and kept > 123 - 20
+    (d / "one.jsonl").write_text(json.dumps({"text": "in val 3"}) + "\n")   # its hash puts it in a 5% val split
+    with pytest.raises(SystemExit, match=r"no train tokens \([^,]*one.jsonl\)"):
+        prepare.prepare([f"{d}/docs.jsonl@1", f"{d}/one.jsonl@1"], str(tmp_path / "out2"), val_fraction=0.05, quiet=True)
+
+
 def test_loader_visits_every_window_once_per_epoch_in_a_new_order(tmp_path):
     w = data.TokenWindows(synthetic_dataset(str(tmp_path / "ds")), "train", 64, seed=5)
     ids = [w.window_index(g) for g in range(w.n_windows)]

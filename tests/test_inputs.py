@@ -88,6 +88,19 @@ def test_a_byte_order_mark_is_not_a_bad_row(tmp_path):
     assert side["conversations"]["train"] == 3 and not side["skipped"]
 
 
+def test_a_number_past_pythons_digit_limit_is_one_bad_row_and_a_bracketed_name_is_a_file(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) on an integer of over 4,300 digits: the whole file
+    was dropped as unreadable (prepare.py) or the run stopped with a traceback (sft.py). And a file named
+    part[1].jsonl was read as a glob pattern that matched nothing."""
+    big = '{"text": "x", "n": ' + "9" * 5000 + "}\n"
+    (tmp_path / "part[1].jsonl").write_text(rows(3) + big)
+    meta = prepare.prepare([str(tmp_path / "part[1].jsonl")], str(tmp_path / "o"), val_fraction=0.0, quiet=True)
+    assert meta["skipped_rows"] == {"bad_json": 1} and meta["docs"] == 3 and not meta["errors"]
+    (tmp_path / "chat.jsonl").write_text(chats(2) + big.replace('"text": "x"', '"messages": []'))
+    side = sft.prepare_file(str(tmp_path / "chat.jsonl"), str(tmp_path / "o2"), 512, "drop", 0.0)
+    assert side["skipped"] == {"bad_json": 1} and side["conversations"]["train"] == 2
+
+
 # ---------------------------------------------------------------------------------------- 11: sft inputs
 def test_sft_counts_a_lone_surrogate_as_a_bad_row_and_refuses_a_missing_input(tmp_path, monkeypatch, capsys):
     (tmp_path / "a.jsonl").write_text(chats(2) + json.dumps({"messages": [

@@ -68,6 +68,19 @@ def test_stream_decoder_holds_back_partial_utf8():
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
 
 
+def test_stream_decoder_says_what_decoding_the_whole_text_says_on_invalid_bytes_too():
+    """An untrained model's tokens: single bytes that are no UTF-8, beside the start of a character still arriving.
+    Streamed, the start of the character was replaced too (the text then differed from the answer's whole text)."""
+    import random
+    enc, rng = get_tokenizer(), random.Random(0)
+    byte_ids = [i for i in range(N_ORDINARY) if len(enc.decode_single_token_bytes(i)) == 1]
+    for _ in range(3000):
+        ids = [rng.choice(byte_ids) if rng.random() < 0.7 else rng.randrange(N_ORDINARY) for _ in range(rng.randint(1, 12))]
+        dec = StreamDecoder(enc)
+        assert "".join([dec.push(i) for i in ids] + [dec.flush()]) == enc.decode(ids), ids
+        assert dec.push(ids[0]) + dec.flush() == enc.decode(ids[:1])   # flushed, it starts afresh
+
+
 @pytest.mark.parametrize("vocab_size", [320, 151643, 151936])
 def test_token_byte_lengths_for_any_vocab_size(vocab_size):
     """Every ordinary id the model has gets its UTF-8 length, specials and padding ids 0 -- also for a vocab
