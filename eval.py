@@ -187,7 +187,8 @@ def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_
     [positions, vocab] logits (chunk_rows at a time) instead of [B, T, vocab] -- the full vocabulary is still
     needed there, for the log-softmax normaliser. Returns a list (per sequence) of lists (per query)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = [None] * len(seqs)
+    out, weight = [None] * len(seqs), model.lm_head_weight.float()   # fp32 logits: bf16's steps of 1/16 at a logit
+    # of ~10 tied close options, and a tie goes to A
     i = 0
     while i < len(order):
         j = i + 1   # sorted ascending: the newest member is the longest, so rows x length is the padded size
@@ -205,9 +206,7 @@ def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_
         b_idx, p_idx = (torch.tensor(v, device=h.device) for v in zip(*where))
         hs, picked = h[b_idx, p_idx], torch.empty(len(rows), device=h.device)
         for c in range(0, len(where), chunk_rows):
-            with autocast:
-                logits = F.linear(hs[c:c + chunk_rows], model.lm_head_weight)
-            logp = F.log_softmax(logits.float(), dim=-1)
+            logp = F.log_softmax(F.linear(hs[c:c + chunk_rows].float(), weight), dim=-1)
             sel = (rows >= c) & (rows < c + chunk_rows)
             picked[sel] = logp[rows[sel] - c, toks[sel]]
         picked, n = picked.tolist(), 0
@@ -250,8 +249,8 @@ def score_continuations(model, items, device, autocast=nullcontext(), reduce="su
 def extract_choice(text):
     """The answer letter in generated text: '答案：B', '答案是：B', '选B', '(B)', 'B.', ' B' ...; None if absent.
     An explicit '答案…X' anywhere wins over a leading letter ('B\\n\\n…答案：C' -> C)."""
-    for pattern in (r"答案\s*(?:是|为|应该是|应选|应为)?\s*[:：]?\s*(?:是|为|选)?\s*[\(（【\[]?\s*([ABCD])",
-                    r"选\s*[项择]?\s*[\(（]?\s*([ABCD])",
+    for pattern in (r"答案\s*(?:是|为|应该是|应选|应为)?\s*[:：]?\s*(?:是|为|选)?\s*[\(（【\[]?\s*([ABCD])(?![A-Za-z])",
+                    r"选\s*[项择]?\s*[\(（]?\s*([ABCD])(?![A-Za-z])",
                     r"^\s*[\(（]?\s*([ABCD])(?![A-Za-z])", r"(?<![A-Za-z])([ABCD])(?![A-Za-z])"):
         m = re.search(pattern, text)
         if m:

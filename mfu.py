@@ -57,7 +57,8 @@ def flops_per_token_matmul(cfg, seq_len):
     """6 FLOPs per matmul weight per token (tied embedding once, as the lm_head) + attention 12*L*heads*head_dim*s."""
     h, L, d = cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim
     norm_gains = L * (2 * h + 2 * d) + h
-    matmul_params = count_params(cfg) - norm_gains   # tied: the embedding counted once, as the lm_head
+    # tied: the embedding counted once, as the lm_head; untied: the input embedding is a lookup, no FLOPs
+    matmul_params = count_params(cfg) - norm_gains - (0 if cfg.tie_word_embeddings else cfg.vocab_size * h)
     return 6 * matmul_params + 12 * L * cfg.num_attention_heads * d * seq_len
 
 

@@ -20,7 +20,7 @@ get larger steps so the per-element RMS of the update is shape-independent); "ma
 0.2 * sqrt(max(rows, cols)) (Moonlight), making the update RMS match AdamW's so AdamW's lr and weight decay carry
 over. Weight decay is decoupled: p <- p * (1 - lr * wd), with the unscaled lr (as torch.optim.Muon).
 
-Speed: same-shape matrices (q/o, k/v, gate/up, down of all layers) are stacked and orthogonalised with
+Speed: same-shape matrices (q, o, k/v, gate/up, down of all layers) are stacked and orthogonalised with
 batched matmuls -- a handful of launches per step instead of thousands. Around the matmuls the step is memory
 traffic over fp32 state, so it makes no fp32 temporaries: the update goes straight into the bf16 stack, the bf16
 result is added into the fp32 weights, and AdamW runs as torch's fused kernel (bench/optimizer_step.py times it).
@@ -174,11 +174,14 @@ class MuonAdamW(torch.optim.Optimizer):
                 st["exp_avg"] = torch.zeros_like(p)
                 st["exp_avg_sq"] = torch.zeros_like(p)
             st["step"] += 1
-        # the kernel reads the step count from a tensor on the parameters' device (a fill there: no host-device copy)
-        step = torch.full((), float(self.state[params[0]]["step"]), device=params[0].device)
+        # the kernel reads each parameter's step count from a tensor on its device (a fill there: no host-device
+        # copy), one per distinct count: a parameter that went without a gradient for a while has its own
+        counts = [self.state[p]["step"] for p in params]
+        steps = {n: torch.full((), float(n), device=params[0].device) for n in set(counts)}
+        step = [steps[n] for n in counts]
         b1, b2 = g["betas"]
         torch._fused_adamw_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-                            [self.state[p]["exp_avg_sq"] for p in params], [], [step] * len(params), lr=g["lr"],
+                            [self.state[p]["exp_avg_sq"] for p in params], [], step, lr=g["lr"],
                             beta1=b1, beta2=b2, weight_decay=g["weight_decay"], eps=g["eps"], amsgrad=False,
                             maximize=False)
 

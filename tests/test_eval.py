@@ -156,9 +156,24 @@ def test_text_mean_divides_each_option_log_prob_by_its_token_count(trained):
 
 
 @pytest.mark.parametrize("text,letter", [("答案：B", "B"), ("B.", "B"), ("(B)", "B"), ("选B", "B"), ("答案是 C。", "C"),
-                                         ("（D）正确", "D"), ("我认为选项A是对的", "A"), ("Because", None), ("", None)])
+                                         ("（D）正确", "D"), ("我认为选项A是对的", "A"), ("Because", None), ("", None),
+                                         ("答案：Because the", None), ("答案是Apple", None), ("选Apple", None)])
 def test_extract_choice_reads_common_answer_forms(text, letter):
     assert ev.extract_choice(text) == letter
+
+
+def test_letter_scores_are_fp32_from_bf16_weights():
+    """A bf16 model: the log-probs of the scored positions are computed in fp32 from its hidden states (bf16 logits
+    step by 1/16 at a logit of ~10: close options tied, and a tie went to A)."""
+    torch.manual_seed(3)
+    model = Qwen3(small_config(vocab_size=400, hidden_size=32, intermediate_size=64, head_dim=16)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(40)   # logits of tens, where bf16's steps are coarse
+        seq = torch.randint(0, 400, (12,)).tolist()
+        h = model.hidden_states(torch.tensor([seq]))[0]
+        want = torch.log_softmax(h.float() @ model.lm_head_weight.float().T, -1)
+    got = ev.score_positions(model, [seq], [[(p, 7) for p in range(12)]], "cpu")[0]
+    assert np.allclose(got, want[:, 7].tolist(), atol=1e-4), (got, want[:, 7].tolist())
 
 
 @pytest.mark.parametrize("text", ["B\n\n…答案：C", "B\n\n正确答案是：C", "B。答案为: (C)", "A\n故答案应为【C】"])

@@ -93,6 +93,19 @@ def test_adamw_part_equals_torch_adamw():
     run_steps([(opt, ours), (opt_ref, ref)], 6)
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    # a parameter without a gradient for two steps takes its own bias correction (the group's first one's was used)
+    ours, ref = muon_params(1), muon_params(1)
+    opt = MuonAdamW([dict(params=ours, use_muon=False, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)])
+    opt_ref = torch.optim.AdamW(ref, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01, foreach=False)
+    torch.manual_seed(5)
+    for step in range(4):
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            a.grad = None if i == 0 and step < 2 else torch.randn_like(a)
+            b.grad = None if a.grad is None else a.grad.clone()
+        opt.step(), opt_ref.step()
+    assert opt.state[ours[0]]["step"] == 2 and opt.state[ours[1]]["step"] == 4
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
