@@ -71,9 +71,9 @@ def stream_chat(port_, model, i, n, **extra):
         for choice in chunk.get("choices") or []:
             d = choice.get("delta") or {}
             piece = (d.get("reasoning_content") or "") + (d.get("content") or "")
-            if piece:
-                last = time.perf_counter() - t0
-                first = first if first is not None else last
+            if piece.strip() or (piece and first is not None):   # the first token: the first text that is not only
+                last = time.perf_counter() - t0                   # whitespace (transformers serve sends the prompt's
+                first = first if first is not None else last      # empty think block's "\n\n" before any token)
                 text += piece
     conn.close()
     from tokenizer import get_tokenizer

@@ -425,6 +425,36 @@ def test_bench_serve_smoke_run_on_cpu():
     assert lines[-1]["what"] == "done" and os.path.isfile(lines[-1]["plot"])
 
 
+def test_bench_serve_times_the_first_token_not_the_templates_whitespace():
+    """transformers serve streams the prompt's empty think block's "\\n\\n" as reasoning_content before any token:
+    taken as the first token, its time to first token was a few ms, less than one of its decode steps."""
+    import http.server, importlib.util
+    spec = importlib.util.spec_from_file_location("bench_serve", os.path.join(ROOT, "bench", "serve.py"))
+    bench_serve = importlib.util.module_from_spec(spec)   # (not `serve`: that name is the root's serve.py here)
+    spec.loader.exec_module(bench_serve)
+
+    class Peer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200), self.send_header("Content-Type", "text/event-stream"), self.end_headers()
+            for delta, wait in (({"role": "assistant"}, 0), ({"reasoning_content": "\n\n"}, 0.3), ({"content": "春"}, 0.05),
+                                ({"content": "風"}, 0)):
+                time.sleep(wait)
+                self.wfile.write(f"data: {json.dumps({'choices': [{'delta': delta}]})}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *a):
+            pass
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Peer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        first, last, n = bench_serve.stream_chat(httpd.server_address[1], "m", 0, 8)
+    finally:
+        httpd.shutdown()
+    assert 0.3 <= first < last and n == 2, (first, last, n)
+
+
 @cuda
 def test_serve_on_cuda_bf16(tmp_path, tokenizer_files):
     """serve.py on the GPU (bf16, the Triton step in CUDA graphs captured at start, step k+1 launched before step k's
