@@ -29,7 +29,7 @@ Held out: a title is held out by a hash of its text, so every poem with that tit
 neither the pretraining nor the SFT data; ci tunes cannot be held out (the tune is the form), so ci prompts test
 form on tunes seen in training, and novelty.
 """
-import argparse, collections, glob, hashlib, json, lzma, os, random, re, sys
+import argparse, collections, functools, glob, hashlib, json, lzma, os, random, re, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -83,21 +83,45 @@ def check_form(poem, form, ci=None):
     return length_pattern(poem) == (k,) * n
 
 
+def line_units(line, min_chars=7):
+    """A text line with punctuation removed, and each couplet in it (sentences 1+2, 3+4, ...), of >= min_chars
+    characters: the corpus writes a couplet a line or two (yudingquantangshi), and a poem copied couplet by couplet
+    must not pass as new because its lines hold two couplets, or one."""
+    s = [x for x in PUNCT.split(NOISE.sub("", line)) if x]
+    return [u for u in dict.fromkeys(["".join(s)] + [s[i] + s[i + 1] for i in range(0, len(s) - 1, 2)]) if len(u) >= min_chars]
+
+
 def corpus_lines(rows, min_chars=7):
-    """Every body line of the corpus with punctuation removed, of >= min_chars characters (the novelty check)."""
-    out = set()
-    for r in rows:
-        for line in parse(r["text"])[2]:
-            s = PUNCT.sub("", NOISE.sub("", line))
-            if len(s) >= min_chars:
-                out.add(s)
-    return out
+    """Every body line of the corpus, and each couplet in it, punctuation removed (the novelty check: line_units)."""
+    return {u for r in rows for line in parse(r["text"])[2] for u in line_units(line, min_chars)}
 
 
 def copied_lines(poem, seen, min_chars=7):
-    """The lines of `poem` (punctuation removed, >= min_chars) found verbatim in the corpus."""
-    lines = (PUNCT.sub("", l) for l in poem.split("\n"))
-    return [l for l in lines if len(l) >= min_chars and l in seen]
+    """The lines and couplets of `poem` (line_units) found verbatim in the corpus."""
+    return list(dict.fromkeys(u for l in poem.split("\n") for u in line_units(l, min_chars) if u in seen))
+
+
+@functools.lru_cache(maxsize=1)
+def _one_form():
+    """{character: one form for all its variants}: the smallest of each group OpenCC's tables join (臥 卧, 遊 游,
+    爲 為 为, 館 馆 舘)."""
+    from poetry_rules import variants   # (needs opencc: requirements-rl.txt)
+    table, out = variants(), {}
+    for c in (c for c in table if c not in out):
+        group, todo = {c}, [c]
+        while todo:
+            for v in table.get(todo.pop(), ()):
+                if v not in group:
+                    group.add(v), todo.append(v)
+        out.update(dict.fromkeys(group, min(group)))
+    return out
+
+
+def text_key(text):
+    """A title or a poem as held-out ones are matched: its letters and digits (Han characters in one form each:
+    _one_form), separators, spaces and punctuation dropped ("A B" is "A：B")."""
+    one = _one_form()
+    return "".join(one.get(c, c) for c in text if c.isalnum())
 
 
 def is_heldout(title, fraction):
@@ -160,6 +184,9 @@ def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, 
     regular verse, and RL starts nearer it (pretraining still keeps every poem)."""
     ci = ci_forms(rows)
     pretrain, sft, heldout, held_titles, ci_held = [], [], [], set(), collections.Counter()
+    # a held-out title's poems stay out of training under any spelling of the title, and under any other title
+    held = [(title, body) for title, _, body in map(parse, (r["text"] for r in rows)) if is_heldout(title, heldout_fraction)]
+    held_keys = ({text_key(t) for t, _ in held} | {text_key("".join(b)) for _, b in held}) - {""}
     for r in rows:
         title, author, body = parse(r["text"])
         body_text = "\n".join(body)
@@ -174,8 +201,8 @@ def build(rows, heldout_fraction=0.004, ci_per_tune=10, seed=0, sft_per_form=0, 
                                          {"role": "assistant", "content": body_text}]})
             continue
         form = shi_form(body_text)
-        if is_heldout(title, heldout_fraction):
-            if form and title not in held_titles and len(title) >= 2:
+        if (out := is_heldout(title, heldout_fraction)) or {text_key(title), text_key(body_text)} & held_keys:
+            if out and form and title not in held_titles and len(title) >= 2:
                 held_titles.add(title)
                 heldout.append({"prompt": shi_prompt(title, form), "form": form, "title": title})
             continue

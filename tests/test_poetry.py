@@ -11,6 +11,12 @@ GUANQUELOU = "白日依山盡，黃河入海流。\n欲窮千里目，更上一�
 CI = {"浣溪沙": [[7, 7, 7, 7, 7, 7]]}
 
 
+def own_poem(i):
+    """A 五言绝句 of its own for title i: one whose text no held-out poem shares (the builder holds those out too)."""
+    first = [c for c in map(chr, range(0x4E00, 0x5400)) if poetry._one_form().get(c, c) == c]
+    return first[i] + JUEJU[1:]
+
+
 def test_form_checker_on_hand_made_poems():
     assert poetry.check_form(JUEJU, "五言绝句")
     assert poetry.check_form("床前明月光 疑是地上霜\n舉頭望明月 低頭思故鄉", "五言绝句")  # punctuation aside
@@ -29,11 +35,15 @@ def test_novelty_flags_a_copied_line_only():
     assert poetry.copied_lines("舉頭望明月，低頭思故鄉。\n春風吹綠岸，新月照寒江。", seen) == ["舉頭望明月低頭思故鄉"]
     assert poetry.copied_lines("春風吹綠岸，新月照寒江。\n野渡無人問，孤舟自橫斜。", seen) == []
     assert poetry.copied_lines("舉頭望明", seen) == []  # shorter than 7 characters: never counted
+    # a couplet copied whatever the layout: two couplets a line in the poem, or in the corpus (yudingquantangshi)
+    assert poetry.copied_lines("春風吹綠岸，新月照寒江。舉頭望明月，低頭思故鄉。", seen) == ["舉頭望明月低頭思故鄉"]
+    seen = poetry.corpus_lines([{"text": "靜夜思\n李白\n" + JUEJU.replace("\n", "")}])
+    assert poetry.copied_lines("舉頭望明月，低頭思故鄉。\n春風吹綠岸，新月照寒江。", seen) == ["舉頭望明月低頭思故鄉"]
 
 
 def test_builder_holds_out_every_poem_of_a_heldout_title():
     titles = [f"題{i}" for i in range(400)]
-    rows = [{"text": f"{t}\n某人\n{JUEJU}", "collection": "quantangshi"} for t in titles for _ in range(2)]
+    rows = [{"text": f"{t}\n某人\n{own_poem(i)}", "collection": "quantangshi"} for i, t in enumerate(titles) for _ in range(2)]
     rows += [{"text": f"浣溪沙\n某人{i}\n一曲新詞酒一杯，去年天氣舊亭臺。夕陽西下幾時回。\n無可奈何花落去，似曾相識燕歸來。小園香徑獨徘徊。",
               "collection": "songci"} for i in range(150)]
     pretrain, sft, heldout, ci = poetry.build(rows, heldout_fraction=0.1)
@@ -44,6 +54,14 @@ def test_builder_holds_out_every_poem_of_a_heldout_title():
     assert len(pretrain) == 2 * (400 - len(held)) + 150 - sum(h["form"].startswith("ci:") for h in heldout)
     assert ci == {"浣溪沙": [[7, 7, 7, 7, 7, 7]]} and all(h["form"] == "五言绝句" for h in heldout if h["title"] in held)
     json.dumps(sft, ensure_ascii=False)  # rows are plain JSON (sft.py reads them)
+    # a held-out title's poems stay out of training under another spelling of it (遊 游, a separator), and its poem
+    # under another title altogether; the held-out prompts stay the same
+    n = next(t for t in titles if t in held)[1:]
+    extra = [{"text": f"{t}\n某人\n{own_poem(500 + k)}", "collection": "quantangshi"} for k, t in enumerate((f"題：{n}", f"題 {n}"))]
+    extra.append({"text": f"郊廟歌辭 其{n}\n某人\n{own_poem(titles.index('題' + n))}", "collection": "quantangshi"})
+    pretrain2, _, heldout2, _ = poetry.build(rows + extra, heldout_fraction=0.1)
+    assert not any(x["text"] in pretrain2 for x in extra) and len(pretrain2) == len(pretrain) and heldout2 == heldout
+    assert poetry.text_key("遊：園 一") == poetry.text_key("游園一") != poetry.text_key("游園二")
 
 
 def test_sft_per_form_caps_each_shi_form_and_keeps_every_ci_and_every_pretraining_poem():
@@ -110,7 +128,7 @@ def test_build_says_what_it_reads_and_writes_rl_prompts(tmp_path, monkeypatch, c
 
 def test_multi_turn_chats_keep_every_pair_once_and_still_hold_out_the_titles():
     titles = [f"題{i}" for i in range(300)]
-    rows = [{"text": f"{t}\n某人\n{JUEJU}", "collection": "quantangshi"} for t in titles]
+    rows = [{"text": f"{t}\n某人\n{own_poem(i)}", "collection": "quantangshi"} for i, t in enumerate(titles)]
     single = poetry.build(rows, heldout_fraction=0.1)[1]
     _, sft, heldout, _ = poetry.build(rows, heldout_fraction=0.1, multi_turn=0.5)
     turns = [len(r["messages"]) // 2 for r in sft]
