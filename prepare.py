@@ -26,8 +26,7 @@ ZH_CHAR, EN_CHAR = re.compile(r"[\u4e00-\u9fff]"), re.compile(r"[A-Za-z]")  # fo
 
 
 def _is_val(text, val_fraction):
-    """Per-document split keyed on the document's text: the same document lands in the same split wherever the
-    files live or however they are named (and exact duplicates never straddle train and val)."""
+    """The split, keyed on the document's text: the same wherever its file lives; duplicates never straddle it."""
     h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(h, "little") < val_fraction * 2**64
 
@@ -50,8 +49,7 @@ _progress = None  # per-worker shared counters [input bytes done, tokens], set b
 
 
 def _init_worker(counters):
-    global _progress
-    _progress = counters
+    globals()["_progress"] = counters
 
 
 def prepare_file(path, out_dir, settings):
@@ -276,13 +274,11 @@ def tokenize(files, out_dir, settings, workers=None, quiet=False):
 
 
 def mix(shards, max_tokens=None, out_dir=None):
-    """Set each shard's `use_tokens`. With weights, each source keeps train tokens in proportion to its weight --
-    the scarcest source (per unit of weight) is used whole, the others are cut, nothing is repeated. --max_tokens
-    scales down further. A cut falls after the shard's last whole document in it (out_dir): none runs into the next."""
-    source_tokens, source_weight = Counter(), {}
-    for s in shards:
-        source_tokens[s["source"]] += s["tokens"]["train"]
-        source_weight[s["source"]] = s["weight"]
+    """Set each shard's `use_tokens`. With weights, each source keeps train tokens in proportion to its weight: the
+    scarcest source (per unit of weight) whole, the others cut, nothing repeated; --max_tokens scales down further. A
+    cut falls after the last whole document it keeps (read in out_dir): none runs into the next shard's."""
+    source_weight = {s["source"]: s["weight"] for s in shards}
+    source_tokens = Counter({k: sum(s["tokens"]["train"] for s in shards if s["source"] == k) for k in source_weight})
     if any(w is not None for w in source_weight.values()):
         if empty := sorted(s["input"] for s in shards if not source_tokens[s["source"]]):   # it would cut all to 0
             raise SystemExit(f"error: a weighted --input has no train tokens ({', '.join(empty)[:300]}): drop it or give it data")
@@ -291,12 +287,16 @@ def mix(shards, max_tokens=None, out_dir=None):
         source_weight, tokens_per_weight = {k: float(v) for k, v in source_tokens.items()}, 1.0   # every token counts
     budget = sum(min(source_tokens[k], tokens_per_weight * source_weight[k]) for k in source_tokens)
     scale = min(1.0, max_tokens / budget) if max_tokens and budget else 1.0
+    seen, kept = Counter(), Counter()   # per source: train tokens so far; of them kept (a cut's shortfall carries on)
     for s in shards:
-        k, n = s["source"], s["tokens"]["train"]
-        n = int(n * min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale) if source_tokens[k] else 0
-        if out_dir and 0 < n < s["tokens"]["train"]:
+        k, total = s["source"], s["tokens"]["train"]
+        seen[k] += total
+        keep = min(1.0, tokens_per_weight * source_weight[k] / source_tokens[k]) * scale if source_tokens[k] else 0
+        n = min(total, max(0, int(seen[k] * keep) - kept[k]))
+        if out_dir and 0 < n < total:
             ends = np.flatnonzero(open_shard(os.path.join(out_dir, "train", s["name"] + ".bin"))[:n] == EOT)
             n = int(ends[-1]) + 1 if len(ends) else n   # (a shard of one document is cut inside it)
+        kept[k] += n
         s["use_tokens"] = {"train": n, "val": s["tokens"]["val"]}
 
 
