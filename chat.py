@@ -123,16 +123,15 @@ class Conversation:
         ids = self.prompt(self.messages + [user])
         if len(ids) + max_new_tokens > self.ctx:   # trim: keep the newest exchanges that fit
             keep = self.messages[:1] if system else []
+            if len(self.prompt(keep + [user])) + max_new_tokens > self.ctx:   # not even alone: the history stays
+                print("[message too long for the context; not sent]", file=sys.stderr)
+                return
             rest = self.messages[len(keep):]
             while rest and len(self.prompt(keep + rest + [user])) + max_new_tokens > self.ctx:
                 rest = rest[2:]   # the oldest user message and its answer
             self.messages = keep + rest
             ids = self.prompt(self.messages + [user])
             print(f"[history trimmed to {len(rest) // 2} earlier exchange(s) to fit {self.ctx} tokens]", file=sys.stderr)
-            if len(ids) + max_new_tokens > self.ctx:
-                print("[message too long for the context; not sent]", file=sys.stderr)
-                self.reset()
-                return
         same = 0   # the cache's ids that the conversation still starts with (at least one id is fed)
         while same < min(len(self.cached), len(ids) - 1) and self.cached[same] == ids[same]:
             same += 1

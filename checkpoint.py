@@ -44,14 +44,20 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
     if hf.get("model_type") != "qwen3":
         raise ValueError(f"{path}: model_type is {hf.get('model_type')!r} (architectures "
                          f"{hf.get('architectures')}); only Qwen3 (model_type 'qwen3') can be loaded")
-    if hf.get("attention_bias") or hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise ValueError(f"{path}: attention_bias / rope scaling variants of Qwen3 are not supported here")
+    rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}   # (4.x's name; 5.x's, with rope_theta in it)
+    if hf.get("attention_bias") or hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()) \
+            or hf.get("hidden_act", "silu") != "silu" \
+            or rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{path}: attention_bias, a sliding window, an activation other than silu or rope scaling: "
+                         "variants of Qwen3 this model does not compute")
     known = {f.name for f in fields(Qwen3Config)}
     kw = {k: v for k, v in hf.items() if k in known}
     try:
         if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
             kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
-        kw.setdefault("head_dim", hf["hidden_size"] // hf["num_attention_heads"])
+        [hf[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")]
+        kw.setdefault("head_dim", 128)   # transformers' Qwen3 defaults where config.json says nothing (not the shape's)
+        kw.setdefault("tie_word_embeddings", False)
         config = Qwen3Config(**kw)
     except (KeyError, TypeError, ZeroDivisionError) as e:
         raise ValueError(f"{cfg_path} lacks or garbles a model setting ({type(e).__name__}: {e}); use another "
@@ -75,6 +81,7 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
                              f"{str(e)[:200]}); use another checkpoint or re-export it") from None
     if config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)  # official tied checkpoints store a copy of the embedding
+    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}   # RoPE's table, computed here
     with torch.device("meta"):
         model = Qwen3(config, loss=loss)
     try:

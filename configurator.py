@@ -42,8 +42,9 @@ def _parse_value(key, raw, current):
 
 def _typed(where, value, current, shown):
     """value if it has the type of the setting's current value (an int where a float is expected is converted; a
-    current None accepts anything), else one line naming `where` (the key, or the config file and key)."""
-    if current is None or value is None:
+    current None accepts anything; a None for any other setting does not), else one line naming `where` (the key,
+    or the config file and key)."""
+    if current is None:
         return value
     if isinstance(current, bool) or isinstance(value, bool):  # bool is an int subclass: check it first
         if isinstance(current, bool) and isinstance(value, bool):

@@ -41,6 +41,25 @@ def test_transformers_model_loads_in_ours_with_identical_logits(tmp_path, tied):
     keys = set(ours.state_dict())
     assert ("lm_head.weight" in keys) == (not tied)
     assert keys == set(hf.state_dict()) - ({"lm_head.weight"} if tied else set())
+    if tied:
+        return
+    # what transformers reads in a config.json as its Qwen3's defaults or as plain RoPE, ours reads alike: no
+    # tie_word_embeddings key (transformers: untied), a 4.x rope_scaling of type default, a stored RoPE table
+    import json
+    from safetensors.torch import load_file, save_file
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("tie_word_embeddings"), cfg.update(rope_scaling={"rope_type": "default"})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    sd = load_file(tmp_path / "model.safetensors")
+    save_file({**sd, "model.rotary_emb.inv_freq": torch.ones(12)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with torch.no_grad():
+        assert (from_pretrained(tmp_path).eval()(x)[0] - hf(x).logits).abs().max() <= 1e-4
+    # and what it computes otherwise is refused, not loaded as plain Qwen3
+    for change in ({"use_sliding_window": True, "sliding_window": 8}, {"hidden_act": "gelu"},
+                   {"layer_types": ["full_attention", "sliding_attention"]}, {"rope_scaling": {"rope_type": "linear"}}):
+        (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match="variants of Qwen3 this model does not compute"):
+            from_pretrained(tmp_path)
 
 
 def test_full_config_parameter_count():

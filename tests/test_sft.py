@@ -370,6 +370,10 @@ def test_chat_keeps_one_cache_across_turns_and_trims_the_history(tmp_path, token
     r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
             input="\n".join(turns * 2) + "\n", timeout=300)
     assert r.returncode == 0 and "history trimmed" in r.stderr, r.stderr[-2000:]
+    # a message too long for the context even alone is not sent, and the conversation before it stays
+    r = run(["chat.py", f"--init_from={tmp_path}", "--temperature=0", "--max_new_tokens=6", "--max_context=40"],
+            input="你好\n" + "很长的消息" * 20 + "\n谢谢\n", timeout=300)
+    assert r.returncode == 0 and "not sent" in r.stderr and "trimmed to 0" not in r.stderr, r.stderr[-2000:]
 
 
 class ScriptedDecoder:

@@ -80,6 +80,8 @@ def test_configurator_accepts_both_forms_and_parses_values_by_the_defaults_type(
     assert type(s["temperature"]) is float   # an int is accepted where a float is expected, and made a float
     assert "--compile expects bool" in _refused(["--compile=1"], compile=True)   # 1 is not a bool
     assert "--max_new_tokens expects int" in _refused(["--max_new_tokens=True"], max_new_tokens=200)
+    assert "--log_interval expects int" in _refused(["--log_interval=None"], log_interval=1)   # was a traceback later
+    assert _configure(["--anything=None"], anything=None)["anything"] is None   # a setting that defaults to None
 
 
 def test_a_long_value_is_shortened_in_the_overriding_echo(capsys):
