@@ -23,6 +23,9 @@ import re
 THINK = re.compile(r"<think>.*?</think>\s*", re.S)
 
 
+NUMBER = re.compile(r"[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d*)?", re.ASCII)   # digits, thousands grouped by commas or not
+
+
 def final_answer(completion):
     """The answer without its think block and surrounding space."""
     return THINK.sub("", completion).strip()
@@ -34,10 +37,9 @@ def exact_answer(prompt, completion, answer=None, **fields):
     if answer is None:
         raise ValueError("exact_answer needs an \"answer\" field in every line of the prompts file")
     got, want = final_answer(completion), str(answer).strip()
-    try:
-        return float(float(got.replace(",", "")) == float(want.replace(",", "")))
-    except ValueError:
-        return float(got == want)
+    if NUMBER.fullmatch(got) and NUMBER.fullmatch(want):   # "391.", "1,234": a number written as numbers are written
+        return float(float(got.replace(",", "").rstrip(".")) == float(want.replace(",", "").rstrip(".")))
+    return float(got == want)   # ("3,91", "3_91", "３９１": not numbers to float(), which would take them)
 
 
 def concise(prompt, completion, max_chars=200, **fields):

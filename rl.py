@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from checkpoint import load_model
-from generate import Decoder
+from generate import Decoder, default_step   # (never the compiled step: it freezes the weights in)
 from muon import wsd_lr_factor
 from tokenizer import EOT, IM_END, get_tokenizer, render_chat
 
@@ -97,6 +97,8 @@ def load_rewards(spec):
             sys.exit(f"error: --reward={item!r}: cannot load {mod_name} ({e})")
         if not callable(fn := getattr(module, fn_name, None)):
             sys.exit(f"error: --reward={item!r}: {mod_name} has no function {fn_name}")
+        if fn_name in (f[0] for f in fns):   # the parts are summed by name: a second one would replace the first
+            sys.exit(f"error: --reward={spec!r} names the function {fn_name} twice: give one of them another name")
         fns.append((fn_name, fn, "group_completions" in inspect.signature(fn).parameters))
     if not fns:
         sys.exit("error: --reward is empty: name at least one module:function")
@@ -167,9 +169,7 @@ def read_prompts(path):
                       and msgs[-1].get("role") == "user"):
                 sys.exit(f"error: {path}:{n}: needs \"prompt\" (a string) or \"messages\" (a list ending in a user turn)")
             rows.append((p if p is not None else msgs, msgs, row))
-    if not rows:
-        sys.exit(f"error: {path} holds no prompt")
-    return rows
+    return rows or sys.exit(f"error: {path} holds no prompt")
 
 
 def step_prompts(n_prompts, step, per_step, seed):
@@ -246,10 +246,9 @@ def sync_rollout_model(rollout_model, model, decoder):
 
 # ------------------------------------------------------------------------------------------------ the update
 def token_logprobs(h, weight, targets, temperature=1.0, chunk_rows=None):
-    """The policy's terms, per row of h [N, hidden] against targets [N]: log p(target) under softmax(h @ weight.T /
-    temperature) (differentiable) and the entropy of that distribution (no gradient: it is only logged). In chunks
-    under activation checkpointing, as chunked_cross_entropy, so [N, vocab] logits never exist at once; one chunk at
-    least: a DDP rank's micro-batch of padding rows has no target, and its empty loss must still reach every weight."""
+    """log p(target) of each row of h [N, hidden] under softmax(h @ weight.T / temperature), and that distribution's
+    entropy (only logged), in chunks under activation checkpointing: [N, vocab] logits never exist at once. One chunk
+    at least: a DDP rank's micro-batch of padding rows has no target, and its empty loss must reach every weight."""
     chunk_rows = chunk_rows or max(64, (1 << 27) // weight.shape[0])
 
     def chunk_terms(h_c, t_c):
@@ -297,17 +296,19 @@ def update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocas
                 loss, s = policy_loss(logp, logp.detach() if old is None else old[p][m], a, normalizer / len(parts),
                                       clip_low, clip_high, ref, kl_coef)
                 loss.backward()
-            stats["loss"] += loss.item()
-            stats["clip_frac"] += s["clip_frac"]
-            stats["kl"] += s.get("kl", 0.0)
-            stats["entropy"] += entropy.sum().item()
-            stats["tokens"] += len(logp)
+            for k, v in (("loss", loss.item()), ("clip_frac", s["clip_frac"]), ("kl", s.get("kl", 0.0)),
+                         ("entropy", entropy.sum().item()), ("tokens", len(logp))):
+                stats[k] += v
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")).item()
         if not math.isfinite(grad_norm):
             T.stop_non_finite(f"gradient norm is {grad_norm} at step {step + 1}; stopped without an optimizer step", master)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stats["grad_norm"] += grad_norm / len(parts)
+    if ddp:   # the log's sums over every rank's answers (the loss: their mean; the gradient norm is every rank's)
+        sums = torch.tensor([stats[k] for k in STATS[:-1]], device=dev, dtype=torch.float64)
+        dist.all_reduce(sums)
+        stats.update(zip(STATS[:-1], sums.tolist()), loss=sums[0].item() / dist.get_world_size())
     return stats
 
 
@@ -327,9 +328,9 @@ def use_train_py():
 
 def resumed_reference(T):
     """The model a resumed run started from, which its checkpoints record: the KL term's reference."""
-    ckpts = T.list_checkpoints(out_dir)
     try:   # a missing or damaged checkpoint: build_model says so
-        return torch.load(os.path.join(ckpts[-1], "state.pt"), weights_only=True, mmap=True)["train_config"]["reference"]
+        return torch.load(os.path.join(T.list_checkpoints(out_dir)[-1], "state.pt"), weights_only=True,
+                          mmap=True)["train_config"]["reference"]
     except Exception:
         return ""
 
@@ -367,7 +368,7 @@ def main():
     rollout_dtype = getattr(torch, dtype) if cuda else torch.float32
     rollout_model = type(model)(model.config).to(dev, rollout_dtype).eval()
     per_rank = prompts_per_step // world
-    decoder = Decoder(rollout_model, per_rank * group_size, max_len=longest)
+    decoder = Decoder(rollout_model, per_rank * group_size, max_len=longest, step=default_step(rollout_model, compiled=False))
     sync_rollout_model(rollout_model, model, decoder)
     ref_model = load_model(config["reference"], dtype=rollout_dtype, device=dev)[0].eval() if kl_coef > 0 else None
     train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None) if ddp else model
@@ -378,8 +379,7 @@ def main():
               f"reward {reward}, from step {step} to {max_steps}")
     t_start, first, last_line, stop = time.time(), step, time.time(), False
     while step < max_steps and not stop:
-        if cuda:
-            torch.cuda.synchronize(dev)
+        torch.cuda.synchronize(dev) if cuda else None
         t0 = time.time()
         for g in optimizer.param_groups:
             g["lr"] = g["initial_lr"] * wsd_lr_factor(step, max_steps, warmup_steps, decay_steps, min_lr_frac)
@@ -411,8 +411,7 @@ def main():
                      for p, c, n in zip(packed, chunks, n_micro.tolist())]
             stats = update(T, model, train_model, optimizer, ref_model, parts, ddp, dev, autocast, normalizer, master, step)
             sync_rollout_model(rollout_model, model, decoder)
-        if cuda:
-            torch.cuda.synchronize(dev)
+        torch.cuda.synchronize(dev) if cuda else None
         t2 = time.time()
         step += 1
         for sig in (signal.SIGTERM, signal.SIGINT) if step == first + 1 else ():   # now a stop has a step to save:

@@ -212,3 +212,20 @@ def test_sft_regular_keeps_only_the_shi_that_keep_the_rules_as_answers():
     assert answers(full[1])[JUEJU] == 20 and answers(full[1])[GUANQUELOU] == 20
     assert answers(regular[1])[JUEJU] == 0 and answers(regular[1])[GUANQUELOU] == 20
     assert sum(poetry.sft_form(r) == "ci" for r in regular[1]) == 120 and regular[0] == full[0]
+
+
+def test_the_recipe_resumes_a_stage_cut_off_or_begins_it_again(tmp_path):
+    """bench/poem_recipe.sh says a rerun continues after a failure: a stage cut off before its first checkpoint left a
+    log that refused the rerun ("holds log.jsonl of another run"), and pretraining / SFT never resumed at all."""
+    import subprocess
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "poem_recipe.sh")
+    again = lambda d: subprocess.run(["bash", "-c", f'eval "$(grep "^again()" {recipe})"; again {d}'], cwd=tmp_path,
+                                     capture_output=True, text=True).stdout.strip()
+    assert again("out") == ""
+    os.makedirs(tmp_path / "out")
+    (tmp_path / "out" / "log.jsonl").write_text("{}\n")
+    assert again("out") == "--overwrite=True"
+    os.makedirs(tmp_path / "out" / "ckpt-0000050")
+    assert again("out") == "--init_from=resume"
+    text = open(recipe).read()
+    assert text.count("$(again out_poem_base)") == text.count("$(again out_poem)") == text.count("$(again out_poem_rl)") == 1

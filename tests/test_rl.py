@@ -176,7 +176,8 @@ def test_a_reward_that_names_group_completions_gets_its_prompts_whole_group(toy,
 
 def test_bad_reward_specs_and_prompts_are_one_line(toy, tmp_path):
     for spec, says in (("nocolon", "expected module:function"), (f"{toy / 'toy.py'}:missing", "has no function missing"),
-                       ("no_such_module_xyz:f", "cannot load no_such_module_xyz")):
+                       ("no_such_module_xyz:f", "cannot load no_such_module_xyz"),
+                       (f"{toy / 'toy.py'}:han,rewards.py:concise,{toy / 'toy.py'}:han", "names the function han twice")):
         with pytest.raises(SystemExit, match=says):
             rl.load_rewards(spec)
     bad = tmp_path / "p.jsonl"
@@ -200,6 +201,9 @@ def test_example_rewards():
     import rewards
     assert rewards.exact_answer("17*23?", "<think>\nx\n</think>\n\n391", answer="391") == 1.0
     assert rewards.exact_answer("17*23?", "391 or 392", answer=391) == 0.0
+    assert rewards.exact_answer("q", "391.", answer=391) == rewards.exact_answer("q", "1,234", answer="1234") == 1.0
+    for wrong in ("3,91", "39,1", "3_91", "３９１"):   # float() takes these (commas deleted): not numbers as written
+        assert rewards.exact_answer("17*23?", wrong, answer="391") == 0.0, wrong
     assert rewards.concise("q", "short") == 1.0 and rewards.concise("q", "x" * 300) == pytest.approx(0.5)
     assert rewards.concise("q", "<think>") == -1.0 and rewards.concise("q", "  ") == -1.0
 
@@ -218,11 +222,13 @@ def test_two_processes_split_the_prompts_and_train_together(toy, tmp_path):
     has nothing to learn from while the other has, and still takes part in the update (micro-batches of padding)."""
     from conftest import torchrun
     out = tmp_path / "ddp"
-    r = torchrun(2, toy_args(toy, out, "--max_steps=2", "--ckpt_interval=2", f"--reward={toy / 'toy.py'}:alike_for_cat"),
+    r = torchrun(2, toy_args(toy, out, "--max_steps=3", "--ckpt_interval=2", f"--reward={toy / 'toy.py'}:alike_for_cat"),
                  script="rl.py")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert [rec["step"] for rec in records(out)] == [1, 2] and (out / "ckpt-0000002").is_dir()
-    assert sorted(rec["skipped_groups"] for rec in records(out)) == [0.0, 0.5]
+    assert [rec["step"] for rec in records(out)] == [1, 2, 3] and (out / "ckpt-0000002").is_dir()
+    assert sorted(rec["skipped_groups"] for rec in records(out)) == [0.0, 0.5, 0.5]   # the cat on rank 1, then rank 0
+    # the logged update covers both ranks' answers (rank 0's alone said "no update" when its group was the cat's)
+    assert all(rec["entropy"] is not None and rec["train_tok_per_s"] > 0 for rec in records(out)), records(out)
     assert "2 process(es)" in r.stdout
 
 
@@ -267,3 +273,11 @@ def test_activation_checkpointing_reaches_train_py_and_trains_the_same_steps(toy
         assert [r[key] for r in runs["block"]] == pytest.approx([r[key] for r in runs["none"]], rel=1e-5), key
     msg = run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "bad", "--max_steps=1", "--checkpointing=all"))
     assert isinstance(msg, str) and "checkpointing" in msg and "\n" not in msg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decode step exists on CUDA only")
+def test_cuda_rollouts_never_take_the_compiled_step(toy, tmp_path, train_module, monkeypatch):
+    """fp32 weights (no Triton step for them): the Decoder's default was the compiled step, which freezes the weights
+    in, and the first refresh after an update raised. rl.py takes the eager step there."""
+    assert run_script(monkeypatch, "rl.py", *toy_args(toy, tmp_path / "o", "--max_steps=2", "--ckpt_interval=0",
+                                                      "--dtype=float32", "--device=cuda")) == 0
