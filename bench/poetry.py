@@ -24,10 +24,11 @@ a pretraining set, SFT instructions and held-out prompts, and the checker that s
 Forms. A shi form is n sentences (句) of k characters: 五言/七言 (k = 5/7) 绝句/律诗 (n = 4/8). A ci form is its
 tune's sequence of sentence lengths; a tune allows the variants that make up >= 5% of its poems in the corpus.
 Punctuation only separates sentences: "line count and characters per line" are counted on the Han characters.
-Novelty: no line (a text line, punctuation removed) of >= 7 characters appears verbatim in the corpus.
-Held out: a title is held out by a hash of its text, so every poem with that title (any author, any form) is in
-neither the pretraining nor the SFT data; ci tunes cannot be held out (the tune is the form), so ci prompts test
-form on tunes seen in training, and novelty.
+Novelty: no line or couplet (punctuation removed) of >= 7 characters appears verbatim in the corpus (line_units).
+Held out: a title is held out by a hash of its text, so every poem with that title (any author, any form, any
+spelling of the title, and the same poem under another title: text_key) is in neither the pretraining nor the SFT
+data; ci tunes cannot be held out (the tune is the form), so ci prompts test form on tunes seen in training, and
+novelty.
 """
 import argparse, collections, functools, glob, hashlib, json, lzma, os, random, re, sys
 
