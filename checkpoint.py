@@ -55,7 +55,9 @@ def from_pretrained(path, dtype=torch.float32, device="cpu", loss="chunked"):
     try:
         if "rope_theta" not in kw and "rope_parameters" in hf:  # transformers >= 5 nests it
             kw["rope_theta"] = hf["rope_parameters"]["rope_theta"]
-        [hf[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")]
+        if missing := [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                   "num_attention_heads") if k not in hf]:   # the shape: no default stands in for it
+            raise KeyError(", ".join(missing))
         kw.setdefault("head_dim", 128)   # transformers' Qwen3 defaults where config.json says nothing (not the shape's)
         kw.setdefault("tie_word_embeddings", False)
         config = Qwen3Config(**kw)

@@ -187,8 +187,8 @@ def score_positions(model, seqs, queries, device, autocast=nullcontext(), batch_
     [positions, vocab] logits (chunk_rows at a time) instead of [B, T, vocab] -- the full vocabulary is still
     needed there, for the log-softmax normaliser. Returns a list (per sequence) of lists (per query)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out, weight = [None] * len(seqs), model.lm_head_weight.float()   # fp32 logits: bf16's steps of 1/16 at a logit
-    # of ~10 tied close options, and a tie goes to A
+    # the logits in fp32: bf16's steps of 1/16 at a logit of ~10 tied close options, and a tie goes to A
+    out, weight = [None] * len(seqs), model.lm_head_weight.float()
     i = 0
     while i < len(order):
         j = i + 1   # sorted ascending: the newest member is the longest, so rows x length is the padded size

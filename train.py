@@ -263,8 +263,9 @@ def train_step(step, model, train_model, optimizer, get_batch, grad_accum, world
         sync = not ddp or micro == grad_accum - 1   # all-reduce gradients only on the last micro-step
         with (nullcontext() if sync else train_model.no_sync()), autocast:
             _, loss = train_model(*batch)
-        (loss * (n[micro] * world / total)).backward()   # (x world: DDP averages the ranks' gradients)
-        loss_sum[0] += loss.detach() * (n[micro] * world / total)
+        share = n[micro] * world / total   # (x world: DDP averages the ranks' gradients)
+        (loss * share).backward()
+        loss_sum[0] += loss.detach() * share
     if ddp:
         dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
     loss_val, stop = loss_sum[0].item() / world, loss_sum[1].item() > 0
